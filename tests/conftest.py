@@ -1,0 +1,41 @@
+"""Shared fixtures. Backends are discovered from the package: every backend module that ships is
+tested, and one that ships but cannot load (e.g. its extension was not built) fails loudly."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastgd.backends import _REGISTRY
+
+DATA = Path(__file__).parent / "data"
+
+
+def shipped_backends():
+    return [name for name, (module, _) in _REGISTRY.items() if importlib.util.find_spec(module) is not None]
+
+
+BACKENDS = shipped_backends()
+COMPILED_BACKENDS = [b for b in BACKENDS if b != "numpy"]
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """The PyTorch autograd one-step oracle: (list of case dicts, npz arrays)."""
+    cases = json.loads((DATA / "torch_one_step.json").read_text())
+    with np.load(DATA / "torch_one_step.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    return cases, arrays
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from fastgd.datasets import load_mnist
+
+    return load_mnist()
+
+
+def tol(dtype):
+    """(rtol, atol) for comparing a backend with the reference: float64 tight, float32 loose."""
+    return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (1e-4, 1e-5)
