@@ -1,0 +1,48 @@
+"""The `fastgd` command line: CLI -> Trainer -> backend -> kernels.
+
+Subcommands are listed in SUBCOMMANDS as (name, module, help); each module provides
+``add_arguments(parser)`` and ``run(args) -> int`` and is imported only when its subcommand runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = [
+    ("train", "fastgd.cli_train", "train a network (default: the lesson's 784-16-16-10 on MNIST)"),
+]
+
+
+def build_parser():
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fastgd", description="Train dense neural networks with minibatch SGD on the CPU, fast.")
+    parser.add_argument("--version", action="version", version=f"fastgd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except (ValueError, TypeError, ImportError, OSError) as exc:
+        print(f"fastgd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastgd {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
