@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd import Network, Trainer
+
+
+def small_problem(n=200, n_in=12, n_out=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, n_in))
+    y = (X[:, :n_out].argmax(axis=1)).astype(np.int64)  # learnable: the label is the largest of the first features
+    return X, y
+
+
+# ---- bad input: every case named in the core issue -----------------------------------------
+@pytest.mark.parametrize("X,y,exc,match", [
+    (np.zeros((10, 12)), np.zeros(9, dtype=int), ValueError, "10 samples but y has 9"),
+    (np.zeros((10, 11)), np.zeros(10, dtype=int), ValueError, "11 features per sample but the network's input width is 12"),
+    (np.zeros(12), np.zeros(1, dtype=int), ValueError, "2-D"),
+    (np.zeros((2, 3, 12)), np.zeros(2, dtype=int), ValueError, "2-D"),
+    (np.full((3, 12), np.nan), np.zeros(3, dtype=int), ValueError, "NaN or inf"),
+    (np.full((3, 12), np.inf), np.zeros(3, dtype=int), ValueError, "NaN or inf"),
+    (np.zeros((3, 12)), np.array([0, 4, 1]), ValueError, "label 4 is out of range"),
+    (np.zeros((3, 12)), np.array([0, -1, 1]), ValueError, "label -1 is out of range"),
+    (np.zeros((3, 12)), np.array([0.0, 1.5, 1.0]), ValueError, "non-integer"),
+    (np.zeros((3, 12)), np.array(["a", "b", "c"]), TypeError, "y must hold"),
+    (np.zeros((0, 12)), np.zeros(0, dtype=int), ValueError, "empty"),
+    (np.array([["x"] * 12]), np.zeros(1, dtype=int), TypeError, "real numbers"),
+    (np.zeros((3, 12)) + 1j, np.zeros(3, dtype=int), TypeError, "complex"),
+    (np.zeros((3, 12)), np.full((3, 4), np.nan), ValueError, "NaN or inf"),
+    (np.zeros((3, 12)), np.zeros((3, 5)), ValueError, r"shape \(3, 4\)"),
+])
+def test_fit_rejects_bad_data(X, y, exc, match):
+    trainer = Trainer(Network([12, 5, 4], seed=0), epochs=1, backend="numpy")
+    before = trainer.net.params.copy()
+    with pytest.raises(exc, match=match):
+        trainer.fit(X, y)
+    np.testing.assert_array_equal(trainer.net.params, before)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+    (dict(batch_size=2.5), TypeError, "batch_size must be an integer"),
+    (dict(lr=0), ValueError, "lr must be a finite number > 0"),
+    (dict(lr=-0.1), ValueError, "lr must be a finite number > 0"),
+    (dict(lr=float("nan")), ValueError, "lr must be a finite number > 0"),
+    (dict(lr="fast"), TypeError, "lr must be a real number"),
+    (dict(loss="hinge"), ValueError, "unknown loss 'hinge'"),
+    (dict(backend="gpu"), ValueError, "unknown backend 'gpu'"),
+    (dict(threads=0), ValueError, "threads must be >= 1"),
+    (dict(epochs=-1), ValueError, "epochs must be >= 0"),
+])
+def test_trainer_rejects_bad_options(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Trainer(Network([12, 5, 4], seed=0), **kwargs)
+
+
+def test_cross_entropy_needs_probabilities():
+    with pytest.raises(ValueError, match="cross_entropy.*softmax"):
+        Trainer(Network([4, 3], output="linear"), loss="cross_entropy")
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\]"):
+        Trainer(Network([4, 3], output="softmax"), loss="cross_entropy", backend="numpy").fit(
+            np.zeros((2, 4)), np.full((2, 3), 2.0))
+
+
+def test_trainer_needs_a_network():
+    with pytest.raises(TypeError, match="fastgd.Network"):
+        Trainer("784-16-10")
+
+
+# ---- behaviour ------------------------------------------------------------------------------
+def test_same_seed_same_result():
+    X, y = small_problem()
+    runs = []
+    for _ in range(2):
+        net = Network([12, 8, 4], seed=3)
+        Trainer(net, lr=1.0, batch_size=7, epochs=3, backend="numpy", seed=11).fit(X, y)
+        runs.append(net.params.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    net = Network([12, 8, 4], seed=3)
+    Trainer(net, lr=1.0, batch_size=7, epochs=3, backend="numpy", seed=12).fit(X, y)
+    assert not np.array_equal(net.params, runs[0])
+
+
+def test_last_partial_batch_is_used():
+    """With 5 samples and batch 4, the 5th sample must move the weights (a second step)."""
+    X, y = small_problem(n=5)
+    net_a, net_b = Network([12, 3, 4], seed=0), Network([12, 3, 4], seed=0)
+    Trainer(net_a, batch_size=4, epochs=1, backend="numpy", shuffle=False).fit(X, y)
+    Trainer(net_b, batch_size=4, epochs=1, backend="numpy", shuffle=False).fit(X[:4], y[:4])
+    assert not np.allclose(net_a.params, net_b.params)
+
+
+def test_uint8_images_are_scaled_by_1_over_255():
+    rng = np.random.default_rng(0)
+    X8 = rng.integers(0, 256, size=(40, 12), dtype=np.uint8)
+    y = rng.integers(0, 4, size=40)
+    net_a, net_b = Network([12, 6, 4], seed=0), Network([12, 6, 4], seed=0)
+    Trainer(net_a, epochs=2, backend="numpy", seed=1).fit(X8, y)
+    Trainer(net_b, epochs=2, backend="numpy", seed=1).fit(X8.astype(np.float32) / np.float32(255), y)
+    np.testing.assert_allclose(net_a.params, net_b.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net_a.predict_proba(X8), net_b.predict_proba(X8.astype(np.float64) / 255), rtol=1e-5)
+
+
+def test_real_valued_targets():
+    X, y = small_problem()
+    targets = np.eye(4)[y] * 0.8 + 0.05
+    net = Network([12, 10, 4], seed=0)
+    history = Trainer(net, lr=2.0, epochs=20, backend="numpy", seed=0).fit(X, targets)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert (net.predict(X) == y).mean() > 0.8
+
+
+def test_history_callbacks_and_evaluate():
+    X, y = small_problem()
+    seen = []
+
+    def stop_after_two(record, trainer):
+        seen.append(record["epoch"])
+        return record["epoch"] == 2
+
+    trainer = Trainer(Network([12, 8, 4], seed=0), lr=1.0, epochs=5, backend="numpy", seed=0)
+    history = trainer.fit(X, y, validation_data=(X[:50], y[:50]), callbacks=[stop_after_two])
+    assert seen == [1, 2] and len(history) == 2
+    record = history[0]
+    assert set(record) == set(fastgd.History.KEYS)
+    assert 0 <= record["train_accuracy"] <= 1 and 0 <= record["val_accuracy"] <= 1
+    assert record["seconds"] > 0 and record["samples_per_second"] > 0
+    assert history["epoch"] == [1, 2]
+    assert trainer.net.history == history.to_list()
+    result = trainer.evaluate(X[:50], y[:50])
+    assert result["accuracy"] == pytest.approx(history["val_accuracy"][-1])
+    assert result["loss"] == pytest.approx(history["val_loss"][-1])
+    with pytest.raises(TypeError, match="validation_data"):
+        trainer.fit(X, y, validation_data=X)
+    with pytest.raises(TypeError, match="callbacks"):
+        trainer.fit(X, y, callbacks=[42])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_is_reported():
+    X, y = small_problem()
+    net = Network([12, 8, 4], activation="relu", output="linear", seed=0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        Trainer(net, lr=1e6, epochs=5, backend="numpy").fit(X * 1e3, y)
+
+
+@pytest.mark.slow
+def test_one_epoch_of_the_lesson_network_learns(mnist):
+    """The lesson's 784-16-16-10 sigmoid/MSE network, lr 3.0, batch 10: > 85% after one epoch."""
+    X_train, y_train, X_test, y_test = mnist
+    net = Network([784, 16, 16, 10], seed=0)
+    trainer = Trainer(net, loss="mse", lr=3.0, batch_size=10, epochs=1, seed=0)
+    history = trainer.fit(X_train, y_train)
+    accuracy = trainer.evaluate(X_test, y_test)["accuracy"]
+    assert accuracy > 0.85, accuracy
+    assert history["train_accuracy"][0] > 0.75
