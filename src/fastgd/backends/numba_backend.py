@@ -1,0 +1,182 @@
+"""The Numba backend: the fused kernels of `numba_kernels`, JIT-compiled and cached on disk.
+
+Threads
+-------
+* Deterministic mode (the default): the epoch runs minibatch after minibatch in one compiled
+  call, so the result never depends on thread timing nor on the thread count. Threads go to
+  BLAS (large layers use gemm through SciPy's OpenBLAS) and to `forward`, whose row chunks are
+  independent.
+* ``plan.deterministic = False`` with threads > 1: Hogwild-style, one parallel region for the
+  whole epoch, each thread running its own share of the minibatches and updating the shared
+  weights without locks (BLAS is held to one thread inside it, so the pools do not collide).
+
+Threading layer: OpenMP ("omp") is preferred. It launches a parallel region in about a
+microsecond (the "workqueue" layer measured ~85 us here), and it is the same libgomp the Cython
+backend uses, so both backends share one thread pool in a process instead of two pools
+spinning against each other on 2 cores. TBB is not installed here. NUMBA_THREADING_LAYER, if
+set, wins.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .base import BackendUnavailable
+
+try:
+    import numba
+except ImportError as exc:  # pragma: no cover - numba is a dependency
+    raise BackendUnavailable(f"numba is not installed: {exc}") from exc
+
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from . import numba_kernels as K  # noqa: E402
+
+NAME = "numba"
+
+#: A layer goes through BLAS gemm when batch * n_in * n_out reaches this (see the note for why).
+BLAS_MIN_WORK = 1 << 20
+#: Rows per chunk in `forward`.
+FORWARD_CHUNK = 256
+
+
+class Workspace:
+    """Scratch arrays for `n_workers` workers, each able to hold a minibatch of `bmax` rows."""
+
+    def __init__(self, sizes, bmax, dtype, use_blas, n_workers=None):
+        sizes = np.asarray(sizes, dtype=np.int64)
+        lead = () if n_workers is None else (n_workers,)
+        widest = int(sizes.max())
+        self.sizes = sizes
+        self.act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
+        gw = max([int(sizes[l] * sizes[l + 1]) for l in range(len(sizes) - 1) if use_blas[l]] or [1])
+        self.acts = np.zeros(lead + (int(self.act_off[-1]),), dtype=dtype)
+        self.zlast = np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype)
+        self.delta0 = np.zeros(lead + (bmax * widest,), dtype=dtype)
+        self.delta1 = np.zeros(lead + (bmax * widest,), dtype=dtype)
+        self.nz_idx = np.zeros(lead + (bmax, int(sizes[0])), dtype=np.int32)
+        self.nz_val = np.zeros(lead + (bmax, int(sizes[0])), dtype=dtype)
+        self.nz_cnt = np.zeros(lead + (bmax,), dtype=np.int32)
+        self.gW = np.zeros(lead + (gw,), dtype=dtype)
+        self.g = np.zeros(lead + (widest,), dtype=dtype)
+
+    def step_args(self):
+        return (self.acts, self.act_off, self.sizes, self.zlast, self.delta0, self.delta1,
+                self.nz_idx, self.nz_val, self.nz_cnt, self.gW, self.g)
+
+    def forward_args(self):
+        return (self.acts, self.act_off, self.sizes, self.zlast, self.nz_idx, self.nz_val, self.nz_cnt)
+
+
+def _kinds(net):
+    hidden = K.ACTIVATION_CODES[net.activation]
+    return np.array([hidden] * (net.n_layers - 1) + [K.ACTIVATION_CODES[net.output]], dtype=np.int64)
+
+
+def use_blas_for(sizes, batch, blas_min_work):
+    """Per layer: does batch * n_in * n_out reach the BLAS threshold?"""
+    return np.array([batch * a * b >= blas_min_work for a, b in zip(sizes[:-1], sizes[1:])], dtype=np.bool_)
+
+
+def set_threads(threads):
+    """numba.set_num_threads, clipped to the pool Numba started with; returns the count used."""
+    n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+class NumbaBackend:
+    """Numba implementation of the backend contract (see base.py)."""
+
+    name = NAME
+
+    def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK):
+        self.blas_min_work = blas_min_work
+        self.forward_chunk = forward_chunk
+        self.last_prepare = None  # {"seconds", "compiled", "cache_hits", "cache_misses"} after prepare()
+
+    # ---- inference ------------------------------------------------------------------------------
+    def forward(self, net, X, x_scale, threads=1):
+        n = X.shape[0]
+        chunk = max(1, min(self.forward_chunk, n))
+        use_blas = use_blas_for(net.sizes, chunk, self.blas_min_work)
+        # BLAS brings its own threads: then one Numba worker, so the two pools never overlap.
+        workers = 1 if use_blas.any() else set_threads(threads)
+        if workers == 1:
+            set_threads(1)
+        ws = Workspace(net.sizes, chunk, net.dtype, use_blas, n_workers=workers)
+        out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
+        with threadpool_limits(threads if use_blas.any() else 1, user_api="blas"):
+            K.forward_chunks(net.params, net.layout_array(), _kinds(net), X, x_scale, out, chunk, use_blas,
+                             *ws.forward_args())
+        return out
+
+    # ---- gradient (tests) -----------------------------------------------------------------------
+    def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
+        n = X.shape[0]
+        use_blas = use_blas_for(net.sizes, n, self.blas_min_work)
+        ws = Workspace(net.sizes, n, net.dtype, use_blas)
+        grad = np.zeros_like(net.params)
+        labels = np.zeros(n, dtype=np.int32)
+        with threadpool_limits(threads, user_api="blas"):
+            value = K.loss_and_grad(net.params, grad, net.layout_array(), _kinds(net), K.LOSS_CODES[loss],
+                                    X, x_scale, np.ascontiguousarray(targets, dtype=net.dtype), labels, use_blas,
+                                    *ws.step_args())
+        return float(value), grad
+
+    # ---- training -------------------------------------------------------------------------------
+    def _epoch_call(self, net, plan):
+        """(kernel, args, blas_threads) for one epoch of `plan`."""
+        bs = plan.batch_size
+        use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
+        hogwild = (not plan.deterministic) and plan.threads > 1 and plan.n_steps > 1
+        workers = set_threads(plan.threads) if hogwild else 1
+        hogwild = hogwild and workers > 1
+        ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None)
+        args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
+                plan.targets, plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
+                *ws.step_args())
+        if hogwild:
+            return K.train_epoch_hogwild, args, 1
+        return K.train_epoch_serial, args, plan.threads
+
+    def train_epoch(self, net, plan):
+        kernel, args, blas_threads = self._epoch_call(net, plan)
+        with threadpool_limits(blas_threads, user_api="blas"):
+            loss_sum, correct = kernel(*args)
+        return float(loss_sum), int(correct)
+
+    def prepare(self, net, plan):
+        """Compile (or load from the on-disk cache) the kernels `plan` needs; returns the seconds
+        spent, which is close to zero when the cache was warm. Details in `self.last_prepare`."""
+        kernel, _, _ = self._epoch_call(net, plan)
+        dispatchers = (kernel, K.forward_chunks)
+        before = [_cache_counts(d) for d in dispatchers]
+        t0 = time.perf_counter()
+        # A two-row epoch on a copy: same argument types as the real call, so the same machine code.
+        small = net.copy()
+        m = min(2, plan.X.shape[0])
+        tiny = type(plan)(X=plan.X[:m], x_scale=plan.x_scale, targets=plan.targets[:m], labels=plan.labels[:m],
+                          order=np.arange(m, dtype=np.int64), lrs=np.zeros(m), batch_size=plan.batch_size,
+                          loss=plan.loss, threads=plan.threads, deterministic=plan.deterministic)
+        if kernel is K.train_epoch_hogwild:
+            tiny.order = np.zeros(2 * plan.batch_size, dtype=np.int64)
+            tiny.lrs = np.zeros(2)
+        self.train_epoch(small, tiny)
+        self.forward(small, plan.X[:m], plan.x_scale, plan.threads)
+        seconds = time.perf_counter() - t0
+        after = [_cache_counts(d) for d in dispatchers]
+        hits = sum(a[0] - b[0] for a, b in zip(after, before))
+        misses = sum(a[1] - b[1] for a, b in zip(after, before))
+        self.last_prepare = {"seconds": seconds, "compiled": misses > 0, "cache_hits": hits, "cache_misses": misses}
+        return seconds
+
+
+def _cache_counts(dispatcher):
+    stats = dispatcher.stats
+    return sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
