@@ -1,0 +1,766 @@
+# cython: language_level=3
+"""Compiled kernels of the Cython backend: fused dense forward/backward and whole-epoch SGD.
+
+Everything here works on raw pointers into buffers that `fastgd.backends.cython_backend`
+allocated and validated; nothing below checks shapes, so the entry points (`train_epoch`,
+`loss_and_grad`, `forward`, `build_csr`) are only called from that module.
+
+Padded layout. The backend copies the network's parameters into a working buffer in which
+every layer's output width is rounded up to a multiple of VL (16) with zero columns: layer l
+holds W_l (n_in x pad) then b_l (pad). Every inner loop then runs over whole blocks of 16
+lanes with a compile-time trip count, which gcc turns into AVX-512/AVX2 registers, and odd
+widths need no tail code. Padded columns stay zero: their deltas are never written (zero from
+allocation), so their weight updates add exactly 0.
+
+Per-layer table `lay` (int64, n_layers x LAY_COLS): w_off, b_off, n_in, n_out, pad, act_off
+(offset of the layer's (batch x pad) output block in the activation and delta scratch),
+blas (1: this layer calls sgemm/dgemm).
+"""
+cimport cython
+from cython.parallel cimport parallel
+from libc.math cimport exp, log, log1p, tanh, fabs
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <string.h>
+    #ifdef FASTGD_OPENMP
+    #include <omp.h>
+    static inline int fgd_thread_num(void) { return omp_get_thread_num(); }
+    static inline int fgd_num_threads(void) { return omp_get_num_threads(); }
+    static inline void fgd_barrier(void) {
+    #pragma omp barrier
+    }
+    #else
+    static inline int fgd_thread_num(void) { return 0; }
+    static inline int fgd_num_threads(void) { return 1; }
+    static inline void fgd_barrier(void) { }
+    #endif
+
+    /* exp(x) in float32 without a libm call, so loops over 16 lanes vectorise: Cody-Waite
+       range reduction and the Cephes expf polynomial (relative error ~1e-7). The clamp keeps
+       2^k a normal float; sigmoid and softmax only need the limits, which it preserves. */
+    static inline float fgd_expf(float x) {
+        x = x < -87.3f ? -87.3f : x;
+        x = x > 88.3f ? 88.3f : x;
+        float fk = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round to nearest */
+        float r = x - fk * 0.693359375f + fk * 2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        float y = p * r * r + r + 1.0f;
+        int bits = ((int)fk + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return y * scale;
+    }
+    """
+    int fgd_thread_num() noexcept nogil
+    int fgd_num_threads() noexcept nogil
+    void fgd_barrier() noexcept nogil
+    float fgd_expf(float x) noexcept nogil
+
+ctypedef fused floating:
+    float
+    double
+
+cdef enum:
+    VL = 16            # lanes per column block: one AVX-512 float32 register (range
+                       # steps below are written as the literal 16: Cython needs a literal)
+    LAY_COLS = 7
+    L_W = 0
+    L_B = 1
+    L_NIN = 2
+    L_NOUT = 3
+    L_PAD = 4
+    L_ACT = 5
+    L_BLAS = 6
+    # activation codes (must match cython_backend.ACT_CODES)
+    ACT_SIGMOID = 0
+    ACT_RELU = 1
+    ACT_TANH = 2
+    ACT_LINEAR = 3
+    ACT_SOFTMAX = 4
+    # loss codes
+    LOSS_MSE = 0
+    LOSS_CE = 1
+    # scratch table `soff`: offsets of the per-thread blocks
+    S_XBUF = 0
+    S_ACTS = 1
+    S_DELTAS = 2
+    S_ZOUT = 3
+    S_SIZE = 4
+    # epoch modes
+    MODE_SERIAL = 0
+    MODE_SYNC = 1
+    MODE_HOGWILD = 2
+
+ACT_CODES = {"sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH, "linear": ACT_LINEAR,
+             "softmax": ACT_SOFTMAX}
+LOSS_CODES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CE}
+LANES = VL
+LAYOUT_COLUMNS = LAY_COLS
+SCRATCH_FIELDS = S_SIZE + 1
+MODES = {"serial": MODE_SERIAL, "sync": MODE_SYNC, "hogwild": MODE_HOGWILD}
+
+
+# ---- what one call sees: network, input, targets (plain C, shared by all threads) ------------
+cdef struct Ctx:
+    int n_layers
+    int hidden_act
+    int out_act
+    int loss
+    const int64_t* lay
+    const uint8_t* xu8          # uint8 input rows, or NULL
+    const void* xf              # floating input rows, or NULL
+    int64_t n_in
+    double x_scale
+    const int64_t* csr_ptr      # non-zero pixels per row (sparse uint8 path), or NULL
+    const uint16_t* csr_idx
+    const uint8_t* csr_val
+    const void* targets         # (n, n_out) floating, or NULL (inference)
+    const int32_t* labels
+    const int64_t* soff
+
+
+# ---- elementwise pieces ----------------------------------------------------------------------
+cdef inline floating f_exp(floating x) noexcept nogil:
+    if floating is float:
+        return fgd_expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline void activation_forward(floating* z, int64_t n, int kind) noexcept nogil:
+    """a = f(z) in place over n lanes (hidden and sigmoid/linear outputs; not softmax)."""
+    cdef int64_t j
+    if kind == ACT_SIGMOID:
+        for j in range(n):
+            z[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
+    elif kind == ACT_RELU:
+        for j in range(n):
+            z[j] = z[j] if z[j] > 0 else <floating>0
+    elif kind == ACT_TANH:
+        for j in range(n):
+            z[j] = tanh(z[j])
+
+
+cdef inline floating activation_backward(floating a, floating da, int kind) noexcept nogil:
+    """dL/dz from the activation's output a and dL/da (hidden activations)."""
+    if kind == ACT_SIGMOID:
+        return da * a * ((<floating>1) - a)
+    if kind == ACT_RELU:
+        return da if a > 0 else <floating>0
+    if kind == ACT_TANH:
+        return da * ((<floating>1) - a * a)
+    return da
+
+
+cdef inline floating softplus(floating z) noexcept nogil:
+    """log(1 + exp(z)) without overflow, as numpy.logaddexp(0, z)."""
+    return (z if z > 0 else <floating>0) + log1p(exp(-fabs(z)))
+
+
+# ---- dense layer forward: Z = act(A @ W + b), blocked over 4 rows x 16 columns --------------
+cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0, int64_t r1,
+                        const floating* W, const floating* b, int64_t pad, floating* Z,
+                        int act) noexcept nogil:
+    """Rows r0..r1 of Z (row stride pad) = act(A[r] @ W + b); 4 rows share each W load and
+    keep 4 independent FMA chains in flight; bias and activation are applied to each finished
+    16-lane block while it is still in registers."""
+    cdef floating acc0[VL]
+    cdef floating acc1[VL]
+    cdef floating acc2[VL]
+    cdef floating acc3[VL]
+    cdef floating x0, x1, x2, x3
+    cdef const floating* w
+    cdef const floating* a0
+    cdef const floating* a1
+    cdef const floating* a2
+    cdef const floating* a3
+    cdef floating* z
+    cdef int64_t r, i, jb, jj
+    for jb in range(0, pad, 16):
+        r = r0
+        while r + 4 <= r1:
+            a0 = A + r * lda
+            a1 = a0 + lda
+            a2 = a1 + lda
+            a3 = a2 + lda
+            for jj in range(VL):
+                acc0[jj] = b[jb + jj]
+                acc1[jj] = b[jb + jj]
+                acc2[jj] = b[jb + jj]
+                acc3[jj] = b[jb + jj]
+            for i in range(n_in):
+                w = W + i * pad + jb
+                x0 = a0[i]
+                x1 = a1[i]
+                x2 = a2[i]
+                x3 = a3[i]
+                for jj in range(VL):
+                    acc0[jj] += x0 * w[jj]
+                    acc1[jj] += x1 * w[jj]
+                    acc2[jj] += x2 * w[jj]
+                    acc3[jj] += x3 * w[jj]
+            activation_forward(acc0, VL, act)
+            activation_forward(acc1, VL, act)
+            activation_forward(acc2, VL, act)
+            activation_forward(acc3, VL, act)
+            z = Z + r * pad + jb
+            for jj in range(VL):
+                z[jj] = acc0[jj]
+                z[pad + jj] = acc1[jj]
+                z[2 * pad + jj] = acc2[jj]
+                z[3 * pad + jj] = acc3[jj]
+            r += 4
+        while r < r1:
+            a0 = A + r * lda
+            for jj in range(VL):
+                acc0[jj] = b[jb + jj]
+                acc1[jj] = 0
+            i = 0
+            while i + 2 <= n_in:  # two chains for the lone row
+                w = W + i * pad + jb
+                x0 = a0[i]
+                x1 = a0[i + 1]
+                for jj in range(VL):
+                    acc0[jj] += x0 * w[jj]
+                    acc1[jj] += x1 * w[pad + jj]
+                i += 2
+            if i < n_in:
+                w = W + i * pad + jb
+                x0 = a0[i]
+                for jj in range(VL):
+                    acc0[jj] += x0 * w[jj]
+            for jj in range(VL):
+                acc0[jj] += acc1[jj]
+            activation_forward(acc0, VL, act)
+            z = Z + r * pad + jb
+            for jj in range(VL):
+                z[jj] = acc0[jj]
+            r += 1
+
+
+cdef void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nnz,
+                             floating scale, const floating* W, const floating* b, int64_t pad,
+                             floating* z, int act) noexcept nogil:
+    """One input row given by its non-zero pixels: z = act(sum_k x_k W[idx_k] + b).
+    Four accumulators keep four FMA chains in flight (one chain would stall on latency)."""
+    cdef floating acc0[VL]
+    cdef floating acc1[VL]
+    cdef floating acc2[VL]
+    cdef floating acc3[VL]
+    cdef floating x0, x1, x2, x3
+    cdef const floating* w0
+    cdef const floating* w1
+    cdef const floating* w2
+    cdef const floating* w3
+    cdef int64_t k, jb, jj
+    for jb in range(0, pad, 16):
+        for jj in range(VL):
+            acc0[jj] = b[jb + jj]
+            acc1[jj] = 0
+            acc2[jj] = 0
+            acc3[jj] = 0
+        k = 0
+        while k + 4 <= nnz:
+            x0 = (<floating>val[k]) * scale
+            x1 = (<floating>val[k + 1]) * scale
+            x2 = (<floating>val[k + 2]) * scale
+            x3 = (<floating>val[k + 3]) * scale
+            w0 = W + <int64_t>idx[k] * pad + jb
+            w1 = W + <int64_t>idx[k + 1] * pad + jb
+            w2 = W + <int64_t>idx[k + 2] * pad + jb
+            w3 = W + <int64_t>idx[k + 3] * pad + jb
+            for jj in range(VL):
+                acc0[jj] += x0 * w0[jj]
+                acc1[jj] += x1 * w1[jj]
+                acc2[jj] += x2 * w2[jj]
+                acc3[jj] += x3 * w3[jj]
+            k += 4
+        while k < nnz:
+            x0 = (<floating>val[k]) * scale
+            w0 = W + <int64_t>idx[k] * pad + jb
+            for jj in range(VL):
+                acc0[jj] += x0 * w0[jj]
+            k += 1
+        for jj in range(VL):
+            acc0[jj] = (acc0[jj] + acc1[jj]) + (acc2[jj] + acc3[jj])
+        activation_forward(acc0, VL, act)
+        for jj in range(VL):
+            z[jb + jj] = acc0[jj]
+
+
+# ---- BLAS (large layers) ---------------------------------------------------------------------
+cdef inline void gemm(char* ta, char* tb, int m, int n, int k, floating alpha, const floating* a,
+                      int lda, const floating* b, int ldb, floating beta, floating* c,
+                      int ldc) noexcept nogil:
+    """Column-major C = alpha op(A) op(B) + beta C (row-major callers swap operands)."""
+    if floating is float:
+        sgemm(ta, tb, &m, &n, &k, &alpha, <float*>a, &lda, <float*>b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(ta, tb, &m, &n, &k, &alpha, <double*>a, &lda, <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef void blas_forward(const floating* A, int64_t lda, int64_t n_in, int64_t rows,
+                       const floating* W, const floating* b, int64_t pad, floating* Z,
+                       int act) noexcept nogil:
+    """Z (rows x pad) = act(A @ W + b): bias pre-filled so gemm adds onto it (beta = 1), then
+    one activation pass over the tile gemm just wrote."""
+    cdef int64_t r, j
+    for r in range(rows):
+        for j in range(pad):
+            Z[r * pad + j] = b[j]
+    # row-major Z = A W  <=>  column-major Z^T = W^T A^T
+    gemm(b"N", b"N", <int>pad, <int>rows, <int>n_in, <floating>1, W, <int>pad, A, <int>lda,
+         <floating>1, Z, <int>pad)
+    if act != ACT_LINEAR:
+        for r in range(rows):
+            activation_forward(Z + r * pad, pad, act)
+
+
+# ---- the output layer: activation, loss, delta, accuracy for one row ------------------------
+cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out, int out_act,
+                     int loss, floating* d, double* loss_sum, int64_t* correct,
+                     int32_t label) noexcept nogil:
+    """z: pre-activation row; writes a, and (when t is not NULL) the delta dL/dz into d, adds the
+    row's loss to loss_sum and 1 to correct when argmax(a) == label."""
+    cdef int64_t j, best
+    cdef floating m, s, e, l, da, dot
+    if out_act == ACT_SOFTMAX:
+        m = z[0]
+        for j in range(1, n_out):
+            if z[j] > m:
+                m = z[j]
+        s = 0
+        for j in range(n_out):
+            e = f_exp(z[j] - m)
+            a[j] = e
+            s += e
+        for j in range(n_out):
+            a[j] = a[j] / s
+    elif out_act == ACT_SIGMOID:
+        for j in range(n_out):
+            a[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
+    else:
+        for j in range(n_out):
+            a[j] = z[j]
+    if t == NULL:
+        return
+    best = 0
+    for j in range(1, n_out):
+        if a[j] > a[best]:
+            best = j
+    if best == label:
+        correct[0] += 1
+    l = 0
+    if loss == LOSS_MSE:
+        for j in range(n_out):
+            l += (a[j] - t[j]) * (a[j] - t[j])
+        l = (<floating>0.5) * l
+        if out_act == ACT_SOFTMAX:  # softmax Jacobian-vector product
+            dot = 0
+            for j in range(n_out):
+                dot += (a[j] - t[j]) * a[j]
+            for j in range(n_out):
+                d[j] = a[j] * ((a[j] - t[j]) - dot)
+        elif out_act == ACT_SIGMOID:
+            for j in range(n_out):
+                d[j] = (a[j] - t[j]) * a[j] * ((<floating>1) - a[j])
+        else:
+            for j in range(n_out):
+                d[j] = a[j] - t[j]
+    else:
+        if out_act == ACT_SOFTMAX:  # log softmax from z: exact even where a underflows
+            s = 0
+            for j in range(n_out):
+                s += exp(z[j] - m)
+            s = log(s)
+            for j in range(n_out):
+                l -= t[j] * ((z[j] - m) - s)
+        else:  # sigmoid: log a = -softplus(-z), log(1 - a) = -softplus(z)
+            for j in range(n_out):
+                l += t[j] * softplus(-z[j]) + ((<floating>1) - t[j]) * softplus(z[j])
+        for j in range(n_out):
+            d[j] = a[j] - t[j]
+    loss_sum[0] += l
+
+
+# ---- one minibatch, phase A: forward, loss, deltas for rows s0..s1 --------------------------
+cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* S,
+                                     const int64_t* rows, int64_t first_row, int64_t B,
+                                     int64_t s0, int64_t s1, bint deltas, double* loss_sum,
+                                     int64_t* correct) noexcept nogil:
+    """Forward every layer for minibatch rows s0..s1 (sample s is input row rows[s], or
+    first_row + s when rows is NULL), then the output delta, loss and accuracy, then the hidden
+    deltas back to layer 1, all with the current (pre-update) weights P. Scratch S holds this
+    minibatch's activations and deltas (B rows each)."""
+    cdef const int64_t* lay = c.lay
+    cdef int L = c.n_layers
+    cdef int l, act
+    cdef int64_t s, row, i, j, jb, jj, k0, k1, n_in, pad, n_out, lda
+    cdef floating scale = <floating>c.x_scale
+    cdef floating* xbuf = S + c.soff[S_XBUF]
+    cdef floating* acts = S + c.soff[S_ACTS]
+    cdef floating* dlt = S + c.soff[S_DELTAS]
+    cdef floating* zout = S + c.soff[S_ZOUT]
+    cdef const floating* A
+    cdef const floating* W
+    cdef const floating* xf = <const floating*>c.xf
+    cdef const floating* tg = <const floating*>c.targets
+    cdef floating* Z
+    cdef floating* D
+    cdef floating* Din
+    cdef floating* Ain
+    cdef floating acc[VL]
+    cdef floating tot
+    cdef const uint8_t* src
+    cdef bint blas
+
+    for l in range(L):
+        n_in = lay[l * LAY_COLS + L_NIN]
+        pad = lay[l * LAY_COLS + L_PAD]
+        W = P + lay[l * LAY_COLS + L_W]
+        blas = lay[l * LAY_COLS + L_BLAS] != 0
+        act = c.hidden_act if l < L - 1 else ACT_LINEAR  # the output activation comes below
+        Z = zout if l == L - 1 else acts + lay[l * LAY_COLS + L_ACT]
+        if l == 0:
+            if c.csr_ptr != NULL:  # sparse uint8 rows: touch only the non-zero pixels' W rows
+                for s in range(s0, s1):
+                    row = rows[s] if rows != NULL else first_row + s
+                    k0 = c.csr_ptr[row]
+                    k1 = c.csr_ptr[row + 1]
+                    sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, scale, W,
+                                       W + n_in * pad, pad, Z + s * pad, act)
+                continue
+            # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
+            for s in range(s0, s1):
+                row = rows[s] if rows != NULL else first_row + s
+                if c.xu8 != NULL:
+                    src = c.xu8 + row * n_in
+                    for i in range(n_in):
+                        xbuf[s * n_in + i] = (<floating>src[i]) * scale
+                else:
+                    for i in range(n_in):
+                        xbuf[s * n_in + i] = xf[row * n_in + i]
+            A = xbuf
+            lda = n_in
+        else:
+            A = acts + lay[(l - 1) * LAY_COLS + L_ACT]
+            lda = lay[(l - 1) * LAY_COLS + L_PAD]
+        if blas:
+            blas_forward(A + s0 * lda, lda, n_in, s1 - s0, W, W + n_in * pad, pad,
+                         Z + s0 * pad, act)
+        else:
+            dense_forward(A, lda, n_in, s0, s1, W, W + n_in * pad, pad, Z, act)
+
+    # output layer: activation, loss, delta, accuracy
+    n_out = lay[(L - 1) * LAY_COLS + L_NOUT]
+    pad = lay[(L - 1) * LAY_COLS + L_PAD]
+    Z = acts + lay[(L - 1) * LAY_COLS + L_ACT]
+    D = dlt + lay[(L - 1) * LAY_COLS + L_ACT]
+    for s in range(s0, s1):
+        row = rows[s] if rows != NULL else first_row + s
+        output_row(zout + s * pad, Z + s * pad, tg + row * n_out if deltas else NULL, n_out,
+                   c.out_act, c.loss, D + s * pad, loss_sum, correct,
+                   c.labels[row] if deltas else -1)
+    if not deltas:
+        return
+
+    # hidden deltas with pre-update weights: D_{l-1} = (D_l @ W_l^T) * f'(a_{l-1})
+    for l in range(L - 1, 0, -1):
+        n_in = lay[l * LAY_COLS + L_NIN]
+        pad = lay[l * LAY_COLS + L_PAD]
+        W = P + lay[l * LAY_COLS + L_W]
+        D = dlt + lay[l * LAY_COLS + L_ACT]
+        Din = dlt + lay[(l - 1) * LAY_COLS + L_ACT]
+        Ain = acts + lay[(l - 1) * LAY_COLS + L_ACT]
+        lda = lay[(l - 1) * LAY_COLS + L_PAD]
+        if lay[l * LAY_COLS + L_BLAS] != 0:
+            # row-major Din = D W^T  <=>  column-major Din^T = W D^T (W^T stored as column-major)
+            gemm(b"T", b"N", <int>n_in, <int>(s1 - s0), <int>pad, <floating>1, W, <int>pad,
+                 D + s0 * pad, <int>pad, <floating>0, Din + s0 * lda, <int>lda)
+            for s in range(s0, s1):
+                for i in range(n_in):
+                    Din[s * lda + i] = activation_backward(Ain[s * lda + i], Din[s * lda + i],
+                                                           c.hidden_act)
+        else:
+            for s in range(s0, s1):
+                for i in range(n_in):
+                    for jj in range(VL):
+                        acc[jj] = 0
+                    for jb in range(0, pad, 16):
+                        for jj in range(VL):
+                            acc[jj] += D[s * pad + jb + jj] * W[i * pad + jb + jj]
+                    tot = 0
+                    for jj in range(VL):
+                        tot += acc[jj]
+                    Din[s * lda + i] = activation_backward(Ain[s * lda + i], tot, c.hidden_act)
+
+
+# ---- one minibatch, phase B: apply T += coef * A^T D to weight rows i0..i1 --------------------
+cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const int64_t* rows,
+                           int64_t B, floating coef, int part, int parts) noexcept nogil:
+    """Adds coef * (sum over the minibatch of input^T delta) to the weights and biases in T
+    (coef = -lr/B updates the parameters; coef = 1/B into a zeroed buffer gives the gradient).
+    Work is split by weight rows into `parts`; part `part` is done here. Each row sums its
+    samples in the same order whatever the split, so the result does not depend on `parts`."""
+    cdef const int64_t* lay = c.lay
+    cdef int L = c.n_layers
+    cdef int l
+    cdef int64_t s, row, i, i0, i1, jb, jj, k, k1, n_in, pad, lda
+    cdef floating scale = <floating>c.x_scale
+    cdef const floating* A
+    cdef const floating* D
+    cdef const floating* d
+    cdef floating* Tw
+    cdef floating* Tb
+    cdef floating acc[VL]
+    cdef floating x
+
+    for l in range(L):
+        n_in = lay[l * LAY_COLS + L_NIN]
+        pad = lay[l * LAY_COLS + L_PAD]
+        Tw = T + lay[l * LAY_COLS + L_W]
+        Tb = Tw + n_in * pad
+        D = S + c.soff[S_DELTAS] + lay[l * LAY_COLS + L_ACT]
+        i0 = n_in * part // parts
+        i1 = n_in * (part + 1) // parts
+        if part == parts - 1:  # biases: one part does them all (pad lanes, tiny)
+            for jb in range(0, pad, 16):
+                for jj in range(VL):
+                    acc[jj] = 0
+                for s in range(B):
+                    for jj in range(VL):
+                        acc[jj] += D[s * pad + jb + jj]
+                for jj in range(VL):
+                    Tb[jb + jj] += coef * acc[jj]
+        if l == 0 and c.csr_ptr != NULL:
+            # sparse input: only the rows of non-zero pixels change; samples in order
+            for s in range(B):
+                row = rows[s]
+                k = c.csr_ptr[row]
+                k1 = c.csr_ptr[row + 1]
+                d = D + s * pad
+                while k < k1 and c.csr_idx[k] < i0:
+                    k += 1
+                while k < k1 and c.csr_idx[k] < i1:
+                    x = coef * ((<floating>c.csr_val[k]) * scale)
+                    i = c.csr_idx[k]
+                    for jb in range(0, pad, 16):
+                        for jj in range(VL):
+                            Tw[i * pad + jb + jj] += x * d[jb + jj]
+                    k += 1
+            continue
+        if l == 0:
+            A = S + c.soff[S_XBUF]
+            lda = n_in
+        else:
+            A = S + c.soff[S_ACTS] + lay[(l - 1) * LAY_COLS + L_ACT]
+            lda = lay[(l - 1) * LAY_COLS + L_PAD]
+        if lay[l * LAY_COLS + L_BLAS] != 0:
+            # row-major Tw[i0:i1] += coef A[:, i0:i1]^T D  <=>  column-major Tw^T += coef D^T A
+            if i1 > i0:
+                gemm(b"N", b"T", <int>pad, <int>(i1 - i0), <int>B, coef, D, <int>pad,
+                     A + i0, <int>lda, <floating>1, Tw + i0 * pad, <int>pad)
+            continue
+        for i in range(i0, i1):
+            for jb in range(0, pad, 16):
+                for jj in range(VL):
+                    acc[jj] = 0
+                for s in range(B):
+                    x = A[s * lda + i]
+                    for jj in range(VL):
+                        acc[jj] += x * D[s * pad + jb + jj]
+                for jj in range(VL):
+                    Tw[i * pad + jb + jj] += coef * acc[jj]
+
+
+# ---- Python entry points (called by cython_backend after validation) ------------------------
+cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int loss,
+                   const uint8_t[:, ::1] Xu8, const void* xf, int64_t n_in, double x_scale,
+                   const int64_t[::1] csr_ptr, const uint16_t[::1] csr_idx,
+                   const uint8_t[::1] csr_val, const void* targets, const int32_t[::1] labels,
+                   const int64_t[::1] soff):
+    c.n_layers = <int>lay.shape[0]
+    c.hidden_act = hidden_act
+    c.out_act = out_act
+    c.loss = loss
+    c.lay = &lay[0, 0]
+    c.xu8 = &Xu8[0, 0] if Xu8 is not None else NULL
+    c.xf = xf
+    c.n_in = n_in
+    c.x_scale = x_scale
+    if csr_ptr is not None:
+        c.csr_ptr = &csr_ptr[0]
+        c.csr_idx = &csr_idx[0] if csr_idx.shape[0] > 0 else NULL
+        c.csr_val = &csr_val[0] if csr_val.shape[0] > 0 else NULL
+        if c.csr_idx == NULL:  # no non-zero pixel at all: pointers are never read
+            c.csr_idx = <const uint16_t*>c.csr_ptr
+            c.csr_val = <const uint8_t*>c.csr_ptr
+    else:
+        c.csr_ptr = NULL
+        c.csr_idx = NULL
+        c.csr_val = NULL
+    c.targets = targets
+    c.labels = &labels[0] if labels is not None else NULL
+    c.soff = &soff[0]
+
+
+def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int out_act,
+                int loss, const uint8_t[:, ::1] Xu8, const floating[:, ::1] Xf, double x_scale,
+                const int64_t[::1] csr_ptr, const uint16_t[::1] csr_idx,
+                const uint8_t[::1] csr_val, const floating[:, ::1] targets,
+                const int32_t[::1] labels, const int64_t[::1] order, const double[::1] lrs,
+                int64_t batch_size, floating[:, ::1] scratch, const int64_t[::1] soff,
+                int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out):
+    """Every minibatch of one epoch in nogil code; per-thread loss sums and correct counts go
+    to loss_out[t], correct_out[t]. Modes: serial (one thread; BLAS layers allowed), sync
+    (deterministic: each step's samples split across threads for forward/deltas, then the
+    weight rows split for the update; identical to serial), hogwild (each thread runs its own
+    minibatches, lock-free on the shared weights)."""
+    cdef Ctx c
+    cdef int64_t m = order.shape[0]
+    cdef int64_t n_steps = (m + batch_size - 1) // batch_size
+    cdef int64_t n_in = lay[0, L_NIN]
+    cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
+    cdef floating* P = &params[0]
+    cdef floating* S0 = &scratch[0, 0]
+    cdef int64_t sstride = scratch.shape[1]
+    cdef const int64_t* od = &order[0]
+    cdef const double* lr = &lrs[0]
+    cdef double* lo = &loss_out[0]
+    cdef int64_t* co = &correct_out[0]
+    cdef int tid, nt
+    cdef int64_t step, B, s0, s1
+    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, n_in, x_scale, csr_ptr, csr_idx,
+             csr_val, &targets[0, 0], labels, soff)
+    if mode == MODE_SERIAL:
+        with nogil:
+            for step in range(n_steps):
+                B = min(batch_size, m - step * batch_size)
+                minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, 0, B, True,
+                                           lo, co)
+                minibatch_update(&c, P, S0, od + step * batch_size, B,
+                                 <floating>(-lr[step] / B), 0, 1)
+        return
+    with nogil, parallel(num_threads=threads):
+        tid = fgd_thread_num()
+        nt = fgd_num_threads()
+        if mode == MODE_HOGWILD:
+            step = tid
+            while step < n_steps:
+                B = min(batch_size, m - step * batch_size)
+                minibatch_forward_backward(&c, P, S0 + tid * sstride, od + step * batch_size, 0,
+                                           B, 0, B, True, lo + tid, co + tid)
+                minibatch_update(&c, P, S0 + tid * sstride, od + step * batch_size, B,
+                                 <floating>(-lr[step] / B), 0, 1)
+                step = step + nt
+        else:
+            for step in range(n_steps):
+                B = min(batch_size, m - step * batch_size)
+                s0 = B * tid // nt
+                s1 = B * (tid + 1) // nt
+                minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, s0, s1, True,
+                                           lo + tid, co + tid)
+                fgd_barrier()  # every delta is computed from the pre-update weights
+                minibatch_update(&c, P, S0, od + step * batch_size, B,
+                                 <floating>(-lr[step] / B), tid, nt)
+                fgd_barrier()  # the next step reads the updated weights
+
+
+def loss_and_grad(floating[::1] params, floating[::1] grad, int64_t[:, ::1] lay,
+                  int hidden_act, int out_act, int loss, const uint8_t[:, ::1] Xu8,
+                  const floating[:, ::1] Xf, double x_scale, const floating[:, ::1] targets,
+                  const int32_t[::1] labels, const int64_t[::1] order,
+                  floating[:, ::1] scratch, const int64_t[::1] soff):
+    """Loss summed over the rows in `order` (one minibatch) and its mean gradient added into
+    the zeroed padded buffer `grad`. Returns the loss sum."""
+    cdef Ctx c
+    cdef int64_t B = order.shape[0]
+    cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
+    cdef double loss_sum = 0
+    cdef int64_t correct = 0
+    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, lay[0, L_NIN], x_scale, None, None,
+             None, &targets[0, 0], labels, soff)
+    with nogil:
+        minibatch_forward_backward(&c, &params[0], &scratch[0, 0], &order[0], 0, B, 0, B, True,
+                                   &loss_sum, &correct)
+        minibatch_update(&c, &grad[0], &scratch[0, 0], &order[0], B, (<floating>1) / B, 0, 1)
+    return loss_sum
+
+
+def forward(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int out_act,
+            const uint8_t[:, ::1] Xu8, const floating[:, ::1] Xf, double x_scale,
+            int64_t chunk, floating[:, ::1] scratch, const int64_t[::1] soff,
+            floating[:, ::1] out, int threads):
+    """Output activations of every input row into out (n x n_out), `chunk` rows at a time;
+    chunks run on `threads` threads, each with its own scratch row (rows are independent, so
+    the result does not depend on the thread count)."""
+    cdef Ctx c
+    cdef int64_t n = out.shape[0]
+    cdef int64_t n_out = out.shape[1]
+    cdef int64_t n_chunks = (n + chunk - 1) // chunk
+    cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
+    cdef floating* S0 = &scratch[0, 0]
+    cdef floating* O = &out[0, 0]
+    cdef int64_t sstride = scratch.shape[1]
+    cdef int L = <int>lay.shape[0]
+    cdef int64_t pad = lay[L - 1, L_PAD]
+    cdef int64_t act_off = lay[L - 1, L_ACT] + soff[S_ACTS]
+    cdef int tid, nt
+    cdef int64_t ch, B, s, j
+    cdef double dummy_loss = 0
+    cdef int64_t dummy_correct = 0
+    fill_ctx(&c, lay, hidden_act, out_act, LOSS_MSE, Xu8, xf, lay[0, L_NIN], x_scale, None,
+             None, None, NULL, None, soff)
+    with nogil, parallel(num_threads=threads):
+        tid = fgd_thread_num()
+        nt = fgd_num_threads()
+        ch = tid
+        while ch < n_chunks:
+            B = min(chunk, n - ch * chunk)
+            minibatch_forward_backward(&c, <const floating*>&params[0], S0 + tid * sstride,
+                                       NULL, ch * chunk, B, 0, B, False, &dummy_loss,
+                                       &dummy_correct)
+            for s in range(B):
+                for j in range(n_out):
+                    O[(ch * chunk + s) * n_out + j] = S0[tid * sstride + act_off + s * pad + j]
+            ch = ch + nt
+
+
+def build_csr(const uint8_t[:, ::1] X):
+    """Non-zero pixels of each row of a uint8 matrix: (ptr int64 (n+1), idx uint16, val uint8),
+    row r's pixels are idx[ptr[r]:ptr[r+1]] (ascending) with values val[...]."""
+    cdef int64_t n = X.shape[0], d = X.shape[1], r, i, k, nnz = 0
+    if d > 65536:
+        raise ValueError("build_csr stores column indices as uint16: at most 65536 columns")
+    ptr_arr = np.empty(n + 1, dtype=np.int64)
+    cdef int64_t[::1] ptr = ptr_arr
+    with nogil:
+        for r in range(n):
+            ptr[r] = nnz
+            for i in range(d):
+                nnz += X[r, i] != 0
+        ptr[n] = nnz
+    idx_arr = np.empty(nnz, dtype=np.uint16)
+    val_arr = np.empty(nnz, dtype=np.uint8)
+    cdef uint16_t[::1] idx = idx_arr
+    cdef uint8_t[::1] val = val_arr
+    with nogil:
+        k = 0
+        for r in range(n):
+            for i in range(d):
+                if X[r, i] != 0:
+                    idx[k] = <uint16_t>i
+                    val[k] = X[r, i]
+                    k += 1
+    return ptr_arr, idx_arr, val_arr

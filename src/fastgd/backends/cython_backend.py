@@ -1,0 +1,257 @@
+"""The Cython backend: whole epochs in compiled nogil code (kernels/dense_sgd.pyx).
+
+Python's part is small: validate what reaches the kernels (they index raw pointers), copy the
+parameters into a padded working buffer (every layer's width rounded up to 16 lanes, see the
+kernel module's docstring), allocate scratch once per call, choose how to run, and copy the
+parameters back.
+
+How a call runs
+  * Small layers use the kernels' own register-blocked loops; a layer whose per-step work
+    (batch x n_in x n_out) reaches `blas_min_work` calls sgemm/dgemm (scipy's BLAS) with the
+    bias and activation fused around it.
+  * uint8 input stays uint8 and is scaled inside the kernels. When it is mostly zeros (MNIST:
+    81%) the first layer visits only non-zero pixels, from a per-row index list built once per
+    input array and cached (keyed on the array object, so an array mutated in place between
+    epochs must be passed as a new array).
+  * Threads: with a BLAS layer the epoch runs on one OpenMP thread and BLAS gets `threads`.
+    Otherwise `threads` OpenMP threads run either "sync" (deterministic, plan.deterministic is
+    True: each minibatch's samples split across threads, then its weight rows; bitwise the same
+    result as one thread) or, only when plan.deterministic is False, "hogwild" (each thread
+    takes whole minibatches and updates the shared weights without locks; results depend on
+    thread timing). Whichever pool is not in use is limited to one thread, so OpenBLAS and
+    OpenMP never compete for the two cores.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+
+import numpy as np
+
+from .base import BackendUnavailable
+
+try:
+    from fastgd._kernels import dense_sgd as _k
+except ImportError as exc:  # extension not built
+    raise BackendUnavailable(f"the Cython kernels are not built ({exc}); run `pip install -e .`") from exc
+
+NAME = "cython"
+LANES = _k.LANES
+
+
+def _round_up(n, k=LANES):
+    return -(-n // k) * k
+
+
+class _Layout:
+    """Padded parameter layout and scratch offsets of one network at one batch size."""
+
+    def __init__(self, net, batch, blas_min_work):
+        self.net = net
+        rows, off, act_off = [], 0, 0
+        for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:]):
+            pad = _round_up(n_out)
+            blas = int(batch * n_in * pad >= blas_min_work)
+            rows.append((off, off + n_in * pad, n_in, n_out, pad, act_off, blas))
+            off += n_in * pad + pad
+            act_off += batch * pad
+        self.table = np.ascontiguousarray(np.array(rows, dtype=np.int64).reshape(-1, _k.LAYOUT_COLUMNS))
+        self.size = off
+        self.uses_blas = bool(self.table[:, 6].any())
+        xbuf = batch * net.sizes[0]
+        zout = batch * _round_up(net.sizes[-1])
+        # per-thread scratch: [xbuf | activations | deltas | last pre-activation]
+        self.soff = np.array([0, xbuf, xbuf + act_off, xbuf + 2 * act_off, xbuf + 2 * act_off + zout],
+                             dtype=np.int64)
+        self.scratch_size = int(self.soff[-1])
+
+    def pad(self, flat):
+        """A padded working copy of a flat parameter (or gradient) vector."""
+        out = np.zeros(self.size, dtype=self.net.dtype)
+        for (w_off, b_off, n_in, n_out), (pw, pb, _, _, pad, _, _) in zip(self.net.layout, self.table):
+            out[pw:pb].reshape(n_in, pad)[:, :n_out] = flat[w_off:b_off].reshape(n_in, n_out)
+            out[pb:pb + n_out] = flat[b_off:b_off + n_out]
+        return out
+
+    def unpad(self, padded, flat):
+        """Copy a padded buffer back into the flat layout (in place)."""
+        for (w_off, b_off, n_in, n_out), (pw, pb, _, _, pad, _, _) in zip(self.net.layout, self.table):
+            flat[w_off:b_off].reshape(n_in, n_out)[...] = padded[pw:pb].reshape(n_in, pad)[:, :n_out]
+            flat[b_off:b_off + n_out] = padded[pb:pb + n_out]
+        return flat
+
+    def scratch(self, copies):
+        return np.zeros((copies, self.scratch_size), dtype=self.net.dtype)
+
+
+class CythonBackend:
+    """Compiled Cython kernels; see the module docstring for how a call runs.
+
+    Attributes (tuning knobs, normally left alone):
+      input_mode: "auto" | "dense" | "sparse" for uint8 input ("auto": sparse below
+        `sparse_max_density` non-zero pixels).
+      blas_min_work: per-step batch x n_in x padded n_out at which a layer calls BLAS.
+      hogwild: None (use it when plan.deterministic is False and threads > 1), or True/False.
+    """
+
+    name = NAME
+
+    def __init__(self):
+        self.input_mode = os.environ.get("FASTGD_CYTHON_INPUT", "auto")
+        self.sparse_max_density = 0.5
+        self.blas_min_work = 1 << 20
+        self.forward_chunk = 256
+        self.hogwild = None
+        self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
+        self._controller = None
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _blas_limit(self, threads):
+        """Context manager limiting BLAS (numpy's and scipy's OpenBLAS) to `threads`."""
+        from threadpoolctl import ThreadpoolController
+
+        if self._controller is None:
+            self._controller = ThreadpoolController()  # after scipy's BLAS is loaded by _k
+        return self._controller.limit(limits=threads, user_api="blas")
+
+    @staticmethod
+    def _codes(net, loss=None):
+        hidden = _k.ACT_CODES[net.activation]
+        out = _k.ACT_CODES[net.output]
+        return hidden, out, (_k.LOSS_CODES[loss] if loss is not None else 0)
+
+    @staticmethod
+    def _check_input(net, X, x_scale):
+        if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[1] != net.sizes[0]:
+            raise ValueError(f"X must be a 2-D array with {net.sizes[0]} columns, got "
+                             f"{getattr(X, 'shape', type(X).__name__)}")
+        if X.dtype != np.uint8 and X.dtype != net.dtype:
+            raise TypeError(f"X must be uint8 or the network's dtype {net.dtype}, got {X.dtype}")
+        if not X.flags.c_contiguous:
+            raise ValueError("X must be C-contiguous")
+        if not np.isfinite(x_scale):
+            raise ValueError(f"x_scale must be finite, got {x_scale}")
+        if X.dtype == np.uint8:
+            return X, None
+        return None, X
+
+    @staticmethod
+    def _check_targets(net, targets, labels, n):
+        n_out = net.sizes[-1]
+        if (not isinstance(targets, np.ndarray) or targets.shape != (n, n_out) or targets.dtype != net.dtype
+                or not targets.flags.c_contiguous):
+            raise ValueError(f"targets must be a C-contiguous {net.dtype} array of shape {(n, n_out)}")
+        if labels is None:
+            labels = np.argmax(targets, axis=1).astype(np.int32)
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape {(n,)}, got {labels.shape}")
+        return targets, labels
+
+    def _csr(self, X):
+        """(ptr, idx, val, density) for uint8 X, cached per array object."""
+        c = self._csr_cache
+        if c is not None and c[0]() is X and c[1] == X.ctypes.data and c[2] == X.shape:
+            return c[3], c[4]
+        if X.shape[1] > 65536:
+            return None, 1.0
+        csr = _k.build_csr(X)
+        density = csr[1].size / max(X.size, 1)
+        self._csr_cache = (weakref.ref(X), X.ctypes.data, X.shape, csr, density)
+        return csr, density
+
+    def _input_csr(self, X):
+        """The sparse index of uint8 X when the first layer should use it, else None."""
+        if X.dtype != np.uint8 or self.input_mode == "dense":
+            return None
+        csr, density = self._csr(X)
+        if csr is None:
+            return None
+        if self.input_mode == "sparse" or density <= self.sparse_max_density:
+            return csr
+        return None
+
+    # ---- the contract ---------------------------------------------------------------------
+    def prepare(self, net, plan):
+        """Build the sparse-input index for plan.X ahead of the timed epochs; returns 0.0 (the
+        kernels are compiled at install, nothing is compiled here)."""
+        if isinstance(plan.X, np.ndarray) and plan.X.dtype == np.uint8 and plan.X.ndim == 2:
+            self._input_csr(plan.X)
+        return 0.0
+
+    def forward(self, net, X, x_scale, threads=1):
+        Xu8, Xf = self._check_input(net, X, x_scale)
+        threads = max(1, int(threads))
+        n = X.shape[0]
+        chunk = max(1, min(self.forward_chunk, n))
+        lay = _Layout(net, chunk, self.blas_min_work)
+        out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
+        params = lay.pad(net.params)
+        hidden, output, _ = self._codes(net)
+        omp_threads = 1 if lay.uses_blas else threads
+        with self._blas_limit(threads if lay.uses_blas else 1):
+            _k.forward(params, lay.table, hidden, output, Xu8, Xf, float(x_scale), chunk,
+                       lay.scratch(omp_threads), lay.soff, out, omp_threads)
+        return out
+
+    def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
+        Xu8, Xf = self._check_input(net, X, x_scale)
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("X has no rows")
+        targets, labels = self._check_targets(net, targets, None, n)
+        hidden, output, loss_code = self._codes(net, loss)
+        lay = _Layout(net, n, self.blas_min_work)
+        params = lay.pad(net.params)
+        grad = np.zeros_like(params)
+        with self._blas_limit(max(1, int(threads))):
+            loss_sum = _k.loss_and_grad(params, grad, lay.table, hidden, output, loss_code, Xu8, Xf,
+                                        float(x_scale), targets, labels, np.arange(n, dtype=np.int64),
+                                        lay.scratch(1), lay.soff)
+        return loss_sum / n, lay.unpad(grad, np.zeros_like(net.params))
+
+    def _mode(self, plan, lay):
+        threads = max(1, int(plan.threads))
+        if threads == 1 or lay.uses_blas:
+            return "serial", 1
+        hogwild = (not plan.deterministic) if self.hogwild is None else self.hogwild
+        if hogwild and plan.deterministic:
+            raise ValueError("hogwild updates are not deterministic; set plan.deterministic=False")
+        return ("hogwild" if hogwild else "sync"), threads
+
+    def train_epoch(self, net, plan):
+        Xu8, Xf = self._check_input(net, plan.X, plan.x_scale)
+        n = plan.X.shape[0]
+        targets, labels = self._check_targets(net, plan.targets, plan.labels, n)
+        order = np.ascontiguousarray(plan.order, dtype=np.int64)
+        if order.ndim != 1:
+            raise ValueError("order must be 1-D")
+        if order.size == 0:
+            return 0.0, 0
+        if order.min() < 0 or order.max() >= n:
+            raise ValueError(f"order holds row indices outside [0, {n})")
+        bs = int(plan.batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        n_steps = -(-order.size // bs)
+        lrs = np.ascontiguousarray(plan.lrs, dtype=np.float64)
+        if lrs.ndim != 1 or lrs.size < n_steps:
+            raise ValueError(f"lrs must hold one learning rate per step ({n_steps}), got {lrs.shape}")
+        if not np.isfinite(lrs[:n_steps]).all():
+            raise ValueError("lrs contains NaN or inf")
+        hidden, output, loss_code = self._codes(net, plan.loss)
+        batch = min(bs, order.size)
+        lay = _Layout(net, batch, self.blas_min_work)
+        csr = self._input_csr(Xu8) if Xu8 is not None else None
+        mode, threads = self._mode(plan, lay)
+        params = lay.pad(net.params)
+        loss_out = np.zeros(threads, dtype=np.float64)
+        correct_out = np.zeros(threads, dtype=np.int64)
+        scratch = lay.scratch(threads if mode == "hogwild" else 1)
+        ptr, idx, val = csr if csr is not None else (None, None, None)
+        with self._blas_limit(int(plan.threads) if lay.uses_blas else 1):
+            _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
+                           ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
+                           _k.MODES[mode], threads, loss_out, correct_out)
+        lay.unpad(params, net.params)
+        return float(loss_out.sum()), int(correct_out.sum())
