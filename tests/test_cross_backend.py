@@ -1,0 +1,57 @@
+"""Compiled backends agree with each other (Cython vs Numba): deterministic mode, the same
+visiting order, the same weights within the float tolerance, whatever the thread count.
+
+Parametrised over pairs of conftest.COMPILED_BACKENDS, so it runs once both backends ship.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from fastgd.backends import get_backend
+
+from conftest import COMPILED_BACKENDS
+from test_backends import assert_close, make_problem, plan_for
+
+PAIRS = list(itertools.combinations(COMPILED_BACKENDS, 2))
+RECIPES = [("sigmoid", "sigmoid", "mse", 3.0), ("relu", "softmax", "cross_entropy", 0.5),
+           ("tanh", "linear", "mse", 0.05), ("relu", "sigmoid", "cross_entropy", 0.5)]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("activation,output,loss,lr", RECIPES)
+def test_lesson_network_epochs_agree(pair, dtype, threads, activation, output, loss, lr):
+    first_net, X, scale, targets, labels = make_problem([784, 16, 16, 10], 400, dtype, seed=12, uint8=True,
+                                                        activation=activation, output=output)
+    nets = {name: first_net.copy() for name in pair}
+    results = {name: [] for name in pair}
+    for epoch in range(2):
+        order = np.random.default_rng(epoch).permutation(400)
+        for name in pair:
+            plan = plan_for(X, scale, targets, labels, order, 10, lr, loss, threads)
+            results[name].append(get_backend(name).train_epoch(nets[name], plan))
+    a, b = pair
+    what = f"{a} vs {b}, {activation}/{output}/{loss}"
+    assert_close(nets[a].params, nets[b].params, dtype, what)
+    for (loss_a, correct_a), (loss_b, correct_b) in zip(results[a], results[b]):
+        assert_close(loss_a, loss_b, dtype, what + " loss sum")
+        assert abs(correct_a - correct_b) <= (0 if dtype == np.float64 else 2), what + " correct count"
+    assert_close(get_backend(a).forward(nets[a], X, scale, threads),
+                 get_backend(b).forward(nets[a], X, scale, threads), dtype, what + " forward")
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_large_layers_agree(pair, dtype):
+    """Layers wide enough for the BLAS paths, float (not uint8) input, a ragged last batch."""
+    first_net, X, scale, targets, labels = make_problem([300, 256, 128, 10], 300, dtype, seed=13,
+                                                        activation="relu", output="softmax")
+    nets = {name: first_net.copy() for name in pair}
+    order = np.random.default_rng(5).permutation(300)
+    out = {name: get_backend(name).train_epoch(nets[name], plan_for(X, scale, targets, labels, order, 64, 0.1,
+                                                                     "cross_entropy", 2)) for name in pair}
+    a, b = pair
+    assert_close(nets[a].params, nets[b].params, dtype, f"{a} vs {b}")
+    assert_close(out[a][0], out[b][0], dtype, f"{a} vs {b} loss sum")
