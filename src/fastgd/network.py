@@ -164,8 +164,11 @@ class Network:
         return np.argmax(self.predict_proba(X, backend=backend, threads=threads), axis=1)
 
     # ---- persistence --------------------------------------------------------------------------
-    def save(self, path):
+    def save(self, path, extra=None):
         """Write the network (and its training history, if any) to a `.npz` file, atomically.
+
+        `extra` maps further array names to arrays stored beside the network (the Trainer's
+        checkpoints use it); `load` ignores them.
 
         The file is written to a temporary name beside `path` and renamed over it, so an
         interrupted save never leaves a half-written model or destroys the previous one.
@@ -186,6 +189,7 @@ class Network:
         history = getattr(self, "history", None)
         if history is not None:
             arrays["history"] = np.array(json.dumps(history))
+        arrays.update(extra or {})
         atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
 

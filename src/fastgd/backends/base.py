@@ -24,6 +24,17 @@ Conventions (checked against PyTorch autograd in tests/data/torch_one_step.npz):
     For both cross-entropy pairs dL/dz_last = a − t.
   * The minibatch gradient is the mean over its rows; SGD: params -= lr * grad. The last
     minibatch of an epoch may be smaller than batch_size and is used.
+  * The training recipe (all off by default), applied per step in this order, PyTorch's SGD:
+      g = grad + l2 * W + l1 * sign(W)          (weights only; biases are not decayed)
+      v = momentum * v + g                      (v = plan.velocity, kept across epochs)
+      step = g + momentum * v if nesterov else v   (step = g when momentum == 0)
+      params -= lr * step
+    Dropout (inverted) multiplies each hidden activation by keep/(1 - dropout) during training,
+    and image shifts move each input image by (dx, dy) pixels; both draw from the counter-based
+    generator in fastgd._random, keyed by (plan.seed, first_position + index in order, unit),
+    so every backend draws the same masks and shifts.
+  * A backend lists the recipe features it implements in `features` (a set of the names in
+    RECIPE_FEATURES); the Trainer refuses to ask a backend for one it does not list.
 Inputs reaching a backend have been validated by fastgd._checks: shapes agree, values are
 finite, labels lie in range, `order` holds valid row indices.
 """
@@ -32,6 +43,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+RECIPE_FEATURES = ("momentum", "nesterov", "l2", "l1", "dropout", "shift")
 
 
 class BackendUnavailable(ImportError):
@@ -52,6 +66,23 @@ class EpochPlan:
     loss: str  # "mse" | "cross_entropy"
     threads: int = 1
     deterministic: bool = True  # results must not depend on thread timing
+    # ---- the training recipe; the defaults mean plain SGD ----
+    momentum: float = 0.0
+    nesterov: bool = False
+    l2: float = 0.0  # weight decay on weights, not biases
+    l1: float = 0.0
+    velocity: np.ndarray | None = None  # momentum buffer laid out like net.params (needed when momentum > 0)
+    dropout: float = 0.0  # probability of dropping each hidden unit
+    max_shift: int = 0  # shift each input image by up to this many pixels in x and y
+    image_shape: tuple = (0, 0)  # (rows, cols) with rows * cols == n_in, needed when max_shift > 0
+    seed: int = 0  # this epoch's seed for dropout masks and shifts
+    first_position: int = 0  # position in the epoch of order[0] (an epoch may be run in chunks)
+
+    def requested_features(self):
+        """The recipe features this plan turns on."""
+        on = {"momentum": self.momentum > 0, "nesterov": self.nesterov, "l2": self.l2 > 0,
+              "l1": self.l1 > 0, "dropout": self.dropout > 0, "shift": self.max_shift > 0}
+        return {name for name, wanted in on.items() if wanted}
 
     @property
     def n_steps(self):

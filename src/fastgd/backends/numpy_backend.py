@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .. import _random
+from .base import RECIPE_FEATURES
+
 NAME = "numpy"
 
 
@@ -84,26 +87,64 @@ def dense_backward(x, W, dz, gW, gb, need_dx=True):
     return dz @ W.T if need_dx else None
 
 
-def network_forward(net, x):
-    """All activations [x, a1, ..., aL] and the last pre-activation zL."""
+def network_forward(net, x, masks=None):
+    """All activations [x, a1, ..., aL] and the last pre-activation zL.
+
+    masks[l] (optional, one per hidden layer) scales hidden layer l+1's activations: inverted
+    dropout's keep/(1 - rate). acts holds the activations before masking; the next layer sees
+    acts * mask.
+    """
     acts = [x]
     z = None
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         kind = net.output if l == net.n_layers - 1 else net.activation
-        z, a = dense_forward(acts[-1], W, b, kind)
+        inp = acts[-1] if masks is None or l == 0 else acts[-1] * masks[l - 1]
+        z, a = dense_forward(inp, W, b, kind)
         acts.append(a)
     return acts, z
 
 
-def network_backward(net, acts, dz, grad):
+def network_backward(net, acts, dz, grad, masks=None):
     """Back-propagate dL/dz_last through every layer, writing gradients into the flat `grad`."""
     for l in range(net.n_layers - 1, -1, -1):
         w_off, b_off, n_in, n_out = net.layout[l]
         gW = grad[w_off:b_off].reshape(n_in, n_out)
         gb = grad[b_off:b_off + n_out]
-        dx = dense_backward(acts[l], net.weights[l], dz, gW, gb, need_dx=l > 0)
+        inp = acts[l] if masks is None or l == 0 else acts[l] * masks[l - 1]
+        dx = dense_backward(inp, net.weights[l], dz, gW, gb, need_dx=l > 0)
         if l > 0:
+            if masks is not None:
+                dx = dx * masks[l - 1]
             dz = activation_backward(acts[l], dx, net.activation)
+
+
+def dropout_masks(net, plan, positions):
+    """Inverted-dropout multipliers for every hidden layer of the samples at `positions`."""
+    masks, first_unit = [], 0
+    scale = net.dtype.type(1.0 / (1.0 - plan.dropout))
+    for width in net.sizes[1:-1]:
+        keep = _random.dropout_keep(plan.seed, positions, first_unit, width, plan.dropout)
+        masks.append(keep.astype(net.dtype) * scale)
+        first_unit += width
+    return masks
+
+
+def sgd_update(net, grad, lr, plan):
+    """One optimiser step on net.params from the minibatch gradient (see base.py for the rule)."""
+    if plan.l2 > 0 or plan.l1 > 0:
+        for w_off, b_off, _, _ in net.layout:
+            W = net.params[w_off:b_off]
+            if plan.l2 > 0:
+                grad[w_off:b_off] += net.dtype.type(plan.l2) * W
+            if plan.l1 > 0:
+                grad[w_off:b_off] += net.dtype.type(plan.l1) * np.sign(W)
+    step = grad
+    if plan.momentum > 0:
+        mu = net.dtype.type(plan.momentum)
+        plan.velocity *= mu
+        plan.velocity += grad
+        step = grad + mu * plan.velocity if plan.nesterov else plan.velocity
+    net.params -= net.dtype.type(lr) * step
 
 
 def _rows(X, idx, x_scale, dtype):
@@ -113,18 +154,19 @@ def _rows(X, idx, x_scale, dtype):
     return x
 
 
-def minibatch_loss_and_grad(net, x, t, loss, grad):
+def minibatch_loss_and_grad(net, x, t, loss, grad, masks=None):
     """Forward + backward on one minibatch: per-sample losses, outputs; gradient into `grad`."""
-    acts, z = network_forward(net, x)
+    acts, z = network_forward(net, x, masks)
     a = acts[-1]
     per_sample = loss_forward(z, a, t, loss, net.output)
-    network_backward(net, acts, loss_backward(a, t, loss, net.output), grad)
+    network_backward(net, acts, loss_backward(a, t, loss, net.output), grad, masks)
     return per_sample, a
 
 
 # ---- the backend interface (see base.py) ----------------------------------------------------
 class NumpyBackend:
     name = NAME
+    features = frozenset(RECIPE_FEATURES)
 
     def forward(self, net, X, x_scale, threads=1, chunk=8192):
         out = np.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)
@@ -150,9 +192,14 @@ class NumpyBackend:
         with threadpool_limits(plan.threads, user_api="blas"):
             for step in range(plan.n_steps):
                 idx = plan.order[step * bs:(step + 1) * bs]
+                positions = plan.first_position + step * bs + np.arange(len(idx))
                 x = _rows(plan.X, idx, plan.x_scale, net.dtype)
-                per_sample, a = minibatch_loss_and_grad(net, x, plan.targets[idx], plan.loss, grad)
+                if plan.max_shift > 0:
+                    dx, dy = _random.shifts(plan.seed, positions, plan.max_shift)
+                    x = _random.shift_images(x, *plan.image_shape, dx, dy)
+                masks = dropout_masks(net, plan, positions) if plan.dropout > 0 else None
+                per_sample, a = minibatch_loss_and_grad(net, x, plan.targets[idx], plan.loss, grad, masks)
                 loss_sum += float(per_sample.sum(dtype=np.float64))
                 correct += int(np.count_nonzero(np.argmax(a, axis=1) == plan.labels[idx]))
-                net.params -= net.dtype.type(plan.lrs[step]) * grad
+                sgd_update(net, grad, plan.lrs[step], plan)
         return loss_sum, correct
