@@ -24,23 +24,69 @@ def argparse_error(msg):
 
 def add_arguments(p):
     from .backends import backend_names
+    from .recipes import RECIPES
+    from .schedules import SCHEDULES
 
+    # Options a recipe may set default to None here; run() fills them from the recipe, then from
+    # the lesson's defaults, so an explicit flag always wins.
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a named set of settings: 'lesson' (the default) or 'best' (the tuned lesson network)")
     p.add_argument("--sizes", type=_sizes, default=None,
                    help="layer widths, input first (default 784,16,16,10; the input width must match the data)")
-    p.add_argument("--activation", default="sigmoid", choices=_checks.ACTIVATIONS, help="hidden activation")
-    p.add_argument("--output", default="sigmoid", choices=_checks.OUTPUTS, help="output activation")
-    p.add_argument("--loss", default="mse", choices=_checks.LOSSES, help="cost function")
-    p.add_argument("--lr", type=float, default=3.0, help="learning rate (default 3.0)")
-    p.add_argument("--batch-size", type=int, default=10, help="minibatch size (default 10)")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the training data (default 30)")
+    p.add_argument("--activation", default=None, choices=_checks.ACTIVATIONS, help="hidden activation (sigmoid)")
+    p.add_argument("--output", default=None, choices=_checks.OUTPUTS, help="output activation (sigmoid)")
+    p.add_argument("--loss", default=None, choices=_checks.LOSSES, help="cost function (mse)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (3.0)")
+    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (10)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training data (30)")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="where the arithmetic runs")
     p.add_argument("--threads", type=int, default=None, help="threads (default: every core)")
-    p.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
+    p.add_argument("--hogwild", action="store_true",
+                   help="let compiled backends update asynchronously across threads (faster, not bit-reproducible)")
+    p.add_argument("--seed", type=int, default=None, help="seed for weights, shuffling, dropout and shifts")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    g = p.add_argument_group("training recipe")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (0)")
+    g.add_argument("--nesterov", action="store_const", const=True, default=None, help="Nesterov momentum")
+    g.add_argument("--l2", type=float, default=None, help="L2 weight decay (0)")
+    g.add_argument("--l1", type=float, default=None, help="L1 penalty (0)")
+    g.add_argument("--dropout", type=float, default=None, help="dropout rate on hidden layers (0)")
+    g.add_argument("--lr-schedule", default=None, choices=SCHEDULES, help="learning-rate schedule (constant)")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up length in epochs (0)")
+    g.add_argument("--lr-step-size", type=int, default=None, help="step schedule: epochs between decays (10)")
+    g.add_argument("--lr-gamma", type=float, default=None, help="step schedule: decay factor (0.1)")
+    g.add_argument("--min-lr", type=float, default=None, help="cosine schedule: final learning rate (0)")
+    g.add_argument("--augment-shift", type=int, default=None, help="shift training images by up to N pixels (0)")
+    g.add_argument("--validation-split", type=float, default=None,
+                   help="hold out this fraction of the training data for validation (default: validate on the test set)")
+    g.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation loss; keep the best weights")
+    g.add_argument("--checkpoint", default=None, metavar="PATH", help="write a checkpoint here every --checkpoint-every epochs")
+    g.add_argument("--checkpoint-every", type=int, default=1, metavar="N")
+    g.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="a folder with the four IDX files (MNIST layout, optionally .gz); default: the shipped MNIST")
     p.add_argument("--save", default=None, metavar="PATH", help="write the trained network here (.npz)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+TRAINER_OPTIONS = ("loss", "lr", "batch_size", "epochs", "momentum", "nesterov", "l2", "l1", "dropout", "lr_schedule",
+                   "warmup_epochs", "lr_step_size", "lr_gamma", "min_lr", "augment_shift", "validation_split",
+                   "early_stopping")
+
+
+def resolve_settings(args):
+    """Network and Trainer settings: explicit flags, then the recipe, then the lesson's defaults."""
+    from .recipes import RECIPES
+
+    settings = dict(RECIPES["lesson"])
+    settings.update(RECIPES.get(args.recipe) or {})
+    for key in ("sizes", "activation", "output") + TRAINER_OPTIONS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    return settings
 
 
 def run(args):
@@ -48,23 +94,44 @@ def run(args):
     from .network import Network
     from .trainer import Trainer
 
+    settings = resolve_settings(args)
     data = load_idx(args.data) if args.data else load_mnist()
     X_train, y_train, X_test, y_test = data
-    sizes = args.sizes or [X_train.shape[1], 16, 16, 10]
-    net = Network(sizes, activation=args.activation, output=args.output, dtype=args.dtype, seed=args.seed)
-    trainer = Trainer(net, loss=args.loss, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                      backend=args.backend, threads=args.threads, seed=args.seed)
+    sizes = settings["sizes"] if args.sizes or args.recipe else [X_train.shape[1], 16, 16, 10]
+    net = Network(sizes, activation=settings["activation"], output=settings["output"], dtype=args.dtype,
+                  seed=args.seed)
+    trainer = Trainer(net, backend=args.backend, threads=args.threads, seed=args.seed,
+                      deterministic=not args.hogwild, checkpoint=args.checkpoint,
+                      checkpoint_every=args.checkpoint_every, **{k: settings[k] for k in TRAINER_OPTIONS if k in settings})
     log = sys.stderr if args.json else sys.stdout
     print(f"fastgd: {len(X_train)} training and {len(X_test)} test samples; network {net}; "
           f"backend {trainer.backend.name}, {trainer.threads} thread(s)", file=log, flush=True)
 
-    def progress(record, _trainer):
-        print(f"epoch {record['epoch']:3d}/{args.epochs}  loss {record['train_loss']:.4f}  "
-              f"train acc {100 * record['train_accuracy']:6.2f}%  test acc {100 * record['val_accuracy']:6.2f}%  "
-              f"{record['seconds']:.3f} s  {record['samples_per_second'] / 1e3:,.0f}k samples/s",
-              file=log, flush=True)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
 
-    history = trainer.fit(X_train, y_train, validation_data=(X_test, y_test), callbacks=[progress])
+        bar = tqdm(total=trainer.epochs, unit="epoch", file=sys.stderr, leave=False, dynamic_ncols=True)
+    val_name = "val" if trainer.validation_split else "test"
+
+    def progress(record, _trainer):
+        line = (f"epoch {record['epoch']:3d}/{trainer.epochs}  loss {record['train_loss']:.4f}  "
+                f"train acc {100 * record['train_accuracy']:6.2f}%  {val_name} acc {100 * record['val_accuracy']:6.2f}%  "
+                f"{record['seconds']:.3f} s  {record['samples_per_second'] / 1e3:,.0f}k samples/s")
+        if bar is not None:
+            bar.write(line, file=log)
+            bar.update(record["epoch"] - bar.n)
+        else:
+            print(line, file=log, flush=True)
+
+    validation = None if trainer.validation_split else (X_test, y_test)
+    try:
+        history = trainer.fit(X_train, y_train, validation_data=validation, callbacks=[progress], resume=args.resume)
+    finally:
+        if bar is not None:
+            bar.close()
+    if history.stopped_early:
+        print(f"early stopping after epoch {len(history)}; kept the weights of epoch {history.best_epoch}", file=log)
     if history.compile_seconds > 0.05:
         print(f"compiling the {trainer.backend.name} kernels took {history.compile_seconds:.2f} s "
               f"(not counted as training time)", file=log)
@@ -89,8 +156,8 @@ def run(args):
             "activation": net.activation,
             "output": net.output,
             "loss": trainer.loss,
-            "lr": trainer.lr,
-            "batch_size": trainer.batch_size,
+            "recipe": args.recipe or "lesson",
+            "settings": {k: getattr(trainer, k) for k in TRAINER_OPTIONS},
             "dtype": net.dtype.name,
             "seed": args.seed,
             "history": history.to_list(),
