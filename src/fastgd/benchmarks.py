@@ -7,10 +7,11 @@ and is never timed. Every round starts from the same initial weights, so every r
 work.
 
 Slow cases (NumPy at batch 1 on the large network would take minutes per epoch) time a random
-subsample of the 60,000 training images, gathered from the full array so memory behaves as in a
-real epoch; they report samples per second and an epoch time extrapolated to 60,000 samples, and
-the tables mark them with ``*``. Speed-ups are ratios of samples per second measured in the same
-run, from medians of several rounds.
+subsample of the 60,000 training images (`epoch_samples`: what the NumPy reference would get
+through in a time budget, the same count for every backend of a case and for every run), gathered
+from the full array so memory behaves as in a real epoch; they report samples per second and an
+epoch time extrapolated to 60,000 samples, and the tables mark them with ``*``. Speed-ups are
+ratios of samples per second measured in the same run, from medians of several rounds.
 """
 from __future__ import annotations
 
@@ -282,8 +283,30 @@ def _timed(fn):
             gc.enable()
 
 
-def _round_down(n, multiple):
-    return max(multiple, (n // multiple) * multiple)
+def n_params(sizes):
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def numpy_step_seconds(sizes, batch_size):
+    """Rough cost of one NumPy-reference SGD step on this kind of machine (one core): Python and
+    dispatch overhead, the parameter update (proportional to the parameters), and the per-sample
+    matrix work. Only used to size subsamples; measured on the 2-core EPYC (see PERFORMANCE.md)."""
+    p = n_params(sizes)
+    return 80e-6 + 1.4e-9 * p + batch_size * (1e-6 + 5e-11 * p)
+
+
+def epoch_samples(config, budget_seconds=0.3, max_samples=None):
+    """Training samples timed per round for `config`'s case: a full 60,000-sample epoch when the
+    NumPy reference would finish it within `budget_seconds`, else the largest whole number of
+    minibatches it would (at least 20). The same for every backend of a case and every run, so
+    timings are comparable within a group and across saved runs."""
+    cap = MNIST_TRAIN if max_samples is None else min(max_samples, MNIST_TRAIN)
+    if config.kind != "train":
+        return MNIST_TEST
+    bs = config.batch_size
+    steps = int(budget_seconds / numpy_step_seconds(config.net.sizes, bs))
+    n = max(20, steps) * bs
+    return cap if n >= cap else n
 
 
 class Runner:
@@ -293,7 +316,7 @@ class Runner:
     and appends its duration to ``runner.result.seconds``.
     """
 
-    def __init__(self, config, workload, target_seconds=0.25, max_samples=None, seed=0):
+    def __init__(self, config, workload, budget_seconds=0.3, max_samples=None, seed=0):
         from .network import Network
 
         self.config = config
@@ -305,9 +328,9 @@ class Runner:
         self.initial = self.net.params.copy()
         self._rng = np.random.default_rng(seed)
         if config.kind == "train":
-            self._setup_train(target_seconds, max_samples)
+            self._setup_train(epoch_samples(config, budget_seconds, max_samples))
         else:
-            self._setup_infer(target_seconds)
+            self._setup_infer()
 
     # training: one call = one epoch over n samples
     def _plan(self, n):
@@ -319,31 +342,19 @@ class Runner:
                          lrs=np.full(steps, spec.lr), batch_size=c.batch_size, loss=spec.loss, threads=c.threads,
                          deterministic=c.deterministic)
 
-    def _setup_train(self, target_seconds, max_samples):
+    def _setup_train(self, n):
         bs = self.config.batch_size
-        n_total = self.workload.n_train if max_samples is None else min(max_samples, self.workload.n_train)
-        self._order = self._rng.permutation(self.workload.n_train)[:n_total].astype(np.int64)
+        self._order = self._rng.permutation(self.workload.n_train)[:n].astype(np.int64)
         compile_seconds = 0.0
         prepare = getattr(self.backend, "prepare", None)
         if prepare is not None:  # JIT compilation: done here, never timed
-            compile_seconds = float(prepare(self.net, self._plan(min(n_total, bs))) or 0.0)
-        # Calibrate on a small slice (this also warms caches and thread pools), then pick a
-        # sample count whose epoch takes about target_seconds; a full epoch when that is cheap.
-        n0 = min(n_total, _round_down(max(8 * bs, 256), bs))
-        plan0 = self._plan(n0)
-        self.reset()
-        rate = n0 / max(_timed(lambda: self.backend.train_epoch(self.net, plan0)), 1e-9)
-        n = int(rate * target_seconds)
-        if n >= 0.8 * n_total:
-            n = n_total
-        else:
-            n = min(n_total, max(n0, _round_down(n, bs)))
+            compile_seconds = float(prepare(self.net, self._plan(min(n, bs))) or 0.0)
         self.plan = self._plan(n)
         self.result = Result(self.config, n, compile_seconds=compile_seconds, subsampled=n < MNIST_TRAIN)
         self.reset()
 
     # inference: one call = a forward pass over the 10,000 test images
-    def _setup_infer(self, target_seconds):
+    def _setup_infer(self):
         w = self.workload
         self.X = w.X_test
         self.backend.forward(self.net, self.X, _checks.UINT8_SCALE, self.config.threads)  # warm-up (and JIT)
@@ -366,7 +377,7 @@ class Runner:
         return seconds
 
 
-def measure(configs, workload=None, repeats=5, target_seconds=0.25, warmup=1, progress=None, max_samples=None):
+def measure(configs, workload=None, repeats=5, budget_seconds=0.3, warmup=1, progress=None, max_samples=None):
     """Time every config: per case, the backends' rounds are interleaved so that a change in machine
     load affects all of them alike. Returns a list of Results in the order of `configs`."""
     workload = workload or Workload()
@@ -377,7 +388,7 @@ def measure(configs, workload=None, repeats=5, target_seconds=0.25, warmup=1, pr
     for case_configs in by_case.values():
         runners = []
         for c in case_configs:
-            runners.append(Runner(c, workload, target_seconds=target_seconds, max_samples=max_samples))
+            runners.append(Runner(c, workload, budget_seconds=budget_seconds, max_samples=max_samples))
         for round_ in range(warmup + repeats):
             for r in runners:
                 if r.config.kind == "train":
@@ -613,7 +624,7 @@ def peer_available(name):
     return importlib.util.find_spec(module) is not None
 
 
-def measure_peers(configs, peers=PEERS, repeats=5, target_seconds=0.25, warmup=1, max_samples=None):
+def measure_peers(configs, peers=PEERS, repeats=5, budget_seconds=0.3, warmup=1, max_samples=None):
     """Run the cases of `configs` with each installed peer, in a subprocess per peer and thread count
     (its own thread pools never run beside fastgd's; the process is pinned to `threads` cores).
     Returns (results, messages)."""
@@ -630,7 +641,7 @@ def measure_peers(configs, peers=PEERS, repeats=5, target_seconds=0.25, warmup=1
             by_threads.setdefault(c.threads, []).append(c.with_backend(peer))
         for threads, group in sorted(by_threads.items()):
             request = {"peer": peer, "threads": threads, "configs": [asdict(c) for c in group], "repeats": repeats,
-                       "target_seconds": target_seconds, "warmup": warmup, "max_samples": max_samples}
+                       "budget_seconds": budget_seconds, "warmup": warmup, "max_samples": max_samples}
             env = dict(os.environ)
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 env[var] = str(threads)
@@ -655,32 +666,21 @@ def measure_peers(configs, peers=PEERS, repeats=5, target_seconds=0.25, warmup=1
 class _PeerRunner:
     """Interface shared by the peers inside the worker: setup, then run() per timed call."""
 
-    def __init__(self, config, workload, target_seconds, max_samples, seed=0):
+    def __init__(self, config, workload, budget_seconds, max_samples, seed=0):
         self.config = config
         self.spec = config.net
         self.workload = workload
         self.rng = np.random.default_rng(seed)
         self.compile_seconds = 0.0
+        self.build()
         if config.kind == "train":
-            n_total = workload.n_train if max_samples is None else min(max_samples, workload.n_train)
-            self.order = self.rng.permutation(workload.n_train)[:n_total].astype(np.int64)
-            self.build()
-            bs = config.batch_size
+            n = self.n = epoch_samples(config, budget_seconds, max_samples)
+            self.order = self.rng.permutation(workload.n_train)[:n].astype(np.int64)
             start = time.perf_counter()
-            self.prepare_epoch(min(n_total, bs))  # first call compiles (JAX) / allocates (torch)
-            self.epoch()
-            self.compile_seconds = time.perf_counter() - start
-            n0 = min(n_total, _round_down(max(8 * bs, 256), bs))
-            self.prepare_epoch(n0)
-            self.epoch()  # JAX compiles again for the new shape: not timed
-            rate = n0 / max(_timed(self.epoch), 1e-9)
-            n = int(rate * target_seconds)
-            n = n_total if n >= 0.8 * n_total else min(n_total, max(n0, _round_down(n, bs)))
             self.prepare_epoch(n)
-            self.epoch()
-            self.n = n
+            self.epoch()  # the first call compiles (JAX) or allocates (torch): not timed
+            self.compile_seconds = time.perf_counter() - start
         else:
-            self.build()
             self.prepare_infer()
             self.infer()
             self.n = workload.X_test.shape[0]
@@ -853,7 +853,7 @@ def _peer_worker():
     out = []
     for d in request["configs"]:
         config = Config(**d)
-        runner = runner_cls(config, workload, request["target_seconds"], request["max_samples"])
+        runner = runner_cls(config, workload, request["budget_seconds"], request["max_samples"])
         for _ in range(request["warmup"]):
             runner.run()
         seconds = [runner.run() for _ in range(request["repeats"])]

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark). A package so its conftest never shadows tests/conftest.py."""
