@@ -246,3 +246,18 @@ def test_cli_rejects_bad_choices():
         _cli(["--repeats", "0"])
     with pytest.raises(SystemExit):
         _cli(["--threads", "two"])
+
+
+def test_peers_run_in_a_worker_or_say_they_are_missing(monkeypatch):
+    configs = [B.Config("train", "numpy", "lesson", "float32", 1, 10), B.Config("infer", "numpy", "lesson", "float32", 1)]
+    results, messages = B.measure_peers(configs, repeats=1, warmup=0, max_samples=50)
+    for peer in B.PEERS:
+        mine = [r for r in results if r.config.backend == peer]
+        if B.peer_available(peer):
+            assert [(r.config.kind, r.n_samples) for r in mine] == [("train", 50), ("infer", 10_000)]
+            assert all(len(r.seconds) == 1 and r.seconds[0] > 0 for r in mine)
+        else:
+            assert not mine and any(m.startswith(f"{peer} is not installed") for m in messages)
+    monkeypatch.setattr(B, "peer_available", lambda name: False)
+    results, messages = B.measure_peers(configs)
+    assert results == [] and len(messages) == len(B.PEERS)

@@ -716,10 +716,11 @@ class _TorchRunner(_PeerRunner):
         self.initial = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.spec.lr)
         w = self.workload
-        self.X = torch.from_numpy(w.X_train).to(dt).div_(255)
+        np_dt = np.dtype(self.config.dtype)
+        self.X = torch.from_numpy(w.X_train.astype(np_dt)).div_(255)
         self.labels = torch.from_numpy(w.y_train.astype(np.int64))
         self.T = torch.nn.functional.one_hot(self.labels, sizes[-1]).to(dt)
-        self.X_test = torch.from_numpy(w.X_test).to(dt).div_(255)
+        self.X_test = torch.from_numpy(w.X_test.astype(np_dt)).div_(255)
 
     def reset(self):
         self.model.load_state_dict(self.initial)
