@@ -182,10 +182,16 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path):
         B.update_readme(readme, "x")
 
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_writes_a_png_or_names_the_missing_extra(tmp_path):
+    import importlib.util
+
     results = [result("numpy", [1.0]), result("cython", [0.1]), result("numpy", [0.04], n=10_000, kind="infer")]
-    path = B.plot(results, tmp_path / "bench.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if importlib.util.find_spec("matplotlib") is None:  # the `plot` extra is not installed
+        with pytest.raises(ImportError, match=r"fastgd\[plot\]"):
+            B.plot(results, tmp_path / "bench.png")
+    else:
+        path = B.plot(results, tmp_path / "bench.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---- tiny real runs -------------------------------------------------------------------------------
