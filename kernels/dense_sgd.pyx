@@ -41,6 +41,12 @@ cdef extern from *:
     static inline void fgd_barrier(void) { }
     #endif
 
+    /* Ask for the cache lines of [p, p + nbytes) ahead of use. */
+    static inline void fgd_prefetch(const void* p, long nbytes) {
+        const char* c = (const char*)p;
+        for (long k = 0; k < nbytes; k += 64) __builtin_prefetch(c + k, 0, 3);
+    }
+
     /* exp(x) in float32 without a libm call, so loops over 16 lanes vectorise: Cody-Waite
        range reduction and the Cephes expf polynomial (relative error ~1e-7). The clamp keeps
        2^k a normal float; sigmoid and softmax only need the limits, which it preserves. */
@@ -66,6 +72,7 @@ cdef extern from *:
     int fgd_num_threads() noexcept nogil
     void fgd_barrier() noexcept nogil
     float fgd_expf(float x) noexcept nogil
+    void fgd_prefetch(const void* p, long nbytes) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -121,6 +128,7 @@ cdef struct Ctx:
     const uint8_t* xu8          # uint8 input rows, or NULL
     const void* xf              # floating input rows, or NULL
     int64_t n_in
+    int64_t x_itemsize          # bytes per element of xf
     double x_scale
     const int64_t* csr_ptr      # non-zero pixels per row (sparse uint8 path), or NULL
     const uint16_t* csr_idx
@@ -174,7 +182,8 @@ cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0
                         int act) noexcept nogil:
     """Rows r0..r1 of Z (row stride pad) = act(A[r] @ W + b); 4 rows share each W load and
     keep 4 independent FMA chains in flight; bias and activation are applied to each finished
-    16-lane block while it is still in registers."""
+    16-lane block while it is still in registers. Each row is one chain in input order, so
+    its value does not depend on which rows it was grouped with."""
     cdef floating acc0[VL]
     cdef floating acc1[VL]
     cdef floating acc2[VL]
@@ -221,27 +230,15 @@ cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0
                 z[2 * pad + jj] = acc2[jj]
                 z[3 * pad + jj] = acc3[jj]
             r += 4
-        while r < r1:
-            a0 = A + r * lda
+        while r < r1:  # leftover rows: same single chain per row as above, so a row's result
+            a0 = A + r * lda  # does not depend on how rows were grouped (threads split rows)
             for jj in range(VL):
                 acc0[jj] = b[jb + jj]
-                acc1[jj] = 0
-            i = 0
-            while i + 2 <= n_in:  # two chains for the lone row
-                w = W + i * pad + jb
-                x0 = a0[i]
-                x1 = a0[i + 1]
-                for jj in range(VL):
-                    acc0[jj] += x0 * w[jj]
-                    acc1[jj] += x1 * w[pad + jj]
-                i += 2
-            if i < n_in:
+            for i in range(n_in):
                 w = W + i * pad + jb
                 x0 = a0[i]
                 for jj in range(VL):
                     acc0[jj] += x0 * w[jj]
-            for jj in range(VL):
-                acc0[jj] += acc1[jj]
             activation_forward(acc0, VL, act)
             z = Z + r * pad + jb
             for jj in range(VL):
@@ -392,6 +389,24 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
         for j in range(n_out):
             d[j] = a[j] - t[j]
     loss_sum[0] += l
+
+
+# ---- input rows of the next minibatch: start fetching them while this one computes ---------
+cdef void prefetch_input(const Ctx* c, const int64_t* rows, int64_t B) noexcept nogil:
+    """Shuffled rows are scattered over a 47 MB array the hardware prefetcher cannot predict;
+    fetching the next minibatch's rows one step early hides most of the DRAM latency."""
+    cdef int64_t s, row, k0, k1
+    for s in range(B):
+        row = rows[s]
+        if c.csr_ptr != NULL:
+            k0 = c.csr_ptr[row]
+            k1 = c.csr_ptr[row + 1]
+            fgd_prefetch(c.csr_idx + k0, (k1 - k0) * 2)
+            fgd_prefetch(c.csr_val + k0, k1 - k0)
+        elif c.xu8 != NULL:
+            fgd_prefetch(c.xu8 + row * c.n_in, c.n_in)
+        else:
+            fgd_prefetch(<const char*>c.xf + row * c.n_in * c.x_itemsize, c.n_in * c.x_itemsize)
 
 
 # ---- one minibatch, phase A: forward, loss, deltas for rows s0..s1 --------------------------
@@ -572,21 +587,68 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                 gemm(b"N", b"T", <int>pad, <int>(i1 - i0), <int>B, coef, D, <int>pad,
                      A + i0, <int>lda, <floating>1, Tw + i0 * pad, <int>pad)
             continue
-        for i in range(i0, i1):
-            for jb in range(0, pad, 16):
+        weight_update_rows(A, lda, D, pad, B, i0, i1, coef, Tw)
+
+
+cdef void weight_update_rows(const floating* A, int64_t lda, const floating* D, int64_t pad,
+                             int64_t B, int64_t i0, int64_t i1, floating coef,
+                             floating* Tw) noexcept nogil:
+    """Tw[i] += coef * sum_s A[s, i] D[s] for rows i0..i1, four rows at a time so each delta
+    load feeds four independent FMA chains (the same shape as dense_forward)."""
+    cdef floating acc0[VL]
+    cdef floating acc1[VL]
+    cdef floating acc2[VL]
+    cdef floating acc3[VL]
+    cdef floating x0, x1, x2, x3
+    cdef const floating* d
+    cdef const floating* a
+    cdef floating* t
+    cdef int64_t i, s, jb, jj
+    for jb in range(0, pad, 16):
+        i = i0
+        while i + 4 <= i1:
+            for jj in range(VL):
+                acc0[jj] = 0
+                acc1[jj] = 0
+                acc2[jj] = 0
+                acc3[jj] = 0
+            for s in range(B):
+                d = D + s * pad + jb
+                a = A + s * lda + i
+                x0 = a[0]
+                x1 = a[1]
+                x2 = a[2]
+                x3 = a[3]
                 for jj in range(VL):
-                    acc[jj] = 0
-                for s in range(B):
-                    x = A[s * lda + i]
-                    for jj in range(VL):
-                        acc[jj] += x * D[s * pad + jb + jj]
+                    acc0[jj] += x0 * d[jj]
+                    acc1[jj] += x1 * d[jj]
+                    acc2[jj] += x2 * d[jj]
+                    acc3[jj] += x3 * d[jj]
+            t = Tw + i * pad + jb
+            for jj in range(VL):
+                t[jj] += coef * acc0[jj]
+                t[pad + jj] += coef * acc1[jj]
+                t[2 * pad + jj] += coef * acc2[jj]
+                t[3 * pad + jj] += coef * acc3[jj]
+            i += 4
+        while i < i1:
+            for jj in range(VL):
+                acc0[jj] = 0
+            for s in range(B):
+                d = D + s * pad + jb
+                x0 = A[s * lda + i]
                 for jj in range(VL):
-                    Tw[i * pad + jb + jj] += coef * acc[jj]
+                    acc0[jj] += x0 * d[jj]
+            t = Tw + i * pad + jb
+            for jj in range(VL):
+                t[jj] += coef * acc0[jj]
+            i += 1
 
 
 # ---- Python entry points (called by cython_backend after validation) ------------------------
 cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int loss,
-                   const uint8_t[:, ::1] Xu8, const void* xf, int64_t n_in, double x_scale,
+                   const uint8_t[:, ::1] Xu8, const void* xf, int64_t x_itemsize, int64_t n_in,
+                   double x_scale,
                    const int64_t[::1] csr_ptr, const uint16_t[::1] csr_idx,
                    const uint8_t[::1] csr_val, const void* targets, const int32_t[::1] labels,
                    const int64_t[::1] soff):
@@ -598,6 +660,7 @@ cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int
     c.xu8 = &Xu8[0, 0] if Xu8 is not None else NULL
     c.xf = xf
     c.n_in = n_in
+    c.x_itemsize = x_itemsize
     c.x_scale = x_scale
     if csr_ptr is not None:
         c.csr_ptr = &csr_ptr[0]
@@ -640,13 +703,16 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
     cdef double* lo = &loss_out[0]
     cdef int64_t* co = &correct_out[0]
     cdef int tid, nt
-    cdef int64_t step, B, s0, s1
-    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, n_in, x_scale, csr_ptr, csr_idx,
+    cdef int64_t step, B, B1, s0, s1
+    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, sizeof(floating), n_in, x_scale, csr_ptr, csr_idx,
              csr_val, &targets[0, 0], labels, soff)
     if mode == MODE_SERIAL:
         with nogil:
             for step in range(n_steps):
                 B = min(batch_size, m - step * batch_size)
+                if step + 1 < n_steps:
+                    prefetch_input(&c, od + (step + 1) * batch_size,
+                                   min(batch_size, m - (step + 1) * batch_size))
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, 0, B, True,
                                            lo, co)
                 minibatch_update(&c, P, S0, od + step * batch_size, B,
@@ -659,6 +725,9 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
             step = tid
             while step < n_steps:
                 B = min(batch_size, m - step * batch_size)
+                if step + nt < n_steps:
+                    prefetch_input(&c, od + (step + nt) * batch_size,
+                                   min(batch_size, m - (step + nt) * batch_size))
                 minibatch_forward_backward(&c, P, S0 + tid * sstride, od + step * batch_size, 0,
                                            B, 0, B, True, lo + tid, co + tid)
                 minibatch_update(&c, P, S0 + tid * sstride, od + step * batch_size, B,
@@ -669,6 +738,10 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 B = min(batch_size, m - step * batch_size)
                 s0 = B * tid // nt
                 s1 = B * (tid + 1) // nt
+                if step + 1 < n_steps:  # each thread fetches the rows it will compute next
+                    B1 = min(batch_size, m - (step + 1) * batch_size)
+                    prefetch_input(&c, od + (step + 1) * batch_size + B1 * tid // nt,
+                                   B1 * (tid + 1) // nt - B1 * tid // nt)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, s0, s1, True,
                                            lo + tid, co + tid)
                 fgd_barrier()  # every delta is computed from the pre-update weights
@@ -689,7 +762,7 @@ def loss_and_grad(floating[::1] params, floating[::1] grad, int64_t[:, ::1] lay,
     cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
     cdef double loss_sum = 0
     cdef int64_t correct = 0
-    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, lay[0, L_NIN], x_scale, None, None,
+    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, sizeof(floating), lay[0, L_NIN], x_scale, None, None,
              None, &targets[0, 0], labels, soff)
     with nogil:
         minibatch_forward_backward(&c, &params[0], &scratch[0, 0], &order[0], 0, B, 0, B, True,
@@ -720,7 +793,7 @@ def forward(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int out_a
     cdef int64_t ch, B, s, j
     cdef double dummy_loss = 0
     cdef int64_t dummy_correct = 0
-    fill_ctx(&c, lay, hidden_act, out_act, LOSS_MSE, Xu8, xf, lay[0, L_NIN], x_scale, None,
+    fill_ctx(&c, lay, hidden_act, out_act, LOSS_MSE, Xu8, xf, sizeof(floating), lay[0, L_NIN], x_scale, None,
              None, None, NULL, None, soff)
     with nogil, parallel(num_threads=threads):
         tid = fgd_thread_num()

@@ -92,6 +92,8 @@ class CythonBackend:
         `sparse_max_density` non-zero pixels).
       blas_min_work: per-step batch x n_in x padded n_out at which a layer calls BLAS.
       hogwild: None (use it when plan.deterministic is False and threads > 1), or True/False.
+      sync_min_work: deterministic threads are used only when batch x n_params per step
+        reaches this; below it the step is too short to pay for two barriers.
     """
 
     name = NAME
@@ -102,6 +104,7 @@ class CythonBackend:
         self.blas_min_work = 1 << 20
         self.forward_chunk = 256
         self.hogwild = None
+        self.sync_min_work = 0
         self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
         self._controller = None
 
@@ -146,7 +149,15 @@ class CythonBackend:
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape {(n,)}, got {labels.shape}")
+        if n and (labels.min() < 0 or labels.max() >= n_out):
+            raise ValueError(f"labels must lie in [0, {n_out})")
         return targets, labels
+
+    @staticmethod
+    def _check_threads(threads):
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        return int(threads)
 
     def _csr(self, X):
         """(ptr, idx, val, density) for uint8 X, cached per array object."""
@@ -181,7 +192,7 @@ class CythonBackend:
 
     def forward(self, net, X, x_scale, threads=1):
         Xu8, Xf = self._check_input(net, X, x_scale)
-        threads = max(1, int(threads))
+        threads = self._check_threads(threads)
         n = X.shape[0]
         chunk = max(1, min(self.forward_chunk, n))
         lay = _Layout(net, chunk, self.blas_min_work)
@@ -204,20 +215,26 @@ class CythonBackend:
         lay = _Layout(net, n, self.blas_min_work)
         params = lay.pad(net.params)
         grad = np.zeros_like(params)
-        with self._blas_limit(max(1, int(threads))):
+        with self._blas_limit(self._check_threads(threads)):
             loss_sum = _k.loss_and_grad(params, grad, lay.table, hidden, output, loss_code, Xu8, Xf,
                                         float(x_scale), targets, labels, np.arange(n, dtype=np.int64),
                                         lay.scratch(1), lay.soff)
         return loss_sum / n, lay.unpad(grad, np.zeros_like(net.params))
 
-    def _mode(self, plan, lay):
-        threads = max(1, int(plan.threads))
-        if threads == 1 or lay.uses_blas:
-            return "serial", 1
+    def _mode(self, net, plan, lay, batch):
+        """("serial" | "sync" | "hogwild", OpenMP threads) for this epoch."""
+        threads = self._check_threads(plan.threads)
         hogwild = (not plan.deterministic) if self.hogwild is None else self.hogwild
         if hogwild and plan.deterministic:
             raise ValueError("hogwild updates are not deterministic; set plan.deterministic=False")
-        return ("hogwild" if hogwild else "sync"), threads
+        if threads == 1 or lay.uses_blas:
+            return "serial", 1  # BLAS layers: BLAS gets the threads
+        if hogwild:
+            return "hogwild", threads
+        # sync pays two barriers per step: below sync_min_work per step one thread is faster
+        if batch * net.n_params < self.sync_min_work:
+            return "serial", 1
+        return "sync", threads
 
     def train_epoch(self, net, plan):
         Xu8, Xf = self._check_input(net, plan.X, plan.x_scale)
@@ -243,7 +260,7 @@ class CythonBackend:
         batch = min(bs, order.size)
         lay = _Layout(net, batch, self.blas_min_work)
         csr = self._input_csr(Xu8) if Xu8 is not None else None
-        mode, threads = self._mode(plan, lay)
+        mode, threads = self._mode(net, plan, lay, batch)
         params = lay.pad(net.params)
         loss_out = np.zeros(threads, dtype=np.float64)
         correct_out = np.zeros(threads, dtype=np.int64)

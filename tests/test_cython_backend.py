@@ -1,0 +1,222 @@
+"""Cython-specific behaviour the shared backend tests do not reach: the execution modes
+(serial, deterministic sync threads, Hogwild), the sparse uint8 path, the BLAS path for large
+layers, thread-count handling and rejection of bad input before the nogil kernels."""
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd.backends import EpochPlan, get_backend
+from fastgd._checks import UINT8_SCALE
+
+cython_backend = pytest.importorskip("fastgd.backends.cython_backend")
+from fastgd._kernels import dense_sgd  # noqa: E402
+
+
+@pytest.fixture
+def backend():
+    """A fresh backend object, so changing its knobs cannot leak into other tests."""
+    return cython_backend.CythonBackend()
+
+
+def problem(sizes, n, dtype, seed=0, uint8=True, activation="sigmoid", output="sigmoid", density=0.3):
+    rng = np.random.default_rng(seed)
+    net = fastgd.Network(sizes, activation, output, dtype=dtype, seed=seed)
+    if uint8:
+        X = rng.integers(1, 256, size=(n, sizes[0]), dtype=np.uint8)
+        X[rng.random(X.shape) >= density] = 0
+        scale = UINT8_SCALE
+    else:
+        X = rng.standard_normal((n, sizes[0])).astype(dtype)
+        scale = 1.0
+    labels = rng.integers(0, sizes[-1], size=n).astype(np.int32)
+    targets = np.eye(sizes[-1], dtype=dtype)[labels]
+    return net, X, scale, targets, labels
+
+
+def make_plan(X, scale, targets, labels, batch_size, lr=0.5, loss="mse", threads=1, deterministic=True, seed=1):
+    order = np.random.default_rng(seed).permutation(X.shape[0]).astype(np.int64)
+    steps = -(-len(order) // batch_size)
+    return EpochPlan(X=X, x_scale=scale, targets=targets, labels=labels, order=order, lrs=np.full(steps, lr),
+                     batch_size=batch_size, loss=loss, threads=threads, deterministic=deterministic)
+
+
+def run_epoch(backend, net, plan):
+    net = net.copy()
+    result = backend.train_epoch(net, plan)
+    return net.params, result
+
+
+def test_auto_picks_cython():
+    assert get_backend("auto").name == "cython"
+
+
+def test_prepare_reports_no_compile_time(backend):
+    net, X, scale, targets, labels = problem([30, 8, 3], 20, np.float32)
+    assert backend.prepare(net, make_plan(X, scale, targets, labels, 5)) == 0.0
+
+
+def test_build_csr_lists_every_nonzero_pixel():
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(37, 50), dtype=np.uint8)
+    X[rng.random(X.shape) < 0.7] = 0
+    X[5] = 0  # a row with no non-zero pixel at all
+    ptr, idx, val = dense_sgd.build_csr(X)
+    assert ptr[0] == 0 and ptr[-1] == np.count_nonzero(X)
+    for r in range(X.shape[0]):
+        cols = np.flatnonzero(X[r])
+        np.testing.assert_array_equal(idx[ptr[r]:ptr[r + 1]], cols)
+        np.testing.assert_array_equal(val[ptr[r]:ptr[r + 1]], X[r, cols])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_and_dense_input_paths_agree(backend, dtype, threads):
+    net, X, scale, targets, labels = problem([90, 21, 10], 64, dtype, seed=2)
+    X[3] = 0  # an all-zero image still trains the biases
+    plan = make_plan(X, scale, targets, labels, 7, threads=threads)
+    backend.sync_min_work = 0
+    backend.input_mode = "dense"
+    dense_params, dense_result = run_epoch(backend, net, plan)
+    backend.input_mode = "sparse"
+    sparse_params, sparse_result = run_epoch(backend, net, plan)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(sparse_params, dense_params, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(sparse_result[0], dense_result[0], rtol=rtol)
+    ref = net.copy()
+    get_backend("numpy").train_epoch(ref, plan)
+    np.testing.assert_allclose(sparse_params, ref.params, rtol=rtol * 10, atol=rtol)
+
+
+def test_auto_input_mode_follows_density(backend):
+    _, sparse_X, *_ = problem([50, 4, 2], 40, np.float32, density=0.2)
+    _, dense_X, *_ = problem([50, 4, 2], 40, np.float32, density=0.9)
+    assert backend._input_csr(sparse_X) is not None
+    assert backend._input_csr(dense_X) is None
+    backend.input_mode = "dense"
+    assert backend._input_csr(sparse_X) is None
+
+
+def test_sparse_index_is_rebuilt_for_a_new_array(backend):
+    net, X, scale, targets, labels = problem([40, 6, 3], 30, np.float64, seed=4)
+    backend.input_mode = "sparse"
+    plan = make_plan(X, scale, targets, labels, 6)
+    run_epoch(backend, net, plan)
+    X2 = X.copy()
+    X2[:, :20] = 0
+    plan2 = make_plan(X2, scale, targets, labels, 6)
+    got, _ = run_epoch(backend, net, plan2)
+    ref = net.copy()
+    get_backend("numpy").train_epoch(ref, plan2)
+    np.testing.assert_allclose(got, ref.params, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("uint8", [False, True])
+def test_sync_threads_give_bitwise_identical_weights(backend, dtype, uint8):
+    """Deterministic threads split samples, then weight rows; each row still sums its samples in
+    the same order, so any thread count gives exactly the single-thread result."""
+    net, X, scale, targets, labels = problem([70, 19, 13, 10], 83, dtype, seed=5, uint8=uint8)
+    backend.sync_min_work = 0  # force the threaded path even for this small network
+    results = [run_epoch(backend, net, make_plan(X, scale, targets, labels, 9, threads=t)) for t in (1, 2, 3)]
+    for params, (loss_sum, correct) in results[1:]:
+        np.testing.assert_array_equal(params, results[0][0])
+        assert correct == results[0][1][1]
+        np.testing.assert_allclose(loss_sum, results[0][1][0], rtol=1e-6)
+
+
+def test_deterministic_plan_never_runs_hogwild(backend):
+    net, X, scale, targets, labels = problem([20, 5, 3], 30, np.float32)
+    backend.hogwild = True
+    with pytest.raises(ValueError, match="deterministic"):
+        backend.train_epoch(net.copy(), make_plan(X, scale, targets, labels, 5, threads=2, deterministic=True))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_hogwild_mode_still_learns(backend, threads):
+    """Lock-free threads: results depend on timing, so check learning, not exact weights."""
+    rng = np.random.default_rng(0)
+    centers = rng.integers(0, 256, size=(4, 64))
+    labels = rng.integers(0, 4, size=2000).astype(np.int32)
+    X = np.clip(centers[labels] + rng.normal(0, 40, size=(2000, 64)), 0, 255).astype(np.uint8)
+    targets = np.eye(4, dtype=np.float32)[labels]
+    net = fastgd.Network([64, 16, 4], "relu", "softmax", dtype=np.float32, seed=0)
+    first = None
+    for epoch in range(3):
+        plan = make_plan(X, UINT8_SCALE, targets, labels, 10, lr=0.1, loss="cross_entropy", threads=threads,
+                         deterministic=False, seed=epoch)
+        loss_sum, correct = backend.train_epoch(net, plan)
+        first = loss_sum if first is None else first
+        assert np.isfinite(net.params).all()
+    assert loss_sum < 0.5 * first
+    assert correct / len(labels) > 0.9
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blas_and_own_kernels_agree(dtype):
+    """Layers above blas_min_work call sgemm/dgemm; the result matches the own-kernel path."""
+    net, X, scale, targets, labels = problem([300, 130, 40, 10], 96, dtype, seed=6, uint8=False,
+                                             activation="relu", output="softmax")
+    results = []
+    for min_work in (0, 1 << 62):
+        b = cython_backend.CythonBackend()
+        b.blas_min_work = min_work
+        plan = make_plan(X, scale, targets, labels, 32, lr=0.1, loss="cross_entropy", threads=2)
+        results.append(run_epoch(b, net, plan))
+        forward = b.forward(net, X, scale, 2)
+        np.testing.assert_allclose(forward, get_backend("numpy").forward(net, X, scale, 1),
+                                   rtol=1e-10 if dtype == np.float64 else 1e-4, atol=1e-6)
+    rtol = 1e-10 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=rtol, atol=rtol * 0.1)
+    np.testing.assert_allclose(results[0][1][0], results[1][1][0], rtol=rtol)
+
+
+def test_more_threads_than_cores_and_than_samples(backend):
+    net, X, scale, targets, labels = problem([30, 9, 4], 11, np.float64, seed=8)
+    backend.sync_min_work = 0
+    ref, _ = run_epoch(backend, net, make_plan(X, scale, targets, labels, 3, threads=1))
+    got, _ = run_epoch(backend, net, make_plan(X, scale, targets, labels, 3, threads=8))
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_allclose(backend.forward(net, X, scale, 8), backend.forward(net, X, scale, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_bad_thread_counts_are_rejected(backend, threads):
+    net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
+    with pytest.raises(ValueError, match="threads"):
+        backend.train_epoch(net, make_plan(X, scale, targets, labels, 4, threads=threads))
+    with pytest.raises(ValueError, match="threads"):
+        backend.forward(net, X, scale, threads)
+
+
+def test_bad_input_is_rejected_before_the_kernels(backend):
+    net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
+    good = make_plan(X, scale, targets, labels, 4)
+    cases = {
+        "float64 X for a float32 network": dict(X=X.astype(np.float64), x_scale=1.0),
+        "X with the wrong width": dict(X=X[:, :9].copy()),
+        "non-contiguous X": dict(X=np.asfortranarray(X)),
+        "order out of range": dict(order=np.array([0, 8], dtype=np.int64)),
+        "negative order": dict(order=np.array([-1, 2], dtype=np.int64)),
+        "too few learning rates": dict(lrs=np.array([0.1])),
+        "targets of the wrong shape": dict(targets=targets[:, :1].copy()),
+        "labels out of range": dict(labels=np.array([0, 1, 2, 0, 1, 0, 1, 0], dtype=np.int32)),
+        "zero batch size": dict(batch_size=0),
+    }
+    for what, change in cases.items():
+        plan = EpochPlan(**{**good.__dict__, **change})
+        with pytest.raises((ValueError, TypeError)):
+            backend.train_epoch(net, plan)
+            pytest.fail(what)
+    with pytest.raises((ValueError, TypeError)):
+        backend.forward(net, X[:, :9].copy(), scale, 1)
+    with pytest.raises((ValueError, TypeError)):
+        backend.loss_and_grad(net, X, scale, targets[:5], "mse")
+
+
+def test_empty_order_trains_nothing(backend):
+    net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
+    plan = make_plan(X, scale, targets, labels, 4)
+    plan.order = np.zeros(0, dtype=np.int64)
+    before = net.params.copy()
+    assert backend.train_epoch(net, plan) == (0.0, 0)
+    np.testing.assert_array_equal(net.params, before)
