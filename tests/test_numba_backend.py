@@ -78,11 +78,11 @@ def test_hogwild_runs_one_worker_per_thread(threads):
     net, X, scale, targets, labels = make_problem([40, 8, 4], 64, np.float32, seed=2, uint8=True)
     plan = plan_for(X, scale, targets, labels, np.arange(64), 4, 0.5, "mse", threads)
     plan.deterministic = False
-    kernel, args, blas_threads = NumbaBackend()._epoch_call(net, plan)
+    kernel, _, blas_threads, workspace = NumbaBackend()._epoch_call(net, plan)
     workers = min(threads, numba.config.NUMBA_NUM_THREADS)
     if workers > 1:
         assert kernel is numba_backend.K.train_epoch_hogwild
-        assert args[12].shape[0] == workers  # the activation workspace has one row per worker
+        assert workspace.acts.shape[0] == workers  # one scratch row per worker
         assert numba.get_num_threads() == workers
         assert blas_threads == 1  # BLAS stays single-threaded inside the parallel region
     else:
@@ -115,8 +115,13 @@ def test_hogwild_mode_still_learns():
     assert accuracy > 0.8, accuracy
 
 
-# ---- both layer paths (loops and BLAS) against the reference ---------------------------------
-PATHS = {"loops": 1 << 62, "blas": 0}
+# ---- every layer path (sparse input, loops, BLAS) against the reference ----------------------
+PATHS = {  # (blas_min_work, sparse_input)
+    "sparse_then_loops": (1 << 62, "always"),
+    "sparse_then_blas": (0, "always"),
+    "dense_loops": (1 << 62, "never"),
+    "dense_blas": (0, "never"),
+}
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
@@ -125,7 +130,8 @@ PATHS = {"loops": 1 << 62, "blas": 0}
 @pytest.mark.parametrize("activation,output,loss", [("sigmoid", "sigmoid", "mse"), ("relu", "softmax", "cross_entropy"),
                                                     ("tanh", "linear", "mse"), ("relu", "sigmoid", "cross_entropy")])
 def test_each_layer_path_matches_reference(path, dtype, uint8, activation, output, loss):
-    backend = NumbaBackend(blas_min_work=PATHS[path])
+    blas_min_work, sparse_input = PATHS[path]
+    backend = NumbaBackend(blas_min_work=blas_min_work, sparse_input=sparse_input)
     ref_net, X, scale, targets, labels = make_problem([33, 21, 12, 6], 47, dtype, seed=8, uint8=uint8,
                                                       activation=activation, output=output)
     net = ref_net.copy()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 
 import numpy as np
 
@@ -59,18 +60,16 @@ class Workspace:
         self.zlast = np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype)
         self.delta0 = np.zeros(lead + (bmax * widest,), dtype=dtype)
         self.delta1 = np.zeros(lead + (bmax * widest,), dtype=dtype)
-        self.nz_idx = np.zeros(lead + (bmax, int(sizes[0])), dtype=np.int32)
-        self.nz_val = np.zeros(lead + (bmax, int(sizes[0])), dtype=dtype)
-        self.nz_cnt = np.zeros(lead + (bmax,), dtype=np.int32)
         self.gW = np.zeros(lead + (gw,), dtype=dtype)
-        self.g = np.zeros(lead + (widest,), dtype=dtype)
 
     def step_args(self):
-        return (self.acts, self.act_off, self.sizes, self.zlast, self.delta0, self.delta1,
-                self.nz_idx, self.nz_val, self.nz_cnt, self.gW, self.g)
+        return (self.acts, self.act_off, self.sizes, self.zlast, self.delta0, self.delta1, self.gW)
 
     def forward_args(self):
-        return (self.acts, self.act_off, self.sizes, self.zlast, self.nz_idx, self.nz_val, self.nz_cnt)
+        return (self.acts, self.act_off, self.sizes, self.zlast)
+
+
+NO_CSR = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.uint8))
 
 
 def _kinds(net):
@@ -95,10 +94,32 @@ class NumbaBackend:
 
     name = NAME
 
-    def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK):
+    def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
+                 sparse_max_density=0.5):
         self.blas_min_work = blas_min_work
         self.forward_chunk = forward_chunk
-        self.last_prepare = None  # {"seconds", "compiled", "cache_hits", "cache_misses"} after prepare()
+        self.sparse_input = sparse_input  # "auto" | "always" | "never": uint8 input through its CSR?
+        self.sparse_max_density = sparse_max_density
+        self.last_prepare = None  # {"seconds", "compiled", "cache_hits", "cache_misses", ...} after prepare()
+        self._csr_cache = []  # [(weakref to X, data pointer, shape, csr, density)], newest last
+
+    # ---- sparse input ---------------------------------------------------------------------------
+    def _csr(self, X):
+        """(ptr, idx, val) of uint8 X's non-zero pixels if the input layer should read them, else
+        NO_CSR. Cached per array object (like the Cython backend): an epoch loop passes the same
+        X every epoch. Mutating X in place between calls is not supported."""
+        if X.dtype != np.uint8 or self.sparse_input == "never":
+            return NO_CSR
+        for ref, ptr, shape, csr, density in self._csr_cache:
+            if ref() is X and ptr == X.ctypes.data and shape == X.shape:
+                break
+        else:
+            csr = K.build_csr(X)
+            density = csr[1].size / max(X.size, 1)
+            self._csr_cache = self._csr_cache[-3:] + [(weakref.ref(X), X.ctypes.data, X.shape, csr, density)]
+        if self.sparse_input == "always" or density <= self.sparse_max_density:
+            return csr
+        return NO_CSR
 
     # ---- inference ------------------------------------------------------------------------------
     def forward(self, net, X, x_scale, threads=1):
@@ -112,8 +133,8 @@ class NumbaBackend:
         ws = Workspace(net.sizes, chunk, net.dtype, use_blas, n_workers=workers)
         out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
         with threadpool_limits(threads if use_blas.any() else 1, user_api="blas"):
-            K.forward_chunks(net.params, net.layout_array(), _kinds(net), X, x_scale, out, chunk, use_blas,
-                             *ws.forward_args())
+            K.forward_chunks(net.params, net.layout_array(), _kinds(net), X, float(x_scale), *self._csr(X), out,
+                             chunk, use_blas, *ws.forward_args())
         return out
 
     # ---- gradient (tests) -----------------------------------------------------------------------
@@ -125,13 +146,14 @@ class NumbaBackend:
         labels = np.zeros(n, dtype=np.int32)
         with threadpool_limits(threads, user_api="blas"):
             value = K.loss_and_grad(net.params, grad, net.layout_array(), _kinds(net), K.LOSS_CODES[loss],
-                                    X, x_scale, np.ascontiguousarray(targets, dtype=net.dtype), labels, use_blas,
+                                    X, float(x_scale), *self._csr(X), np.ascontiguousarray(targets, dtype=net.dtype),
+                                    labels, use_blas,
                                     *ws.step_args())
         return float(value), grad
 
     # ---- training -------------------------------------------------------------------------------
     def _epoch_call(self, net, plan):
-        """(kernel, args, blas_threads) for one epoch of `plan`."""
+        """(kernel, args, blas_threads, workspace) for one epoch of `plan`."""
         bs = plan.batch_size
         use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
         hogwild = (not plan.deterministic) and plan.threads > 1 and plan.n_steps > 1
@@ -139,14 +161,14 @@ class NumbaBackend:
         hogwild = hogwild and workers > 1
         ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None)
         args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
-                plan.targets, plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
+                *self._csr(plan.X), plan.targets, plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
                 *ws.step_args())
         if hogwild:
-            return K.train_epoch_hogwild, args, 1
-        return K.train_epoch_serial, args, plan.threads
+            return K.train_epoch_hogwild, args, 1, ws
+        return K.train_epoch_serial, args, plan.threads, ws
 
     def train_epoch(self, net, plan):
-        kernel, args, blas_threads = self._epoch_call(net, plan)
+        kernel, args, blas_threads, _ = self._epoch_call(net, plan)
         with threadpool_limits(blas_threads, user_api="blas"):
             loss_sum, correct = kernel(*args)
         return float(loss_sum), int(correct)
@@ -154,7 +176,7 @@ class NumbaBackend:
     def prepare(self, net, plan):
         """Compile (or load from the on-disk cache) the kernels `plan` needs; returns the seconds
         spent, which is close to zero when the cache was warm. Details in `self.last_prepare`."""
-        kernel, _, _ = self._epoch_call(net, plan)
+        kernel = self._epoch_call(net, plan)[0]
         dispatchers = (kernel, K.forward_chunks)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()
