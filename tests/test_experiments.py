@@ -83,7 +83,7 @@ def test_most_confident_errors_are_errors_sorted_by_confidence():
 
 def test_inspect_model_matches_a_direct_computation(lesson_model, mnist):
     _, _, X_test, y_test = mnist
-    ins = ex.inspect_model(lesson_model, X_test, y_test, k=24)
+    ins = ex.inspect_model(lesson_model, X_test, y_test, k=24, threads=1)
     pred = lesson_model.predict(X_test)
     assert ins.accuracy == pytest.approx(np.mean(pred == y_test))
     assert ins.confusion.sum() == len(y_test)
@@ -130,7 +130,7 @@ def test_a_sigmoid_mse_network_is_confident_about_noise(lesson_model, mnist):
     takes 48-100% of uniform noise and 12-15% of real digits; test accuracy 0.87-0.89.
     """
     _, _, X_test, y_test = mnist
-    result = ex.noise_experiment(lesson_model, X_test[:2000], y_test[:2000], n=500, seed=0)
+    result = ex.noise_experiment(lesson_model, X_test[:2000], y_test[:2000], n=500, seed=0, threads=1)
     s = result.stats
     assert set(s) == {"uniform", "gaussian", "test"}
     assert s["uniform"]["n"] == s["gaussian"]["n"] == 500 and s["test"]["n"] == 2000
@@ -156,7 +156,7 @@ def test_a_sigmoid_mse_network_is_confident_about_noise(lesson_model, mnist):
         np.testing.assert_array_equal(np.bincount(result.predictions[name], minlength=10),
                                       st["predicted_class_histogram"])
     json.dumps(result.to_dict())  # JSON-ready
-    again = ex.noise_experiment(lesson_model, X_test[:2000], y_test[:2000], n=500, seed=0)
+    again = ex.noise_experiment(lesson_model, X_test[:2000], y_test[:2000], n=500, seed=0, threads=1)
     assert again.to_dict() == result.to_dict()  # seeded
 
 
@@ -180,8 +180,10 @@ def test_shuffle_labels_keeps_class_counts_and_changes_the_requested_fraction():
 def test_a_network_memorises_random_labels_but_learns_nothing(mnist):
     """Fully shuffled labels: train accuracy climbs from chance, test accuracy stays at chance.
 
-    Over seeds 0-3 of this set-up the last train accuracy was 0.96-0.97 (from 0.18-0.24 after
-    epoch 1) and the mean test accuracy over epochs 0.072-0.106.
+    Over seeds 0-9 of this set-up: train accuracy 0.13-0.26 after epoch 1 and 0.955-0.98 after
+    epoch 20 (mean of the last five epochs above the first five by 0.54-0.60); mean test
+    accuracy over the epochs 0.074-0.126, highest single epoch 0.104-0.145. The numpy, cython
+    and numba backends gave the same figures for seeds 0-3.
     """
     X_train, y_train, X_test, y_test = mnist
     result = ex.random_labels_experiment(X_train, y_train, X_test, y_test, fraction=1.0, n_train=1000,
@@ -203,8 +205,9 @@ def test_a_network_memorises_random_labels_but_learns_nothing(mnist):
 
 
 def test_partly_shuffled_labels_are_memorised_while_the_clean_ones_generalise(mnist):
-    """Half the labels shuffled. Over seeds 0-3: test accuracy 0.57-0.72 every epoch, clean
-    samples 0.98-0.99 at the end, the shuffled-label samples memorised to 0.57-0.61 by epoch 10."""
+    """Half the labels shuffled. Over seeds 0-9: lowest test accuracy of any epoch 0.61-0.69;
+    at epoch 10 the clean samples are fitted to 0.96-0.99, accuracy on the shuffled labels has
+    risen by 0.44-0.54 since epoch 1, and the clean samples beat the shuffled ones' true labels by 0.59-0.72."""
     X_train, y_train, X_test, y_test = mnist
     result = ex.random_labels_experiment(X_train, y_train, X_test, y_test, fraction=0.5, n_train=1000,
                                          lr=0.05, batch_size=10, epochs=10, threads=1, seed=0, n_test=2000)

@@ -64,6 +64,7 @@ def add_arguments(p):
     noise.add_argument("--threshold", type=float, default=0.9,
                        help="report the fraction of images whose top-class confidence exceeds this (default 0.9)")
     noise.add_argument("--backend", default="auto", choices=backend_names(), help="where the forward pass runs")
+    noise.add_argument("--threads", type=int, default=None, help="threads for the forward pass (default: every core)")
     _common(noise)
 
     rl = sub.add_parser("random-labels", help=EXPERIMENTS["random-labels"], description=EXPERIMENTS["random-labels"])
@@ -118,7 +119,7 @@ def _run_noise(args, out, log):
     if X_test.shape[1] != net.sizes[0]:
         raise ValueError(f"the model takes {net.sizes[0]} inputs but the test images have {X_test.shape[1]} pixels")
     result = experiments.noise_experiment(net, X_test, y_test, n=args.n, seed=args.seed, threshold=args.threshold,
-                                          backend=args.backend)
+                                          backend=args.backend, threads=args.threads)
     print(f"fastgd experiment noise: {args.model}: network {net}; test accuracy {100 * result.test_accuracy:.2f}%",
           file=log)
     print(f"top-class confidence = the largest output activation ({net.output} output)", file=log)

@@ -37,6 +37,7 @@ def add_arguments(p):
     p.add_argument("--image-shape", type=image_shape_arg, default=None, metavar="ROWS,COLS",
                    help="shape of one input image when it is not square (default: square)")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="where the forward pass runs")
+    p.add_argument("--threads", type=int, default=None, help="threads for the forward pass (default: every core)")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (default 100)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object as the last line of stdout")
 
@@ -60,7 +61,8 @@ def run(args):
     log = sys.stderr if args.json else sys.stdout
     written, skipped = [], []
 
-    ins = experiments.inspect_model(net, X_test, y_test, k=args.errors, backend=args.backend)
+    ins = experiments.inspect_model(net, X_test, y_test, k=args.errors, backend=args.backend,
+                                     threads=args.threads)
     print(f"fastgd inspect: {args.model}: network {net}; test accuracy {100 * ins.accuracy:.2f}% "
           f"on {ins.n} samples", file=log)
 

@@ -125,9 +125,9 @@ class Inspection:
         }
 
 
-def inspect_model(net, X, y, k=25, backend="auto"):
+def inspect_model(net, X, y, k=25, backend="auto", threads=None):
     """Accuracy, confusion matrix and the `k` most confident errors of `net` on (X, y)."""
-    outputs = net.predict_proba(X, backend=backend)
+    outputs = net.predict_proba(X, backend=backend, threads=threads)
     _, labels = _checks.check_y(y, outputs.shape[0], net.sizes[-1], net.dtype, "mse")
     _, predicted = top_confidence(outputs, net.output)
     return Inspection(
@@ -224,7 +224,7 @@ class NoiseResult:
 
 
 def noise_experiment(net, X_test, y_test=None, n=1000, seed=0, threshold=0.9, kinds=NOISE_KINDS,
-                     backend="auto"):
+                     backend="auto", threads=None):
     """Feed `n` uniform and `n` Gaussian noise images to `net`, beside the real test images `X_test`.
 
     The Gaussian noise matches the pixel mean and std of `X_test` (uint8 images are scaled by
@@ -244,7 +244,7 @@ def noise_experiment(net, X_test, y_test=None, n=1000, seed=0, threshold=0.9, ki
     stats, confidences, predictions = {}, {}, {}
     test_accuracy = None
     for name, images in sets.items():
-        outputs = net.predict_proba(images, backend=backend)
+        outputs = net.predict_proba(images, backend=backend, threads=threads)
         confidences[name], predictions[name] = top_confidence(outputs, net.output)
         s = confidence_stats(outputs, net.output, threshold=threshold)
         px = pixels if name == "test" else np.asarray(images, dtype=np.float64)
