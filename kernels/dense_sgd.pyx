@@ -47,6 +47,24 @@ cdef extern from *:
         for (long k = 0; k < nbytes; k += 64) __builtin_prefetch(c + k, 0, 3);
     }
 
+    /* t[0:16] += x * d[0:16] as whole vectors (GCC vector extensions): written out because
+       gcc unrolls the equivalent 16-iteration loop into scalar code when the row stride is a
+       compile-time constant. memcpy keeps the loads and stores unaligned-safe. */
+    typedef float fgd_v16f __attribute__((vector_size(64)));
+    typedef double fgd_v16d __attribute__((vector_size(128)));
+    static inline void fgd_axpy16f(float* t, float x, const float* d) {
+        fgd_v16f tv, dv;
+        memcpy(&tv, t, sizeof tv); memcpy(&dv, d, sizeof dv);
+        tv += x * dv;
+        memcpy(t, &tv, sizeof tv);
+    }
+    static inline void fgd_axpy16d(double* t, double x, const double* d) {
+        fgd_v16d tv, dv;
+        memcpy(&tv, t, sizeof tv); memcpy(&dv, d, sizeof dv);
+        tv += x * dv;
+        memcpy(t, &tv, sizeof tv);
+    }
+
     /* exp(x) in float32 without a libm call, so loops over 16 lanes vectorise: Cody-Waite
        range reduction and the Cephes expf polynomial (relative error ~1e-7). The clamp keeps
        2^k a normal float; sigmoid and softmax only need the limits, which it preserves. */
@@ -73,6 +91,8 @@ cdef extern from *:
     void fgd_barrier() noexcept nogil
     float fgd_expf(float x) noexcept nogil
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
+    void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
+    void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -108,6 +128,9 @@ cdef enum:
     MODE_SERIAL = 0
     MODE_SYNC = 1
     MODE_HOGWILD = 2
+    # prefetch distances, in samples: row data, and (further ahead) CSR row pointers
+    ROWS_AHEAD = 20
+    PTR_AHEAD = 40
 
 ACT_CODES = {"sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH, "linear": ACT_LINEAR,
              "softmax": ACT_SOFTMAX}
@@ -133,6 +156,7 @@ cdef struct Ctx:
     const int64_t* csr_ptr      # non-zero pixels per row (sparse uint8 path), or NULL
     const uint16_t* csr_idx
     const uint8_t* csr_val
+    const void* lut             # 256 floating: lut[v] = (floating)v * x_scale
     const void* targets         # (n, n_out) floating, or NULL (inference)
     const int32_t* labels
     const int64_t* soff
@@ -246,11 +270,13 @@ cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0
             r += 1
 
 
-cdef void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nnz,
-                             floating scale, const floating* W, const floating* b, int64_t pad,
-                             floating* z, int act) noexcept nogil:
-    """One input row given by its non-zero pixels: z = act(sum_k x_k W[idx_k] + b).
-    Four accumulators keep four FMA chains in flight (one chain would stall on latency)."""
+cdef inline void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nnz,
+                                    const floating* lut, const floating* W, const floating* b,
+                                    int64_t pad, floating* z, int act) noexcept nogil:
+    """One input row given by its non-zero pixels: z = act(sum_k x_k W[idx_k] + b), with
+    x = lut[pixel] (the scaled value, exactly as the reference computes it). Four accumulators
+    keep four FMA chains in flight (one chain would stall on FMA latency). Inline, so the call
+    with pad == 16 compiles to constant strides."""
     cdef floating acc0[VL]
     cdef floating acc1[VL]
     cdef floating acc2[VL]
@@ -269,10 +295,10 @@ cdef void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nn
             acc3[jj] = 0
         k = 0
         while k + 4 <= nnz:
-            x0 = (<floating>val[k]) * scale
-            x1 = (<floating>val[k + 1]) * scale
-            x2 = (<floating>val[k + 2]) * scale
-            x3 = (<floating>val[k + 3]) * scale
+            x0 = lut[val[k]]
+            x1 = lut[val[k + 1]]
+            x2 = lut[val[k + 2]]
+            x3 = lut[val[k + 3]]
             w0 = W + <int64_t>idx[k] * pad + jb
             w1 = W + <int64_t>idx[k + 1] * pad + jb
             w2 = W + <int64_t>idx[k + 2] * pad + jb
@@ -284,7 +310,7 @@ cdef void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nn
                 acc3[jj] += x3 * w3[jj]
             k += 4
         while k < nnz:
-            x0 = (<floating>val[k]) * scale
+            x0 = lut[val[k]]
             w0 = W + <int64_t>idx[k] * pad + jb
             for jj in range(VL):
                 acc0[jj] += x0 * w0[jj]
@@ -294,6 +320,32 @@ cdef void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nn
         activation_forward(acc0, VL, act)
         for jj in range(VL):
             z[jb + jj] = acc0[jj]
+
+
+cdef inline void sparse_update_row(const uint16_t* idx, const uint8_t* val, int64_t nnz,
+                                   const floating* lut, floating coef, const floating* d,
+                                   int64_t pad, int64_t i0, int64_t i1,
+                                   floating* Tw) noexcept nogil:
+    """Tw[idx_k] += coef x_k d for the row's non-zero pixels with i0 <= idx_k < i1 (indices
+    ascend). Inline, so the call with pad == 16 compiles to constant strides."""
+    cdef int64_t k, k0 = 0, jb, jj
+    cdef floating x
+    cdef floating* t
+    cdef floating dv[VL]  # the delta block, loaded once for all the row's pixels
+    while k0 < nnz and idx[k0] < i0:
+        k0 += 1
+    for jb in range(0, pad, 16):
+        for jj in range(VL):
+            dv[jj] = d[jb + jj]
+        k = k0
+        while k < nnz and idx[k] < i1:
+            x = coef * lut[val[k]]
+            t = Tw + <int64_t>idx[k] * pad + jb
+            if floating is float:
+                fgd_axpy16f(t, x, dv)
+            else:
+                fgd_axpy16d(t, x, dv)
+            k += 1
 
 
 # ---- BLAS (large layers) ---------------------------------------------------------------------
@@ -391,18 +443,26 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     loss_sum[0] += l
 
 
-# ---- input rows of the next minibatch: start fetching them while this one computes ---------
-cdef void prefetch_input(const Ctx* c, const int64_t* rows, int64_t B) noexcept nogil:
-    """Shuffled rows are scattered over a 47 MB array the hardware prefetcher cannot predict;
-    fetching the next minibatch's rows one step early hides most of the DRAM latency."""
-    cdef int64_t s, row, k0, k1
-    for s in range(B):
-        row = rows[s]
+# ---- input rows of coming minibatches: start fetching them while this one computes --------
+cdef void prefetch_input(const Ctx* c, const int64_t* order, int64_t m, int64_t start,
+                         int64_t stop) noexcept nogil:
+    """Shuffled rows are scattered over tens of MB that the hardware prefetcher cannot predict.
+    For the samples order[start:stop] (clipped to m), fetch the row data; for the samples
+    PTR_AHEAD further on, fetch only their CSR row pointers, so that reading those pointers
+    later (to find the row data) does not stall either."""
+    cdef int64_t s, row, k0, k1, ahead
+    if stop > m:
+        stop = m
+    for s in range(start, stop):
+        row = order[s]
         if c.csr_ptr != NULL:
             k0 = c.csr_ptr[row]
             k1 = c.csr_ptr[row + 1]
             fgd_prefetch(c.csr_idx + k0, (k1 - k0) * 2)
             fgd_prefetch(c.csr_val + k0, k1 - k0)
+            ahead = s + PTR_AHEAD
+            if ahead < m:
+                fgd_prefetch(c.csr_ptr + order[ahead], 16)
         elif c.xu8 != NULL:
             fgd_prefetch(c.xu8 + row * c.n_in, c.n_in)
         else:
@@ -423,6 +483,7 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef int l, act
     cdef int64_t s, row, i, j, jb, jj, k0, k1, n_in, pad, n_out, lda
     cdef floating scale = <floating>c.x_scale
+    cdef const floating* lut = <const floating*>c.lut
     cdef floating* xbuf = S + c.soff[S_XBUF]
     cdef floating* acts = S + c.soff[S_ACTS]
     cdef floating* dlt = S + c.soff[S_DELTAS]
@@ -439,6 +500,8 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef floating tot
     cdef const uint8_t* src
     cdef bint blas
+    cdef double row_losses = 0  # summed here and added once: threads' slots share a cache line
+    cdef int64_t n_correct = 0
 
     for l in range(L):
         n_in = lay[l * LAY_COLS + L_NIN]
@@ -453,8 +516,12 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     row = rows[s] if rows != NULL else first_row + s
                     k0 = c.csr_ptr[row]
                     k1 = c.csr_ptr[row + 1]
-                    sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, scale, W,
-                                       W + n_in * pad, pad, Z + s * pad, act)
+                    if pad == VL:
+                        sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut, W,
+                                           W + n_in * VL, VL, Z + s * VL, act)
+                    else:
+                        sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut, W,
+                                           W + n_in * pad, pad, Z + s * pad, act)
                 continue
             # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
             for s in range(s0, s1):
@@ -485,8 +552,10 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     for s in range(s0, s1):
         row = rows[s] if rows != NULL else first_row + s
         output_row(zout + s * pad, Z + s * pad, tg + row * n_out if deltas else NULL, n_out,
-                   c.out_act, c.loss, D + s * pad, loss_sum, correct,
+                   c.out_act, c.loss, D + s * pad, &row_losses, &n_correct,
                    c.labels[row] if deltas else -1)
+    loss_sum[0] += row_losses
+    correct[0] += n_correct
     if not deltas:
         return
 
@@ -532,10 +601,9 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
     cdef int L = c.n_layers
     cdef int l
     cdef int64_t s, row, i, i0, i1, jb, jj, k, k1, n_in, pad, lda
-    cdef floating scale = <floating>c.x_scale
+    cdef const floating* lut = <const floating*>c.lut
     cdef const floating* A
     cdef const floating* D
-    cdef const floating* d
     cdef floating* Tw
     cdef floating* Tb
     cdef floating acc[VL]
@@ -564,16 +632,12 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                 row = rows[s]
                 k = c.csr_ptr[row]
                 k1 = c.csr_ptr[row + 1]
-                d = D + s * pad
-                while k < k1 and c.csr_idx[k] < i0:
-                    k += 1
-                while k < k1 and c.csr_idx[k] < i1:
-                    x = coef * ((<floating>c.csr_val[k]) * scale)
-                    i = c.csr_idx[k]
-                    for jb in range(0, pad, 16):
-                        for jj in range(VL):
-                            Tw[i * pad + jb + jj] += x * d[jb + jj]
-                    k += 1
+                if pad == VL:
+                    sparse_update_row(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
+                                      D + s * VL, VL, i0, i1, Tw)
+                else:
+                    sparse_update_row(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
+                                      D + s * pad, pad, i0, i1, Tw)
             continue
         if l == 0:
             A = S + c.soff[S_XBUF]
@@ -673,6 +737,7 @@ cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int
         c.csr_ptr = NULL
         c.csr_idx = NULL
         c.csr_val = NULL
+    c.lut = NULL
     c.targets = targets
     c.labels = &labels[0] if labels is not None else NULL
     c.soff = &soff[0]
@@ -704,15 +769,19 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
     cdef int64_t* co = &correct_out[0]
     cdef int tid, nt
     cdef int64_t step, B, B1, s0, s1
+    cdef floating lut[256]
+    cdef int v
     fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, sizeof(floating), n_in, x_scale, csr_ptr, csr_idx,
              csr_val, &targets[0, 0], labels, soff)
+    for v in range(256):  # exactly the reference's uint8 -> float: (floating)pixel * scale
+        lut[v] = (<floating>v) * (<floating>x_scale)
+    c.lut = lut
     if mode == MODE_SERIAL:
         with nogil:
             for step in range(n_steps):
                 B = min(batch_size, m - step * batch_size)
-                if step + 1 < n_steps:
-                    prefetch_input(&c, od + (step + 1) * batch_size,
-                                   min(batch_size, m - (step + 1) * batch_size))
+                prefetch_input(&c, od, m, step * batch_size + ROWS_AHEAD,
+                               (step + 1) * batch_size + ROWS_AHEAD)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, 0, B, True,
                                            lo, co)
                 minibatch_update(&c, P, S0, od + step * batch_size, B,
@@ -725,9 +794,8 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
             step = tid
             while step < n_steps:
                 B = min(batch_size, m - step * batch_size)
-                if step + nt < n_steps:
-                    prefetch_input(&c, od + (step + nt) * batch_size,
-                                   min(batch_size, m - (step + nt) * batch_size))
+                prefetch_input(&c, od, m, (step + nt) * batch_size,
+                               (step + nt + 1) * batch_size)
                 minibatch_forward_backward(&c, P, S0 + tid * sstride, od + step * batch_size, 0,
                                            B, 0, B, True, lo + tid, co + tid)
                 minibatch_update(&c, P, S0 + tid * sstride, od + step * batch_size, B,
@@ -740,8 +808,8 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 s1 = B * (tid + 1) // nt
                 if step + 1 < n_steps:  # each thread fetches the rows it will compute next
                     B1 = min(batch_size, m - (step + 1) * batch_size)
-                    prefetch_input(&c, od + (step + 1) * batch_size + B1 * tid // nt,
-                                   B1 * (tid + 1) // nt - B1 * tid // nt)
+                    prefetch_input(&c, od, m, (step + 1) * batch_size + B1 * tid // nt,
+                                   (step + 1) * batch_size + B1 * (tid + 1) // nt)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, s0, s1, True,
                                            lo + tid, co + tid)
                 fgd_barrier()  # every delta is computed from the pre-update weights
