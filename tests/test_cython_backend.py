@@ -220,3 +220,13 @@ def test_empty_order_trains_nothing(backend):
     before = net.params.copy()
     assert backend.train_epoch(net, plan) == (0.0, 0)
     np.testing.assert_array_equal(net.params, before)
+
+
+def test_unimplemented_recipe_features_are_refused(backend):
+    net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
+    plan = make_plan(X, scale, targets, labels, 4)
+    plan.momentum = 0.9
+    before = net.params.copy()
+    with pytest.raises(ValueError, match="momentum"):
+        backend.train_epoch(net, plan)
+    np.testing.assert_array_equal(net.params, before)
