@@ -11,6 +11,9 @@ import sys
 
 SUBCOMMANDS = [
     ("train", "fastgd.cli_train", "train a network (default: the lesson's 784-16-16-10 on MNIST)"),
+    ("bench", "fastgd.cli_bench", "time training epochs and inference per backend; table, JSON, plot"),
+    ("inspect", "fastgd.cli_inspect", "pictures of a saved model: first-layer weights, confusion matrix, errors, curves"),
+    ("experiment", "fastgd.cli_experiment", "the lesson's experiments: noise over-confidence, random-label memorisation"),
 ]
 
 
