@@ -158,6 +158,7 @@ cdef struct Ctx:
     const uint8_t* csr_val
     const void* lut             # 256 floating: lut[v] = (floating)v * x_scale
     const void* targets         # (n, n_out) floating, or NULL (inference)
+    int64_t n_out
     const int32_t* labels
     const int64_t* soff
 
@@ -467,6 +468,10 @@ cdef void prefetch_input(const Ctx* c, const int64_t* order, int64_t m, int64_t 
             fgd_prefetch(c.xu8 + row * c.n_in, c.n_in)
         else:
             fgd_prefetch(<const char*>c.xf + row * c.n_in * c.x_itemsize, c.n_in * c.x_itemsize)
+        if c.targets != NULL:  # the row's targets and label are scattered too
+            fgd_prefetch(<const char*>c.targets + row * c.n_out * c.x_itemsize,
+                         c.n_out * c.x_itemsize)
+            fgd_prefetch(c.labels + row, 4)
 
 
 # ---- one minibatch, phase A: forward, loss, deltas for rows s0..s1 --------------------------
@@ -739,6 +744,7 @@ cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int
         c.csr_val = NULL
     c.lut = NULL
     c.targets = targets
+    c.n_out = lay[lay.shape[0] - 1, L_NOUT]
     c.labels = &labels[0] if labels is not None else NULL
     c.soff = &soff[0]
 
@@ -905,3 +911,35 @@ def build_csr(const uint8_t[:, ::1] X):
                     val[k] = X[r, i]
                     k += 1
     return ptr_arr, idx_arr, val_arr
+
+
+def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8_t[::1] val,
+                    const int64_t[::1] order, int64_t[::1] out_ptr, uint16_t[::1] out_idx,
+                    uint8_t[::1] out_val):
+    """Copy the CSR rows order[0], order[1], ... into out_* in that order (out_ptr has
+    len(order) + 1 entries; out_idx/out_val hold at least the rows' total non-zeros).
+
+    An epoch then reads its input front to back instead of hopping over 27 MB: one streaming
+    copy with many cache misses in flight costs less than the stalls it removes."""
+    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = 0
+    cdef const uint16_t* src_idx = &idx[0] if idx.shape[0] > 0 else NULL
+    cdef const uint8_t* src_val = &val[0] if val.shape[0] > 0 else NULL
+    with nogil:
+        for s in range(m):
+            if s + 16 < m:
+                row = order[s + 16]
+                fgd_prefetch(&ptr[row], 16)
+                if s + 8 < m and src_idx != NULL:
+                    row = order[s + 8]
+                    fgd_prefetch(src_idx + ptr[row], (ptr[row + 1] - ptr[row]) * 2)
+                    fgd_prefetch(src_val + ptr[row], ptr[row + 1] - ptr[row])
+            row = order[s]
+            k0 = ptr[row]
+            k1 = ptr[row + 1]
+            out_ptr[s] = pos
+            for k in range(k0, k1):
+                out_idx[pos] = idx[k]
+                out_val[pos] = val[k]
+                pos += 1
+        out_ptr[m] = pos
+    return pos

@@ -109,6 +109,8 @@ class CythonBackend:
         self.sync_min_work = 1 << 21  # see the module docstring and the note's measurements
         self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
         self._controller = None
+        self.permute_sparse = True
+        self._perm_buffers = None
 
     # ---- helpers --------------------------------------------------------------------------
     def _blas_limit(self, threads):
@@ -187,6 +189,20 @@ class CythonBackend:
         if self.input_mode == "sparse" or density <= self.sparse_max_density:
             return csr
         return None
+
+    def _permuted(self, csr, order, targets, labels):
+        """(csr, targets, labels) of the rows in `order`, in that order. The CSR buffers are
+        kept between calls (same sizes every epoch), so no epoch pays fresh page faults."""
+        ptr, idx, val = csr
+        nnz = int((ptr[order + 1] - ptr[order]).sum())
+        buf = self._perm_buffers
+        if buf is None or buf[0].size < order.size + 1 or buf[1].size < nnz:
+            buf = (np.empty(order.size + 1, np.int64), np.empty(max(nnz, 1), np.uint16),
+                   np.empty(max(nnz, 1), np.uint8))
+            self._perm_buffers = buf
+        out_ptr = buf[0][:order.size + 1]
+        _k.gather_csr_rows(ptr, idx, val, order, out_ptr, buf[1], buf[2])
+        return (out_ptr, buf[1], buf[2]), np.ascontiguousarray(targets[order]), labels[order]
 
     # ---- the contract ---------------------------------------------------------------------
     def prepare(self, net, plan):
@@ -275,6 +291,10 @@ class CythonBackend:
         loss_out = np.zeros(threads, dtype=np.float64)
         correct_out = np.zeros(threads, dtype=np.int64)
         scratch = lay.scratch(threads if mode == "hogwild" else 1)
+        if csr is not None and self.permute_sparse:
+            # the epoch's rows, copied in visiting order: the kernel then streams them
+            csr, targets, labels = self._permuted(csr, order, targets, labels)
+            order = np.arange(order.size, dtype=np.int64)
         ptr, idx, val = csr if csr is not None else (None, None, None)
         with self._blas_limit(int(plan.threads) if lay.uses_blas else 1):
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
