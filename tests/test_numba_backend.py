@@ -157,3 +157,12 @@ def test_forward_does_not_depend_on_thread_count():
     np.testing.assert_array_equal(one, two)
     rtol, atol = tol(np.float32)
     np.testing.assert_allclose(one, get_backend("numpy").forward(net, X, scale, 1), rtol=rtol, atol=atol)
+
+
+def test_recipe_features_it_lacks_are_refused():
+    net, X, scale, targets, labels = make_problem([10, 6, 3], 20, np.float32, seed=1)
+    plan = plan_for(X, scale, targets, labels, np.arange(20), 5, 0.5, "mse")
+    plan.momentum = 0.9
+    plan.velocity = np.zeros_like(net.params)
+    with pytest.raises(ValueError, match="momentum"):
+        get_backend("numba").train_epoch(net, plan)

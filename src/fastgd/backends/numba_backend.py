@@ -95,6 +95,8 @@ class NumbaBackend:
     """Numba implementation of the backend contract (see base.py)."""
 
     name = NAME
+    #: training-recipe features (base.RECIPE_FEATURES) implemented here: plain SGD only so far
+    features = frozenset()
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
                  sparse_max_density=0.5):
@@ -174,6 +176,9 @@ class NumbaBackend:
         return K.train_epoch_serial, args, plan.threads, ws
 
     def train_epoch(self, net, plan):
+        requested = plan.requested_features() if hasattr(plan, "requested_features") else set()
+        if requested - self.features:
+            raise ValueError(f"the numba backend does not implement {', '.join(sorted(requested - self.features))} yet")
         kernel, args, blas_threads, _ = self._epoch_call(net, plan)
         with threadpool_limits(blas_threads, user_api="blas"):
             loss_sum, correct = kernel(*args)
