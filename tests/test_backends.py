@@ -166,3 +166,53 @@ def test_deterministic_mode_is_repeatable_across_threads(backend):
         results.append(net.params.copy())
     np.testing.assert_allclose(results[1], results[2], rtol=0, atol=0)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+# ---- the training recipe ------------------------------------------------------------------
+RECIPE_SETTINGS = {
+    "momentum": dict(momentum=0.9),
+    "nesterov": dict(momentum=0.8, nesterov=True),
+    "l2": dict(l2=0.01),
+    "l1": dict(l1=0.002),
+    "dropout": dict(dropout=0.3),
+    "shift": dict(max_shift=2, image_shape=(7, 8)),
+}
+
+
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_recipe_features_match_reference_or_are_refused(backend):
+    """Each recipe feature a backend declares gives the reference's numbers (deterministic mode);
+    each one it does not declare is refused by the Trainer with a clear error, never ignored."""
+    from fastgd.backends.base import RECIPE_FEATURES
+
+    declared = set(getattr(get_backend(backend), "features", ()))
+    cases = {**{f: [RECIPE_SETTINGS[f]] for f in RECIPE_FEATURES},
+             "everything": [{k: v for s in RECIPE_SETTINGS.values() for k, v in s.items()}]}
+    for name, [settings] in cases.items():
+        needed = {name} if name != "everything" else set(RECIPE_FEATURES)
+        if not needed <= declared:
+            trainer_kwargs = {("augment_shift" if k == "max_shift" else k): v for k, v in settings.items()}
+            with pytest.raises(ValueError, match="does not implement"):
+                fastgd.Trainer(fastgd.Network([56, 9, 7, 4]), backend=backend, **trainer_kwargs)
+            continue
+        for dtype, threads in [(np.float64, 1), (np.float32, 2)]:
+            ref_net, X, scale, targets, labels = make_problem([56, 9, 7, 4], 70, dtype, seed=2, uint8=True,
+                                                              activation="relu", output="softmax")
+            net = ref_net.copy()
+            order = np.random.default_rng(3).permutation(70)
+            plans = []
+            for _ in range(2):
+                plan = plan_for(X, scale, targets, labels, order, 8, 0.2, "cross_entropy", threads)
+                plan.seed, plan.first_position = 12345, 100
+                for k, v in settings.items():
+                    setattr(plan, k, v)
+                plan.velocity = np.zeros_like(net.params)
+                plans.append(plan)
+            for _ in range(2):  # two epochs, so the momentum buffer carries over
+                ref = get_backend("numpy").train_epoch(ref_net, plans[0])
+                got = get_backend(backend).train_epoch(net, plans[1])
+            what = f"{name} {np.dtype(dtype).name} threads={threads}"
+            assert_close(net.params, ref_net.params, dtype, what)
+            if "momentum" in settings:
+                assert_close(plans[1].velocity, plans[0].velocity, dtype, what + " velocity")
+            assert_close(got[0], ref[0], dtype, what + " loss")
