@@ -185,15 +185,20 @@ cdef inline void activation_forward(floating* z, int64_t n, int kind) noexcept n
             z[j] = tanh(z[j])
 
 
-cdef inline floating activation_backward(floating a, floating da, int kind) noexcept nogil:
-    """dL/dz from the activation's output a and dL/da (hidden activations)."""
+cdef inline void activation_backward_row(const floating* a, floating* d, int64_t n,
+                                         int kind) noexcept nogil:
+    """d = dL/dz in place from dL/da (in d) and the activation's output a, over n lanes; one
+    loop per kind so each vectorises."""
+    cdef int64_t i
     if kind == ACT_SIGMOID:
-        return da * a * ((<floating>1) - a)
-    if kind == ACT_RELU:
-        return da if a > 0 else <floating>0
-    if kind == ACT_TANH:
-        return da * ((<floating>1) - a * a)
-    return da
+        for i in range(n):
+            d[i] = d[i] * a[i] * ((<floating>1) - a[i])
+    elif kind == ACT_RELU:
+        for i in range(n):
+            d[i] = d[i] if a[i] > 0 else <floating>0
+    elif kind == ACT_TANH:
+        for i in range(n):
+            d[i] = d[i] * ((<floating>1) - a[i] * a[i])
 
 
 cdef inline floating softplus(floating z) noexcept nogil:
@@ -502,7 +507,6 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef floating* Din
     cdef floating* Ain
     cdef floating acc[VL]
-    cdef floating tot
     cdef const uint8_t* src
     cdef bint blas
     cdef double row_losses = 0  # summed here and added once: threads' slots share a cache line
@@ -578,9 +582,7 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
             gemm(b"T", b"N", <int>n_in, <int>(s1 - s0), <int>pad, <floating>1, W, <int>pad,
                  D + s0 * pad, <int>pad, <floating>0, Din + s0 * lda, <int>lda)
             for s in range(s0, s1):
-                for i in range(n_in):
-                    Din[s * lda + i] = activation_backward(Ain[s * lda + i], Din[s * lda + i],
-                                                           c.hidden_act)
+                activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
         else:
             for s in range(s0, s1):
                 for i in range(n_in):
@@ -589,10 +591,13 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     for jb in range(0, pad, 16):
                         for jj in range(VL):
                             acc[jj] += D[s * pad + jb + jj] * W[i * pad + jb + jj]
-                    tot = 0
-                    for jj in range(VL):
-                        tot += acc[jj]
-                    Din[s * lda + i] = activation_backward(Ain[s * lda + i], tot, c.hidden_act)
+                    # pairwise sum of the 16 lanes: a serial sum is a 16-add latency chain
+                    for jj in range(8):
+                        acc[jj] = acc[jj] + acc[jj + 8]
+                    for jj in range(4):
+                        acc[jj] = acc[jj] + acc[jj + 4]
+                    Din[s * lda + i] = (acc[0] + acc[2]) + (acc[1] + acc[3])
+                activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
 
 
 # ---- one minibatch, phase B: apply T += coef * A^T D to weight rows i0..i1 --------------------

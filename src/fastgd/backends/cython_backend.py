@@ -191,18 +191,22 @@ class CythonBackend:
         return None
 
     def _permuted(self, csr, order, targets, labels):
-        """(csr, targets, labels) of the rows in `order`, in that order. The CSR buffers are
-        kept between calls (same sizes every epoch), so no epoch pays fresh page faults."""
+        """(csr, targets, labels) of the rows in `order`, in that order. The buffers are kept
+        between calls (same sizes every epoch), so no epoch pays fresh page faults."""
         ptr, idx, val = csr
         nnz = int((ptr[order + 1] - ptr[order]).sum())
+        m = order.size
         buf = self._perm_buffers
-        if buf is None or buf[0].size < order.size + 1 or buf[1].size < nnz:
-            buf = (np.empty(order.size + 1, np.int64), np.empty(max(nnz, 1), np.uint16),
-                   np.empty(max(nnz, 1), np.uint8))
+        if (buf is None or buf[0].size < m + 1 or buf[1].size < nnz or buf[3].shape[1:] != targets.shape[1:]
+                or buf[3].shape[0] < m or buf[3].dtype != targets.dtype):
+            buf = (np.empty(m + 1, np.int64), np.empty(max(nnz, 1), np.uint16), np.empty(max(nnz, 1), np.uint8),
+                   np.empty((m,) + targets.shape[1:], targets.dtype), np.empty(m, np.int32))
             self._perm_buffers = buf
-        out_ptr = buf[0][:order.size + 1]
+        out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
         _k.gather_csr_rows(ptr, idx, val, order, out_ptr, buf[1], buf[2])
-        return (out_ptr, buf[1], buf[2]), np.ascontiguousarray(targets[order]), labels[order]
+        np.take(targets, order, axis=0, out=out_targets)
+        np.take(labels, order, out=out_labels)
+        return (out_ptr, buf[1], buf[2]), out_targets, out_labels
 
     # ---- the contract ---------------------------------------------------------------------
     def prepare(self, net, plan):
