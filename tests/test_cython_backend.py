@@ -252,3 +252,19 @@ def test_sparse_rows_streamed_in_visiting_order_match_reference(backend, dtype):
     rtol = 1e-10 if dtype == np.float64 else 1e-4
     np.testing.assert_allclose(streamed, ref.params, rtol=rtol, atol=rtol * 0.1)
     np.testing.assert_allclose(streamed_result[0], ref_result[0], rtol=rtol)
+
+
+@pytest.mark.parametrize("blas_threading", ["openmp", "blas"])
+def test_blas_layers_with_threads_are_repeatable(blas_threading):
+    """BLAS-sized layers on 2 threads (our threads over single-threaded BLAS slices, or one
+    thread over OpenBLAS's threads): the same weights run after run, close to 1 thread."""
+    net, X, scale, targets, labels = problem([200, 96, 10], 70, np.float64, seed=13, activation="relu",
+                                             output="softmax")
+    results = []
+    for threads in (1, 2, 2):
+        b = cython_backend.CythonBackend()
+        b.blas_min_work, b.blas_threading = 0, blas_threading
+        plan = make_plan(X, scale, targets, labels, 16, lr=0.2, loss="cross_entropy", threads=threads)
+        results.append(run_epoch(b, net, plan)[0])
+    np.testing.assert_array_equal(results[1], results[2])
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-14)

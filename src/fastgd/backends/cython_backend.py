@@ -110,6 +110,7 @@ class CythonBackend:
         self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
         self._controller = None
         self.permute_sparse = True
+        self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self._perm_buffers = None
 
     # ---- helpers --------------------------------------------------------------------------
@@ -254,10 +255,14 @@ class CythonBackend:
         hogwild = (not plan.deterministic) if self.hogwild is None else self.hogwild
         if hogwild and plan.deterministic:
             raise ValueError("hogwild updates are not deterministic; set plan.deterministic=False")
-        if threads == 1 or lay.uses_blas:
-            return "serial", 1  # BLAS layers: BLAS gets the threads
+        if threads == 1:
+            return "serial", 1
         if hogwild:
             return "hogwild", threads
+        if lay.uses_blas:
+            # "openmp": our threads split each step's samples, then its weight rows, each
+            # calling single-threaded BLAS on its slice; "blas": one thread, OpenBLAS threads.
+            return ("sync", threads) if self.blas_threading == "openmp" else ("serial", 1)
         # sync pays two barriers per step: below sync_min_work per step one thread is faster
         if batch * net.n_params < self.sync_min_work:
             return "serial", 1
@@ -300,7 +305,9 @@ class CythonBackend:
             csr, targets, labels = self._permuted(csr, order, targets, labels)
             order = np.arange(order.size, dtype=np.int64)
         ptr, idx, val = csr if csr is not None else (None, None, None)
-        with self._blas_limit(int(plan.threads) if lay.uses_blas else 1):
+        # exactly one pool runs: OpenBLAS's threads only when our epoch runs on one thread
+        blas_threads = int(plan.threads) if mode == "serial" and lay.uses_blas else 1
+        with self._blas_limit(blas_threads):
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
                            ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
                            _k.MODES[mode], threads, loss_out, correct_out)
