@@ -227,10 +227,11 @@ class CythonBackend:
         out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
         params = lay.pad(net.params)
         hidden, output, _ = self._codes(net)
-        omp_threads = 1 if lay.uses_blas else threads
-        with self._blas_limit(threads if lay.uses_blas else 1):
+        # chunks of rows on our threads, each calling single-threaded BLAS for big layers: the
+        # chunking does not depend on the thread count, so neither does the result
+        with self._blas_limit(1):
             _k.forward(params, lay.table, hidden, output, Xu8, Xf, float(x_scale), chunk,
-                       lay.scratch(omp_threads), lay.soff, out, omp_threads)
+                       lay.scratch(threads), lay.soff, out, threads)
         return out
 
     def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
