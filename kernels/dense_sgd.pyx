@@ -948,3 +948,12 @@ def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8
                 pos += 1
         out_ptr[m] = pos
     return pos
+
+
+def csr_rows_nnz(const int64_t[::1] ptr, const int64_t[::1] order):
+    """Total non-zeros of the CSR rows order[0], order[1], ... (sizes gather_csr_rows' output)."""
+    cdef int64_t s, total = 0
+    with nogil:
+        for s in range(order.shape[0]):
+            total += ptr[order[s] + 1] - ptr[order[s]]
+    return total

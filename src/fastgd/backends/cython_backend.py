@@ -192,22 +192,23 @@ class CythonBackend:
         return None
 
     def _permuted(self, csr, order, targets, labels):
-        """(csr, targets, labels) of the rows in `order`, in that order. The buffers are kept
-        between calls (same sizes every epoch), so no epoch pays fresh page faults."""
+        """(csr, targets, labels, identity order) of the rows in `order`, in that order. The
+        buffers are kept between calls (same sizes every epoch): no epoch pays page faults."""
         ptr, idx, val = csr
-        nnz = int((ptr[order + 1] - ptr[order]).sum())
+        nnz = _k.csr_rows_nnz(ptr, order)
         m = order.size
         buf = self._perm_buffers
         if (buf is None or buf[0].size < m + 1 or buf[1].size < nnz or buf[3].shape[1:] != targets.shape[1:]
                 or buf[3].shape[0] < m or buf[3].dtype != targets.dtype):
             buf = (np.empty(m + 1, np.int64), np.empty(max(nnz, 1), np.uint16), np.empty(max(nnz, 1), np.uint8),
-                   np.empty((m,) + targets.shape[1:], targets.dtype), np.empty(m, np.int32))
+                   np.empty((m,) + targets.shape[1:], targets.dtype), np.empty(m, np.int32),
+                   np.arange(m, dtype=np.int64))
             self._perm_buffers = buf
         out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
         _k.gather_csr_rows(ptr, idx, val, order, out_ptr, buf[1], buf[2])
         np.take(targets, order, axis=0, out=out_targets)
         np.take(labels, order, out=out_labels)
-        return (out_ptr, buf[1], buf[2]), out_targets, out_labels
+        return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m]
 
     # ---- the contract ---------------------------------------------------------------------
     def prepare(self, net, plan):
@@ -303,8 +304,7 @@ class CythonBackend:
         scratch = lay.scratch(threads if mode == "hogwild" else 1)
         if csr is not None and self.permute_sparse:
             # the epoch's rows, copied in visiting order: the kernel then streams them
-            csr, targets, labels = self._permuted(csr, order, targets, labels)
-            order = np.arange(order.size, dtype=np.int64)
+            csr, targets, labels, order = self._permuted(csr, order, targets, labels)
         ptr, idx, val = csr if csr is not None else (None, None, None)
         # exactly one pool runs: OpenBLAS's threads only when our epoch runs on one thread
         blas_threads = int(plan.threads) if mode == "serial" and lay.uses_blas else 1
