@@ -26,7 +26,8 @@ def _hidden(text):
     except ValueError:
         sizes = []
     if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated positive widths like 512 or 256,256, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--hidden must be comma-separated positive widths like 512 or 256,256, got {text!r}")
     return sizes
 
 
@@ -74,7 +75,8 @@ def add_arguments(p):
     rl.add_argument("--n-train", type=int, default=5000,
                     help="training samples, a random subset (default 5000: small enough to memorise quickly)")
     rl.add_argument("--hidden", type=_hidden, default=[512], help="hidden layer widths (default 512)")
-    rl.add_argument("--activation", default="relu", choices=_checks.ACTIVATIONS, help="hidden activation (default relu)")
+    rl.add_argument("--activation", default="relu", choices=_checks.ACTIVATIONS,
+                    help="hidden activation (default relu)")
     rl.add_argument("--output", default="softmax", choices=_checks.OUTPUTS, help="output activation (default softmax)")
     rl.add_argument("--loss", default="cross_entropy", choices=_checks.LOSSES, help="cost (default cross_entropy)")
     rl.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
@@ -126,7 +128,8 @@ def _run_noise(args, out, log):
     print(f"{'images':<10}{'n':>7}{'pixel mean':>12}{'mean conf':>11}{'median':>8}"
           f"{f'> {args.threshold:g}':>8}  predicted-class histogram (classes 0..{net.sizes[-1] - 1})", file=log)
     for name, s in result.stats.items():
-        print(f"{name:<10}{s['n']:>7}{s['pixel_mean']:>12.3f}{s['mean_confidence']:>11.3f}{s['median_confidence']:>8.3f}"
+        print(f"{name:<10}{s['n']:>7}{s['pixel_mean']:>12.3f}{s['mean_confidence']:>11.3f}"
+              f"{s['median_confidence']:>8.3f}"
               f"{100 * s['fraction_above_threshold']:>7.1f}%  {s['predicted_class_histogram']}", file=log)
     summary = {"model": str(args.model), "sizes": [int(s) for s in net.sizes], **result.to_dict()}
     (out / "noise.json").write_text(json.dumps(summary, indent=1))
@@ -167,7 +170,8 @@ def _run_random_labels(args, out, log):
             seed=args.seed, n_test=args.n_test, callback=progress)
         last = result.records[-1]
         print(f"after {len(result.records)} epochs: train accuracy {100 * last['train_accuracy']:.1f}% on the "
-              f"shuffled labels, test accuracy {100 * last['test_accuracy']:.1f}% (chance {100 * result.chance:.0f}%); "
+              f"labels it was trained on, test accuracy {100 * last['test_accuracy']:.1f}% "
+              f"(chance {100 * result.chance:.0f}%); "
               f"{result.n_changed} labels changed; backend {result.config['backend']}, "
               f"{sum(result.series('seconds')):.1f} s of training", file=log, flush=True)
         results.append(result)

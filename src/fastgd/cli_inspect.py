@@ -90,7 +90,8 @@ def run(args):
         except ValueError as exc:
             skipped.append(f"errors.png ({exc})")
         e = ins.errors
-        print(f"{n_err} most confident mistakes, confidence {e['confidence'][0]:.3f} down to {e['confidence'][-1]:.3f}; "
+        print(f"{n_err} most confident mistakes, confidence {e['confidence'][0]:.3f} down to "
+              f"{e['confidence'][-1]:.3f}; "
               "surest: " + ", ".join(f"#{i} {t}->{p} ({c:.3f})" for i, t, p, c in
                                      list(zip(e["index"], e["true"], e["predicted"], e["confidence"]))[:5]), file=log)
     else:

@@ -24,14 +24,12 @@ DEFAULT_DPI = 100
 def _figure(width, height):
     """A pyplot-free Figure rendered by Agg, or a clear ImportError without matplotlib."""
     try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError as exc:
         raise ImportError(
             'fastgd.viz needs matplotlib, which is not installed; install it with: pip install "fastgd[plot]"'
         ) from exc
-    del matplotlib
     fig = Figure(figsize=(width, height), dpi=DEFAULT_DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -205,6 +203,7 @@ def plot_history(history, path=None, dpi=DEFAULT_DPI):
 
 # ---- noise -------------------------------------------------------------------------------------------
 _SET_COLOURS = {"test": "tab:blue", "uniform": "tab:red", "gaussian": "tab:orange"}
+_SET_LABELS = {"test": "real test digits", "uniform": "uniform noise", "gaussian": "Gaussian noise"}
 
 
 def plot_noise(result, path=None, dpi=DEFAULT_DPI):
@@ -219,7 +218,8 @@ def plot_noise(result, path=None, dpi=DEFAULT_DPI):
         s = result.stats[name]
         weights = np.full(s["n"], 100.0 / s["n"])
         ax_conf.hist(result.confidences[name], bins=bins, weights=weights, histtype="step", linewidth=1.6,
-                     color=_SET_COLOURS.get(name), label=f"{name} (median {s['median_confidence']:.2f})")
+                     color=_SET_COLOURS.get(name),
+                     label=f"{_SET_LABELS.get(name, name)} (median {s['median_confidence']:.2f})")
     ax_conf.axvline(result.threshold, color="gray", linestyle=":", linewidth=1)
     ax_conf.set_xlabel("top-class confidence (largest output)")
     ax_conf.set_ylabel("% of images")
@@ -230,7 +230,7 @@ def plot_noise(result, path=None, dpi=DEFAULT_DPI):
         s = result.stats[name]
         share = 100.0 * np.asarray(s["predicted_class_histogram"]) / s["n"]
         ax_cls.bar(np.arange(n_classes) + (k - (len(names) - 1) / 2) * width, share, width=width,
-                   color=_SET_COLOURS.get(name), label=name)
+                   color=_SET_COLOURS.get(name), label=_SET_LABELS.get(name, name))
     ax_cls.set_xticks(range(n_classes))
     ax_cls.set_xlabel("predicted class")
     ax_cls.set_ylabel("% of images")
@@ -248,13 +248,13 @@ def plot_random_labels(results, path=None, dpi=DEFAULT_DPI):
     results = list(results)
     if not results or not all(isinstance(r, experiments.RandomLabelsResult) for r in results):
         raise TypeError("results must be RandomLabelsResult objects (from random_labels_experiment)")
-    fig = _figure(8.6, 4.0)
+    fig = _figure(8.2, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    colours = ["tab:red", "tab:purple", "tab:green", "tab:blue", "tab:orange", "tab:brown"]
-    for k, r in enumerate(results):
-        c = colours[k % len(colours)]
+    for r in results:
+        # blue for clean labels through purple to red for fully shuffled ones
+        c = (1 - r.fraction) * np.array([0.12, 0.47, 0.71]) + r.fraction * np.array([0.84, 0.15, 0.16])
         epochs = r.series("epoch")
-        label = f"{100 * r.fraction:g}% labels shuffled"
+        label = f"{100 * r.fraction:g}% shuffled"
         ax.plot(epochs, [100 * a for a in r.series("train_accuracy")], color=c, linewidth=1.8,
                 label=f"train, {label}")
         ax.plot(epochs, [100 * a for a in r.series("test_accuracy")], color=c, linestyle="--", linewidth=1.4,
