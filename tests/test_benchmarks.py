@@ -127,6 +127,16 @@ def test_subsampled_rows_are_marked_and_extrapolated():
     assert not inf.subsampled and inf.ms_per_epoch == pytest.approx(20)
 
 
+def test_backend_order_is_fixed():
+    assert B.ordered_backends({"jax", "numba", "torch", "numpy", "cython"}) == ["numpy", "cython", "numba", "torch", "jax"]
+    assert B.ordered_backends(["numba", "numpy"]) == ["numpy", "numba"]
+
+
+def test_small_ratios_keep_two_decimals():
+    md = B.markdown_table([result("numpy", [1.0]), result("torch", [40.0])], command=None)
+    assert "(0.03×)" in md
+
+
 def test_peer_rows_get_ratios_but_are_not_yardsticks():
     results = [result("numpy", [1.0]), result("torch", [4.0])]
     rows = B.compare(results)
@@ -147,23 +157,24 @@ def test_merge_places_peers_after_their_case():
 def test_json_and_markdown():
     results = [result("numpy", [1.0]), result("cython", [0.1]), result("numpy", [0.04], n=10_000, kind="infer")]
     machine = {"cpu": "Test CPU", "cores": 2, "date": "2026-01-01 00:00 UTC", "python": "3.11", "numpy": "2",
-               "fastgd": "0.1.0", "platform": "x"}
+               "fastgd": "0.1.0", "platform": "x", "load_average": 0.05}
     data = json.loads(json.dumps(B.to_json(results, machine, {"repeats": 1})))
     assert data["machine"]["cpu"] == "Test CPU" and data["settings"] == {"repeats": 1}
     rec = data["results"][1]
     assert rec["backend"] == "cython" and rec["samples_per_second"] == pytest.approx(600_000)
     assert rec["ratios"] == pytest.approx({"numpy": 10.0}) and rec["ms_per_epoch"] == pytest.approx(100)
     md = B.markdown_table(results, machine, command="fastgd bench --preset readme")
-    assert "Test CPU (2 cores)" in md and "2026-01-01" in md and "`fastgd bench --preset readme`" in md
+    assert "Test CPU (2 cores, load average 0.05 at the start)" in md and "2026-01-01" in md and "`fastgd bench --preset readme`" in md
     lines = md.splitlines()
     assert "| config | numpy | cython |" in lines
-    assert "| train 784-16-16-10 float32 batch 10, 1 thread | 1,000 ms | 100 ms (10.0×) |" in lines
+    assert "| train 784-16-16-10 float32 batch 10, 1 thread | 1,000 ms | 100 ms (10×) |" in lines
     assert "| infer 784-16-16-10 float32 forward, 1 thread | 40.0 ms | — |" in lines
 
 
 def test_machine_info_has_cpu_cores_and_date():
     m = B.machine_info()
     assert m["cpu"] and m["cores"] >= 1 and m["date"].endswith("UTC")
+    assert m["load_average"] is None or m["load_average"] >= 0
 
 
 def test_update_readme_rewrites_only_between_the_markers(tmp_path):

@@ -153,10 +153,10 @@ PRESETS = {"quick": is_quick, "readme": is_readme, "full": lambda config: True}
 
 
 def ordered_backends(backends=None):
-    """`backends` (default: every one that loads here) in BACKEND_ORDER, numpy first."""
+    """`backends` (default: every one that loads here) in BACKEND_ORDER, numpy first, then peers."""
     names = available_backends() if backends is None else list(backends)
-    known = [b for b in BACKEND_ORDER if b in names]
-    return known + [b for b in names if b not in known]
+    known = [b for b in BACKEND_ORDER + PEERS if b in names]
+    return known + sorted(b for b in names if b not in known)
 
 
 def all_configs(backends=None, kinds=KINDS):
@@ -288,9 +288,10 @@ def n_params(sizes):
 
 
 def numpy_step_seconds(sizes, batch_size):
-    """Rough cost of one NumPy-reference SGD step on this kind of machine (one core): Python and
-    dispatch overhead, the parameter update (proportional to the parameters), and the per-sample
-    matrix work. Only used to size subsamples; measured on the 2-core EPYC (see PERFORMANCE.md)."""
+    """Rough cost of one NumPy-reference SGD step on one core: Python and dispatch overhead, the
+    parameter update (proportional to the parameters), and the per-sample matrix work. Only used
+    to size subsamples; the constants were fitted to the reference on the 2-core AMD EPYC this
+    project is developed on."""
     p = n_params(sizes)
     return 80e-6 + 1.4e-9 * p + batch_size * (1e-6 + 5e-11 * p)
 
@@ -447,6 +448,14 @@ def _fmt_rate(x):
     return f"{x:.0f}"
 
 
+def _fmt_ratio(x):
+    if x >= 10:
+        return f"{x:.0f}"
+    if x >= 1:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
 def _fmt_ms(x):
     if x >= 100:
         return f"{x:,.0f}"
@@ -500,8 +509,9 @@ def markdown_table(results, machine=None, command=None):
     for r in results:
         cases.setdefault(r.config.case, {})[r.config.backend] = r
     lines = []
-    intro = (f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), Python "
-             f"{machine['python']}, NumPy {machine['numpy']}, fastgd {machine['fastgd']}")
+    intro = (f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores, load average "
+             f"{machine['load_average']} at the start), Python {machine['python']}, NumPy {machine['numpy']}, "
+             f"fastgd {machine['fastgd']}")
     if command:
         intro += f", with `{command}`"
     lines.append(intro + ". Milliseconds per 60,000-image training epoch (forward: per 10,000-image pass); "
@@ -523,7 +533,7 @@ def markdown_table(results, machine=None, command=None):
             star = "*" if r.subsampled else ""
             cell = f"{_fmt_ms(r.ms_per_epoch)}{star} ms"
             if ref is not None and b != "numpy":
-                cell += f" ({r.samples_per_second / ref.samples_per_second:.1f}×)"
+                cell += f" ({_fmt_ratio(r.samples_per_second / ref.samples_per_second)}×)"
             cells.append(cell)
         lines.append(f"| {any_r.config.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -596,7 +606,16 @@ def machine_info():
         "numpy": np.__version__,
         "fastgd": __version__,
         "platform": platform.platform(),
+        "load_average": _load_average(),
     }
+
+
+def _load_average():
+    """The 1-minute load average (None where unknown): above ~0 other work shared the cores."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def update_readme(path, block):

@@ -119,8 +119,13 @@ def run(args):
 
     log = sys.stderr if args.json else sys.stdout
     n_cases = len({c.case for c in configs})
+    machine = B.machine_info()
     print(f"fastgd bench: {n_cases} cases x backends {', '.join(B.ordered_backends({c.backend for c in configs}))}, "
-          f"{args.repeats} rounds each; {B.machine_info()['cpu']}, {_checks.available_cores()} cores", file=log, flush=True)
+          f"{args.repeats} rounds each; {machine['cpu']}, {machine['cores']} cores, load average "
+          f"{machine['load_average']}", file=log, flush=True)
+    if machine["load_average"] is not None and machine["load_average"] > 0.5:
+        print("fastgd bench: the machine is busy; multithreaded timings will be noisy and ratios unreliable",
+              file=log, flush=True)
 
     def progress(result):
         print(f"  {result.config.label:<48} {result.config.backend:<7} {B._fmt_rate(result.samples_per_second):>8} samples/s",
@@ -139,7 +144,6 @@ def run(args):
 
     print("", file=log)
     print(B.format_table(results), file=log, flush=True)
-    machine = B.machine_info()
     if args.markdown or args.update_readme:
         block = B.markdown_table(results, machine, command=_command_line(args))
         if args.markdown:
