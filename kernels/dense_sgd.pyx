@@ -210,22 +210,27 @@ cdef inline floating softplus(floating z) noexcept nogil:
 cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0, int64_t r1,
                         const floating* W, const floating* b, int64_t pad, floating* Z,
                         int act) noexcept nogil:
-    """Rows r0..r1 of Z (row stride pad) = act(A[r] @ W + b); 4 rows share each W load and
-    keep 4 independent FMA chains in flight; bias and activation are applied to each finished
-    16-lane block while it is still in registers. Each row is one chain in input order, so
-    its value does not depend on which rows it was grouped with."""
-    cdef floating acc0[VL]
-    cdef floating acc1[VL]
-    cdef floating acc2[VL]
-    cdef floating acc3[VL]
-    cdef floating x0, x1, x2, x3
+    """Rows r0..r1 of Z (row stride pad) = act(A[r] @ W + b). Each row sums its even and odd
+    inputs in two chains (bias starts the even one); 4 rows share each W load, so 8 FMA
+    chains are in flight. Bias and activation are applied to each finished 16-lane block while
+    it is still in registers. Every row, grouped or leftover, uses the same two chains, so its
+    value does not depend on how rows were grouped (threads split rows)."""
+    cdef floating e0[VL]
+    cdef floating e1[VL]
+    cdef floating e2[VL]
+    cdef floating e3[VL]
+    cdef floating o0[VL]
+    cdef floating o1[VL]
+    cdef floating o2[VL]
+    cdef floating o3[VL]
     cdef const floating* w
+    cdef const floating* v
     cdef const floating* a0
     cdef const floating* a1
     cdef const floating* a2
     cdef const floating* a3
     cdef floating* z
-    cdef int64_t r, i, jb, jj
+    cdef int64_t r, i, jb, jj, n_even = n_in - n_in % 2
     for jb in range(0, pad, 16):
         r = r0
         while r + 4 <= r1:
@@ -234,45 +239,70 @@ cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0
             a2 = a1 + lda
             a3 = a2 + lda
             for jj in range(VL):
-                acc0[jj] = b[jb + jj]
-                acc1[jj] = b[jb + jj]
-                acc2[jj] = b[jb + jj]
-                acc3[jj] = b[jb + jj]
-            for i in range(n_in):
+                e0[jj] = b[jb + jj]
+                e1[jj] = b[jb + jj]
+                e2[jj] = b[jb + jj]
+                e3[jj] = b[jb + jj]
+                o0[jj] = 0
+                o1[jj] = 0
+                o2[jj] = 0
+                o3[jj] = 0
+            for i in range(0, n_even, 2):
                 w = W + i * pad + jb
-                x0 = a0[i]
-                x1 = a1[i]
-                x2 = a2[i]
-                x3 = a3[i]
+                v = w + pad
                 for jj in range(VL):
-                    acc0[jj] += x0 * w[jj]
-                    acc1[jj] += x1 * w[jj]
-                    acc2[jj] += x2 * w[jj]
-                    acc3[jj] += x3 * w[jj]
-            activation_forward(acc0, VL, act)
-            activation_forward(acc1, VL, act)
-            activation_forward(acc2, VL, act)
-            activation_forward(acc3, VL, act)
+                    e0[jj] += a0[i] * w[jj]
+                    e1[jj] += a1[i] * w[jj]
+                    e2[jj] += a2[i] * w[jj]
+                    e3[jj] += a3[i] * w[jj]
+                    o0[jj] += a0[i + 1] * v[jj]
+                    o1[jj] += a1[i + 1] * v[jj]
+                    o2[jj] += a2[i + 1] * v[jj]
+                    o3[jj] += a3[i + 1] * v[jj]
+            if n_even < n_in:
+                w = W + n_even * pad + jb
+                for jj in range(VL):
+                    e0[jj] += a0[n_even] * w[jj]
+                    e1[jj] += a1[n_even] * w[jj]
+                    e2[jj] += a2[n_even] * w[jj]
+                    e3[jj] += a3[n_even] * w[jj]
+            for jj in range(VL):
+                e0[jj] = e0[jj] + o0[jj]
+                e1[jj] = e1[jj] + o1[jj]
+                e2[jj] = e2[jj] + o2[jj]
+                e3[jj] = e3[jj] + o3[jj]
+            activation_forward(e0, VL, act)
+            activation_forward(e1, VL, act)
+            activation_forward(e2, VL, act)
+            activation_forward(e3, VL, act)
             z = Z + r * pad + jb
             for jj in range(VL):
-                z[jj] = acc0[jj]
-                z[pad + jj] = acc1[jj]
-                z[2 * pad + jj] = acc2[jj]
-                z[3 * pad + jj] = acc3[jj]
+                z[jj] = e0[jj]
+                z[pad + jj] = e1[jj]
+                z[2 * pad + jj] = e2[jj]
+                z[3 * pad + jj] = e3[jj]
             r += 4
-        while r < r1:  # leftover rows: same single chain per row as above, so a row's result
-            a0 = A + r * lda  # does not depend on how rows were grouped (threads split rows)
+        while r < r1:  # leftover rows: the same two chains per row as above
+            a0 = A + r * lda
             for jj in range(VL):
-                acc0[jj] = b[jb + jj]
-            for i in range(n_in):
+                e0[jj] = b[jb + jj]
+                o0[jj] = 0
+            for i in range(0, n_even, 2):
                 w = W + i * pad + jb
-                x0 = a0[i]
+                v = w + pad
                 for jj in range(VL):
-                    acc0[jj] += x0 * w[jj]
-            activation_forward(acc0, VL, act)
+                    e0[jj] += a0[i] * w[jj]
+                    o0[jj] += a0[i + 1] * v[jj]
+            if n_even < n_in:
+                w = W + n_even * pad + jb
+                for jj in range(VL):
+                    e0[jj] += a0[n_even] * w[jj]
+            for jj in range(VL):
+                e0[jj] = e0[jj] + o0[jj]
+            activation_forward(e0, VL, act)
             z = Z + r * pad + jb
             for jj in range(VL):
-                z[jj] = acc0[jj]
+                z[jj] = e0[jj]
             r += 1
 
 

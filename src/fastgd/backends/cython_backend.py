@@ -112,6 +112,9 @@ class CythonBackend:
         self.permute_sparse = True
         self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self._perm_buffers = None
+        self.permute_dense = True
+        self.permute_dense_max_bytes = 1 << 28  # 256 MB: above this, prefetch instead of copying
+        self._dense_buffers = None
 
     # ---- helpers --------------------------------------------------------------------------
     def _blas_limit(self, threads):
@@ -210,6 +213,21 @@ class CythonBackend:
         np.take(labels, order, out=out_labels)
         return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m]
 
+    def _permuted_dense(self, X, order, targets, labels):
+        """(X rows, targets, labels, identity order) of the rows in `order`, in that order, in
+        buffers kept between calls."""
+        m = order.size
+        buf = self._dense_buffers
+        want = ((m, X.shape[1]), X.dtype, (m, targets.shape[1]), targets.dtype)
+        if buf is None or buf[0] != want:
+            buf = (want, np.empty(want[0], X.dtype), np.empty(want[2], targets.dtype), np.empty(m, np.int32),
+                   np.arange(m, dtype=np.int64))
+            self._dense_buffers = buf
+        np.take(X, order, axis=0, out=buf[1])
+        np.take(targets, order, axis=0, out=buf[2])
+        np.take(labels, order, out=buf[3])
+        return buf[1], buf[2], buf[3], buf[4]
+
     # ---- the contract ---------------------------------------------------------------------
     def prepare(self, net, plan):
         """Build the sparse-input index for plan.X ahead of the timed epochs; returns 0.0 (the
@@ -305,6 +323,10 @@ class CythonBackend:
         if csr is not None and self.permute_sparse:
             # the epoch's rows, copied in visiting order: the kernel then streams them
             csr, targets, labels, order = self._permuted(csr, order, targets, labels)
+        elif csr is None and self.permute_dense and order.size * plan.X[0].nbytes <= self.permute_dense_max_bytes:
+            # dense rows likewise: one gather per epoch, then the kernel streams them
+            X_rows, targets, labels, order = self._permuted_dense(plan.X, order, targets, labels)
+            Xu8, Xf = (X_rows, None) if Xu8 is not None else (None, X_rows)
         ptr, idx, val = csr if csr is not None else (None, None, None)
         # exactly one pool runs: OpenBLAS's threads only when our epoch runs on one thread
         blas_threads = int(plan.threads) if mode == "serial" and lay.uses_blas else 1
