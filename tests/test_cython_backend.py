@@ -233,17 +233,17 @@ def test_unimplemented_recipe_features_are_refused(backend):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_sparse_rows_streamed_in_visiting_order_match_reference(backend, dtype):
-    """The sparse path copies the epoch's rows in visiting order; an order with repeats and
-    missing rows must still train exactly the rows it names, and the copy must not change
-    the arithmetic."""
-    net, X, scale, targets, labels = problem([60, 16, 5], 40, dtype, seed=12)
+@pytest.mark.parametrize("input_mode,uint8", [("sparse", True), ("dense", True), ("dense", False)])
+def test_rows_streamed_in_visiting_order_match_reference(backend, dtype, input_mode, uint8):
+    """Each epoch copies its rows in visiting order; an order with repeats and missing rows
+    must still train exactly the rows it names, and the copy must not change the arithmetic."""
+    net, X, scale, targets, labels = problem([60, 16, 5], 40, dtype, seed=12, uint8=uint8)
     order = np.random.default_rng(3).integers(0, 40, size=57).astype(np.int64)
     plan = EpochPlan(X=X, x_scale=scale, targets=targets, labels=labels, order=order,
                      lrs=np.full(-(-57 // 6), 0.4), batch_size=6, loss="mse")
-    backend.input_mode = "sparse"
+    backend.input_mode = input_mode
     streamed, streamed_result = run_epoch(backend, net, plan)
-    backend.permute_sparse = False
+    backend.permute_sparse = backend.permute_dense = False
     direct, direct_result = run_epoch(backend, net, plan)
     np.testing.assert_array_equal(streamed, direct)
     assert streamed_result == direct_result
