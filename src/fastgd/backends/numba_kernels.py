@@ -239,6 +239,32 @@ def vsigmoid(typingctx, v):
 
 
 @intrinsic
+def view2d(typingctx, buf, off, rows, cols):
+    """buf[off:off + rows * cols] as a C-contiguous (rows, cols) array, sharing buf's memory.
+
+    Same as buf[off:...].reshape((rows, cols)) but built inline: reshape calls out to Numba's
+    helper library, which cost ~5 ms per MNIST epoch at ~23 views per minibatch."""
+    if not isinstance(buf, types.Array) or buf.ndim != 1 or buf.layout != "C":
+        return None
+    arrty = types.Array(buf.dtype, 2, "C")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        intp = context.get_value_type(types.intp)
+        off_, rows_, cols_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:]))
+        itemsize = ir.Constant(intp, context.get_abi_sizeof(context.get_value_type(buf.dtype)))
+        out = context.make_array(arrty)(context, builder)
+        context.populate_array(out, data=builder.gep(src.data, [off_]), shape=[rows_, cols_],
+                               strides=[builder.mul(cols_, itemsize), itemsize], itemsize=itemsize,
+                               meminfo=src.meminfo, parent=src.parent)
+        if context.enable_nrt:
+            context.nrt.incref(builder, sig.args[0], args[0])  # the view keeps buf alive
+        return out._getvalue()
+
+    return arrty(buf, off, rows, cols), codegen
+
+
+@intrinsic
 def prefetch(typingctx, arr, off):
     """Hint the CPU to fetch the cache line holding arr.flat[off] (no fault if out of range)."""
     if not isinstance(arr, types.Array) or arr.layout != "C":
@@ -575,13 +601,13 @@ def dense_update_blas(x, d, B, coef, tW, tb, gW):
 @njit(**JIT)
 def _layer_views(params, layout, l):
     w_off, b_off, n_in, n_out = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-    return params[w_off:b_off].reshape((n_in, n_out)), params[b_off:b_off + n_out]
+    return view2d(params, w_off, n_in, n_out), params[b_off:b_off + n_out]
 
 
 @njit(**JIT)
 def _acts(acts, act_off, sizes, l, bmax):
     """Layer l's activation block (bmax, sizes[l]) inside the flat activation buffer."""
-    return acts[act_off[l]:act_off[l] + bmax * sizes[l]].reshape((bmax, sizes[l]))
+    return view2d(acts, act_off[l], bmax, sizes[l])
 
 
 @njit(**JIT)
@@ -628,7 +654,7 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
                     acts, act_off, sizes, zlast)
     n_out = sizes[L]
     out = _acts(acts, act_off, sizes, L, bmax)
-    d = delta0[:bmax * n_out].reshape((bmax, n_out))
+    d = view2d(delta0, 0, bmax, n_out)
     loss_sum = 0.0
     correct = 0
     for i in range(B):
@@ -645,7 +671,7 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
         cur = d
         if l > 0:  # the previous layer's delta, from W before its update
             other = delta1 if use_d0 else delta0
-            d = other[:bmax * n_in].reshape((bmax, n_in))
+            d = view2d(other, 0, bmax, n_in)
             if use_blas[l]:
                 dense_backward_dx_blas(cur, B, W, x, kinds[l - 1], d)
             else:
