@@ -6,7 +6,7 @@
 Benchmarks are grouped by case (network, dtype, batch size, threads), so each group lists the
 backends side by side, numpy first. extra_info records samples/s and the speed-up over numpy (and
 over any other backend already measured on that case); the session ends with the comparison table.
-Options: --bench-rounds N (timed rounds, default 5), --bench-budget-seconds S (slow cases time
+Options: --bench-backends numpy,cython (default: every backend that loads here), --bench-rounds N (timed rounds, default 5), --bench-budget-seconds S (slow cases time
 the subsample the NumPy reference gets through in about S seconds, the same for every backend;
 default 0.3).
 """
@@ -14,13 +14,14 @@ import pytest
 
 from fastgd import benchmarks as B
 
-#: Backends are discovered when the suite is collected: compiled ones join as soon as they load.
-BACKENDS = B.ordered_backends()
 _RESULTS = pytest.StashKey()
+_BACKENDS = pytest.StashKey()
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("fastgd benchmarks")
+    group.addoption("--bench-backends", default=None,
+                    help="comma-separated backends to measure (default: every backend that loads here)")
     group.addoption("--bench-rounds", type=int, default=5, help="timed rounds per benchmark (default 5)")
     group.addoption("--bench-budget-seconds", type=float, default=0.3,
                     help="slow cases time the subsample numpy gets through in about this long (default 0.3)")
@@ -28,6 +29,18 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.stash[_RESULTS] = {}
+    # Backends are discovered when the suite starts: compiled ones join as soon as they load.
+    here = B.ordered_backends()
+    chosen = config.getoption("--bench-backends", None)
+    if chosen is None:
+        config.stash[_BACKENDS] = here
+    else:
+        names = [s.strip() for s in chosen.split(",") if s.strip()]
+        missing = [n for n in names if n not in here]
+        if missing or not names:
+            raise pytest.UsageError(f"--bench-backends: {', '.join(missing) or '(none given)'} not available here; "
+                                    f"available: {', '.join(here)}")
+        config.stash[_BACKENDS] = B.ordered_backends(names)
 
 
 def pytest_report_header(config):
@@ -35,26 +48,28 @@ def pytest_report_header(config):
 
     from fastgd.backends import _REGISTRY
 
-    missing = [name for name in _REGISTRY if name not in BACKENDS]
+    backends = config.stash[_BACKENDS]
+    missing = [name for name in _REGISTRY if name not in B.ordered_backends()]
     machine = B.machine_info()
-    line = f"fastgd benchmarks: backends {', '.join(BACKENDS)}; {machine['cpu']}, {machine['cores']} cores"
+    line = (f"fastgd benchmarks: backends {', '.join(backends)}; {machine['cpu']}, {machine['cores']} cores, "
+            f"load average {machine['load_average']}")
     if missing:
         why = ["not built" if importlib.util.find_spec(_REGISTRY[m][0]) else "not shipped" for m in missing]
         line += "; not measured: " + ", ".join(f"{m} ({w})" for m, w in zip(missing, why))
     return line
 
 
-def config_params(kind):
+def config_params(kind, backends):
     """pytest params for every config of `kind`, marked `quick` when in the smoke-test subset."""
     return [pytest.param(c, id=c.id, marks=[pytest.mark.quick] if c.quick else [])
-            for c in B.all_configs(BACKENDS, kinds=(kind,))]
+            for c in B.all_configs(backends, kinds=(kind,))]
 
 
 def pytest_generate_tests(metafunc):
     """A test taking `train_config` or `infer_config` runs once per config of that kind."""
     for kind in B.KINDS:
         if f"{kind}_config" in metafunc.fixturenames:
-            metafunc.parametrize(f"{kind}_config", config_params(kind))
+            metafunc.parametrize(f"{kind}_config", config_params(kind, metafunc.config.stash[_BACKENDS]))
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +105,7 @@ def bench_config(request, benchmark, workload):
         info.update({"backend": config.backend, "case": config.label, "samples": result.n_samples,
                      "subsampled": result.subsampled, "samples_per_second": round(result.samples_per_second, 1),
                      "ms_per_epoch": round(result.ms_per_epoch, 3), "compile_seconds": round(result.compile_seconds, 3)})
-        for other in BACKENDS:
+        for other in request.config.stash[_BACKENDS]:
             if other != config.backend and config.with_backend(other) in results:
                 info[f"speedup_vs_{other}"] = round(
                     result.samples_per_second / results[config.with_backend(other)].samples_per_second, 3)
@@ -102,6 +117,6 @@ def bench_config(request, benchmark, workload):
 def pytest_terminal_summary(terminalreporter, config):
     results = config.stash.get(_RESULTS, {})
     if results:
-        ordered = [c for c in B.all_configs(BACKENDS) if c in results]
+        ordered = [c for c in B.all_configs(B.BACKEND_ORDER) if c in results]
         terminalreporter.section("fastgd: comparison with numpy (medians, same run)")
         terminalreporter.write_line(B.format_table([results[c] for c in ordered]))
