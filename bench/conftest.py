@@ -6,9 +6,9 @@
 Benchmarks are grouped by case (network, dtype, batch size, threads), so each group lists the
 backends side by side, numpy first. extra_info records samples/s and the speed-up over numpy (and
 over any other backend already measured on that case); the session ends with the comparison table.
-Options: --bench-backends numpy,cython (default: every backend that loads here), --bench-rounds N (timed rounds, default 5), --bench-budget-seconds S (slow cases time
-the subsample the NumPy reference gets through in about S seconds, the same for every backend;
-default 0.3).
+Options: --bench-backends numpy,cython (default: every backend that loads here); --bench-rounds N
+(timed rounds, default 5); --bench-budget-seconds S (slow cases time the subsample the NumPy
+reference gets through in about S seconds, the same for every backend; default 0.3).
 """
 import pytest
 
