@@ -78,7 +78,7 @@ def test_hogwild_runs_one_worker_per_thread(threads):
     net, X, scale, targets, labels = make_problem([40, 8, 4], 64, np.float32, seed=2, uint8=True)
     plan = plan_for(X, scale, targets, labels, np.arange(64), 4, 0.5, "mse", threads)
     plan.deterministic = False
-    kernel, _, blas_threads, workspace = NumbaBackend()._epoch_call(net, plan)
+    kernel, _, blas_threads, workspace = NumbaBackend(blas_min_work=0)._epoch_call(net, plan)
     workers = min(threads, numba.config.NUMBA_NUM_THREADS)
     if workers > 1:
         assert kernel is numba_backend.K.train_epoch_hogwild
