@@ -163,6 +163,17 @@ cdef struct Ctx:
     const int64_t* soff
 
 
+cdef struct Recipe:
+    # the optimiser beyond plain SGD (see base.py): g = grad + l2 W + l1 sign(W) on weights,
+    # v = momentum v + g, step = g + momentum v (Nesterov) or v, params -= lr step
+    void* grad                  # padded gradient accumulator (zeros between steps), or NULL
+    void* velocity              # padded momentum buffer, or NULL
+    double momentum
+    bint nesterov
+    double l2
+    double l1
+
+
 # ---- elementwise pieces ----------------------------------------------------------------------
 cdef inline floating f_exp(floating x) noexcept nogil:
     if floating is float:
@@ -749,6 +760,63 @@ cdef void weight_update_rows(const floating* A, int64_t lda, const floating* D, 
             i += 1
 
 
+# ---- one minibatch, the optimiser step with a training recipe ---------------------------------
+cdef void optimizer_range(floating* W, floating* G, floating* V, int64_t n, floating lr,
+                          const Recipe* r, bint decay) noexcept nogil:
+    """The recipe's update of n parameters from their mean gradient G, in the reference's
+    order of operations; G is zeroed for the next step. `decay`: weights (l2/l1 apply), not
+    biases."""
+    cdef int64_t k
+    cdef floating g, v, step, w
+    cdef floating mu = <floating>r.momentum
+    cdef floating l2 = <floating>r.l2
+    cdef floating l1 = <floating>r.l1
+    for k in range(n):
+        w = W[k]
+        g = G[k]
+        if decay and r.l2 > 0:
+            g = g + l2 * w
+        if decay and r.l1 > 0:
+            g = g + l1 * ((<floating>(w > 0)) - (<floating>(w < 0)))
+        if V != NULL:
+            v = V[k] * mu + g
+            V[k] = v
+            step = g + mu * v if r.nesterov else v
+        else:
+            step = g
+        W[k] = w - lr * step
+        G[k] = 0
+
+
+cdef void apply_step(const Ctx* c, floating* P, const floating* S, floating* G,
+                     const int64_t* rows, int64_t B, double lr, int part, int parts,
+                     const Recipe* r) noexcept nogil:
+    """The parameter update of one minibatch for weight rows of part `part` of `parts`: plain
+    SGD fused into the gradient pass, or (G not NULL) the gradient into G and then the recipe's
+    optimiser over the same rows, so no extra barrier is needed."""
+    cdef const int64_t* lay = c.lay
+    cdef int l
+    cdef int64_t n_in, pad, i0, i1, w_off
+    cdef floating* V = <floating*>r.velocity
+    if G == NULL:
+        minibatch_update(c, P, S, rows, B, <floating>(-lr / B), part, parts)
+        return
+    minibatch_update(c, G, S, rows, B, (<floating>1) / B, part, parts)
+    for l in range(c.n_layers):
+        n_in = lay[l * LAY_COLS + L_NIN]
+        pad = lay[l * LAY_COLS + L_PAD]
+        w_off = lay[l * LAY_COLS + L_W]
+        i0 = n_in * part // parts
+        i1 = n_in * (part + 1) // parts
+        optimizer_range(P + w_off + i0 * pad, G + w_off + i0 * pad,
+                        V + w_off + i0 * pad if V != NULL else NULL, (i1 - i0) * pad,
+                        <floating>lr, r, True)
+        if part == parts - 1:
+            optimizer_range(P + w_off + n_in * pad, G + w_off + n_in * pad,
+                            V + w_off + n_in * pad if V != NULL else NULL, pad, <floating>lr, r,
+                            False)
+
+
 # ---- Python entry points (called by cython_backend after validation) ------------------------
 cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int loss,
                    const uint8_t[:, ::1] Xu8, const void* xf, int64_t x_itemsize, int64_t n_in,
@@ -790,13 +858,20 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 const uint8_t[::1] csr_val, const floating[:, ::1] targets,
                 const int32_t[::1] labels, const int64_t[::1] order, const double[::1] lrs,
                 int64_t batch_size, floating[:, ::1] scratch, const int64_t[::1] soff,
-                int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out):
+                int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out,
+                floating[:, ::1] grad=None, floating[::1] velocity=None, double momentum=0,
+                bint nesterov=False, double l2=0, double l1=0):
     """Every minibatch of one epoch in nogil code; per-thread loss sums and correct counts go
     to loss_out[t], correct_out[t]. Modes: serial (one thread; BLAS layers allowed), sync
     (deterministic: each step's samples split across threads for forward/deltas, then the
     weight rows split for the update; identical to serial), hogwild (each thread runs its own
-    minibatches, lock-free on the shared weights)."""
+    minibatches, lock-free on the shared weights). With a training recipe, `grad` (zeros,
+    one padded row per thread in hogwild mode, else one) accumulates each step's gradient and
+    `velocity` is the padded momentum buffer."""
     cdef Ctx c
+    cdef Recipe r
+    cdef floating* G0 = &grad[0, 0] if grad is not None else NULL
+    cdef int64_t gstride = grad.shape[1] if grad is not None else 0
     cdef int64_t m = order.shape[0]
     cdef int64_t n_steps = (m + batch_size - 1) // batch_size
     cdef int64_t n_in = lay[0, L_NIN]
@@ -817,6 +892,12 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
     for v in range(256):  # exactly the reference's uint8 -> float: (floating)pixel * scale
         lut[v] = (<floating>v) * (<floating>x_scale)
     c.lut = lut
+    r.grad = G0
+    r.velocity = &velocity[0] if velocity is not None else NULL
+    r.momentum = momentum
+    r.nesterov = nesterov
+    r.l2 = l2
+    r.l1 = l1
     if mode == MODE_SERIAL:
         with nogil:
             for step in range(n_steps):
@@ -825,8 +906,7 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                                (step + 1) * batch_size + ROWS_AHEAD)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, 0, B, True,
                                            lo, co)
-                minibatch_update(&c, P, S0, od + step * batch_size, B,
-                                 <floating>(-lr[step] / B), 0, 1)
+                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], 0, 1, &r)
         return
     with nogil, parallel(num_threads=threads):
         tid = fgd_thread_num()
@@ -839,8 +919,8 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                                (step + nt + 1) * batch_size)
                 minibatch_forward_backward(&c, P, S0 + tid * sstride, od + step * batch_size, 0,
                                            B, 0, B, True, lo + tid, co + tid)
-                minibatch_update(&c, P, S0 + tid * sstride, od + step * batch_size, B,
-                                 <floating>(-lr[step] / B), 0, 1)
+                apply_step(&c, P, S0 + tid * sstride, G0 + tid * gstride if G0 != NULL else NULL,
+                           od + step * batch_size, B, lr[step], 0, 1, &r)
                 step = step + nt
         else:
             for step in range(n_steps):
@@ -854,8 +934,7 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, s0, s1, True,
                                            lo + tid, co + tid)
                 fgd_barrier()  # every delta is computed from the pre-update weights
-                minibatch_update(&c, P, S0, od + step * batch_size, B,
-                                 <floating>(-lr[step] / B), tid, nt)
+                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], tid, nt, &r)
                 fgd_barrier()  # the next step reads the updated weights
 
 

@@ -131,8 +131,8 @@ def test_deterministic_plan_never_runs_hogwild(backend):
         backend.train_epoch(net.copy(), make_plan(X, scale, targets, labels, 5, threads=2, deterministic=True))
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-def test_hogwild_mode_still_learns(backend, threads):
+@pytest.mark.parametrize("threads,momentum", [(2, 0.0), (3, 0.0), (2, 0.9)])
+def test_hogwild_mode_still_learns(backend, threads, momentum):
     """Lock-free threads: results depend on timing, so check learning, not exact weights."""
     rng = np.random.default_rng(0)
     centers = rng.integers(0, 256, size=(4, 64))
@@ -140,10 +140,13 @@ def test_hogwild_mode_still_learns(backend, threads):
     X = np.clip(centers[labels] + rng.normal(0, 40, size=(2000, 64)), 0, 255).astype(np.uint8)
     targets = np.eye(4, dtype=np.float32)[labels]
     net = fastgd.Network([64, 16, 4], "relu", "softmax", dtype=np.float32, seed=0)
+    velocity = np.zeros_like(net.params)
     first = None
     for epoch in range(3):
-        plan = make_plan(X, UINT8_SCALE, targets, labels, 10, lr=0.1, loss="cross_entropy", threads=threads,
-                         deterministic=False, seed=epoch)
+        plan = make_plan(X, UINT8_SCALE, targets, labels, 10, lr=0.1 * (1 - momentum), loss="cross_entropy",
+                         threads=threads, deterministic=False, seed=epoch)
+        if momentum:
+            plan.momentum, plan.velocity = momentum, velocity
         loss_sum, correct = backend.train_epoch(net, plan)
         first = loss_sum if first is None else first
         assert np.isfinite(net.params).all()
@@ -225,11 +228,49 @@ def test_empty_order_trains_nothing(backend):
 def test_unimplemented_recipe_features_are_refused(backend):
     net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
     plan = make_plan(X, scale, targets, labels, 4)
-    plan.momentum = 0.9
+    plan.dropout = 0.5
     before = net.params.copy()
-    with pytest.raises(ValueError, match="momentum"):
+    with pytest.raises(ValueError, match="dropout"):
         backend.train_epoch(net, plan)
     np.testing.assert_array_equal(net.params, before)
+
+
+RECIPES = [dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(l2=0.01), dict(l1=0.003),
+           dict(momentum=0.5, nesterov=True, l2=0.02, l1=0.01)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: "+".join(r))
+@pytest.mark.parametrize("uint8,threads", [(True, 1), (False, 1), (True, 2), (False, 2)])
+def test_optimiser_recipe_matches_reference(backend, dtype, recipe, uint8, threads):
+    """Momentum/Nesterov/L2/L1 over two epochs (velocity carried across), serial and sync."""
+    ref, X, scale, targets, labels = problem([50, 16, 13, 5], 61, dtype, seed=3, uint8=uint8)
+    net = ref.copy()
+    backend.sync_min_work = 0
+    plans = []
+    for _ in range(2):
+        plan = make_plan(X, scale, targets, labels, 7, threads=threads)
+        plan.lrs = np.linspace(0.5, 0.1, plan.n_steps)
+        for key, value in recipe.items():
+            setattr(plan, key, value)
+        plan.velocity = np.full_like(ref.params, 0.01)
+        plans.append(plan)
+    ref_plan, plan = plans
+    for _ in range(2):
+        ref_result = get_backend("numpy").train_epoch(ref, ref_plan)
+        result = backend.train_epoch(net, plan)
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (1e-4, 1e-5)
+    np.testing.assert_allclose(net.params, ref.params, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(plan.velocity, ref_plan.velocity, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(result[0], ref_result[0], rtol=rtol)
+
+
+def test_momentum_needs_a_velocity_buffer(backend):
+    net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
+    plan = make_plan(X, scale, targets, labels, 4)
+    plan.momentum = 0.9
+    with pytest.raises(ValueError, match="velocity"):
+        backend.train_epoch(net, plan)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

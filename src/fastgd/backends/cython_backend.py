@@ -97,8 +97,8 @@ class CythonBackend:
     """
 
     name = NAME
-    #: training-recipe features (base.RECIPE_FEATURES) implemented here: plain SGD only so far
-    features = frozenset()
+    #: training-recipe features (base.RECIPE_FEATURES) implemented here (not yet: dropout, shift)
+    features = frozenset({"momentum", "nesterov", "l2", "l1"})
 
     def __init__(self):
         self.input_mode = os.environ.get("FASTGD_CYTHON_INPUT", "auto")
@@ -288,10 +288,31 @@ class CythonBackend:
             return "serial", 1
         return "sync", threads
 
+    @staticmethod
+    def _recipe(net, plan, lay, copies):
+        """Keyword arguments of the kernel for plan's optimiser (empty for plain SGD)."""
+        momentum = float(getattr(plan, "momentum", 0.0))
+        l2, l1 = float(getattr(plan, "l2", 0.0)), float(getattr(plan, "l1", 0.0))
+        nesterov = bool(getattr(plan, "nesterov", False))
+        if momentum == 0 and l2 == 0 and l1 == 0:
+            return {}  # nesterov without momentum is plain SGD (step = g)
+        for value, what in ((momentum, "momentum"), (l2, "l2"), (l1, "l1")):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+        velocity = None
+        if momentum > 0:
+            v = plan.velocity
+            if not isinstance(v, np.ndarray) or v.shape != net.params.shape or v.dtype != net.dtype:
+                raise ValueError(f"momentum needs plan.velocity: a {net.dtype} array shaped like net.params")
+            velocity = lay.pad(v)
+        return dict(grad=np.zeros((copies, lay.size), dtype=net.dtype), velocity=velocity, momentum=momentum,
+                    nesterov=nesterov, l2=l2, l1=l1)
+
     def train_epoch(self, net, plan):
         requested = plan.requested_features() if hasattr(plan, "requested_features") else set()
         if requested - self.features:
-            raise ValueError(f"the cython backend does not implement {', '.join(sorted(requested))} yet")
+            raise ValueError(f"the cython backend does not implement {', '.join(sorted(requested - self.features))} "
+                             f"yet")
         Xu8, Xf = self._check_input(net, plan.X, plan.x_scale)
         n = plan.X.shape[0]
         targets, labels = self._check_targets(net, plan.targets, plan.labels, n)
@@ -328,11 +349,14 @@ class CythonBackend:
             X_rows, targets, labels, order = self._permuted_dense(plan.X, order, targets, labels)
             Xu8, Xf = (X_rows, None) if Xu8 is not None else (None, X_rows)
         ptr, idx, val = csr if csr is not None else (None, None, None)
+        recipe = self._recipe(net, plan, lay, threads if mode == "hogwild" else 1)
         # exactly one pool runs: OpenBLAS's threads only when our epoch runs on one thread
         blas_threads = int(plan.threads) if mode == "serial" and lay.uses_blas else 1
         with self._blas_limit(blas_threads):
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
                            ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
-                           _k.MODES[mode], threads, loss_out, correct_out)
+                           _k.MODES[mode], threads, loss_out, correct_out, **recipe)
         lay.unpad(params, net.params)
+        if recipe.get("velocity") is not None:
+            lay.unpad(recipe["velocity"], plan.velocity)
         return float(loss_out.sum()), int(correct_out.sum())
