@@ -96,6 +96,8 @@ def _load(data):
 
 
 def run(args):
+    if args.dpi < 1:
+        raise ValueError(f"--dpi must be >= 1, got {args.dpi}")
     if not args.no_plot:
         from . import viz
 
@@ -147,6 +149,8 @@ def _run_random_labels(args, out, log):
     from . import experiments
 
     X_train, y_train, X_test, y_test = _load(args.data)
+    if not 1 <= args.n_train <= len(X_train):
+        raise ValueError(f"--n-train must lie in [1, {len(X_train)}] (the training samples), got {args.n_train}")
     results = []
     for fraction in args.fraction:
         print(f"fastgd experiment random-labels: {100 * fraction:g}% of the labels of {args.n_train} training "

@@ -50,6 +50,8 @@ def run(args):
     viz._figure(1, 1)  # fail early, before any work, when matplotlib is missing
     if args.errors < 0:
         raise ValueError(f"--errors must be >= 0, got {args.errors}")
+    if args.dpi < 1:
+        raise ValueError(f"--dpi must be >= 1, got {args.dpi}")
     if args.max_units < 0:
         raise ValueError(f"--max-units must be >= 0, got {args.max_units}")
     net = Network.load(args.model)
