@@ -8,18 +8,31 @@ parameters back.
 How a call runs
   * Small layers use the kernels' own register-blocked loops; a layer whose per-step work
     (batch x n_in x n_out) reaches `blas_min_work` calls sgemm/dgemm (scipy's BLAS) with the
-    bias and activation fused around it.
-  * uint8 input stays uint8 and is scaled inside the kernels. When it is mostly zeros (MNIST:
-    81%) the first layer visits only non-zero pixels, from a per-row index list built once per
-    input array and cached (keyed on the array object, so an array mutated in place between
-    epochs must be passed as a new array).
-  * Threads: with a BLAS layer the epoch runs on one OpenMP thread and BLAS gets `threads`.
-    Otherwise `threads` OpenMP threads run either "sync" (deterministic, plan.deterministic is
-    True: each minibatch's samples split across threads, then its weight rows; bitwise the same
-    result as one thread) or, only when plan.deterministic is False, "hogwild" (each thread
-    takes whole minibatches and updates the shared weights without locks; results depend on
-    thread timing). Whichever pool is not in use is limited to one thread, so OpenBLAS and
-    OpenMP never compete for the two cores.
+    bias prefilled, the activation applied right after, and the SGD update done by gemm
+    itself (beta = 1) instead of a separate gradient buffer.
+  * uint8 input stays uint8 and is scaled inside the kernels (a 256-entry table of exactly the
+    reference's values). When it is mostly zeros (MNIST: 81%) and the first layer is not
+    BLAS-sized, that layer visits only non-zero pixels, from a per-row index list built once per
+    input array and cached (keyed on the array object: an array mutated in place between epochs
+    must be passed as a new array).
+  * Each epoch first copies its rows (index lists, or dense rows up to 256 MB) in visiting
+    order into buffers kept between epochs, so the kernel streams them: shuffled access over
+    a 27-47 MB input otherwise stalls on memory about as long as the arithmetic takes.
+  * Threads, with exactly one thread pool busy at a time (threadpoolctl limits OpenBLAS to 1
+    whenever our OpenMP threads run):
+      - deterministic (plan.deterministic): "sync" splits each minibatch's samples across
+        threads, then its weight rows (each row sums its samples in a fixed order, so the
+        weights are bitwise those of one thread). It costs two barriers per step, so below
+        `sync_min_work` (batch x n_params per step) the epoch runs on one thread instead: at
+        batch 10 on the lesson network a barrier costs more than the step. BLAS-sized layers
+        run the same way, each thread calling single-threaded BLAS on its slice
+        (`blas_threading = "openmp"`); "blas" gives the threads to OpenBLAS instead, which
+        measured far slower on a busy 2-core machine.
+      - plan.deterministic False: "hogwild", each thread takes whole minibatches and updates
+        the shared weights without locks. Results depend on thread timing.
+  * Training recipe: momentum, Nesterov, L2 and L1 (base.py's rule) accumulate each step's
+    gradient and apply the optimiser over the same weight rows; dropout and image shifts are
+    not implemented here (the Trainer refuses them for this backend).
 """
 from __future__ import annotations
 
@@ -94,6 +107,8 @@ class CythonBackend:
       hogwild: None (use it when plan.deterministic is False and threads > 1), or True/False.
       sync_min_work: deterministic threads are used only when batch x n_params per step
         reaches this; below it the step is too short to pay for two barriers.
+      blas_threading: "openmp" (our threads over single-threaded BLAS) or "blas".
+      permute_sparse, permute_dense: stream each epoch's rows in visiting order (see above).
     """
 
     name = NAME
@@ -106,7 +121,7 @@ class CythonBackend:
         self.blas_min_work = 1 << 20
         self.forward_chunk = 256
         self.hogwild = None
-        self.sync_min_work = 1 << 21  # see the module docstring and the note's measurements
+        self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
         self._controller = None
         self.permute_sparse = True
