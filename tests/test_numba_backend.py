@@ -54,7 +54,8 @@ def test_second_process_loads_kernels_from_disk_cache(tmp_path):
     assert any("forward_chunks" in p.name for p in index_files)
     second = _run_child(tmp_path)
     assert not second["compiled"] and second["cache_misses"] == 0 and second["cache_hits"] > 0
-    assert second["returned"] < first["returned"]
+    assert first["returned"] == first["seconds"] > 0
+    assert second["returned"] == 0.0  # nothing compiled: the Trainer reports no compile time
 
 
 def test_prepare_leaves_the_network_untouched():
