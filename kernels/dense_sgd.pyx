@@ -708,55 +708,81 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
 cdef void weight_update_rows(const floating* A, int64_t lda, const floating* D, int64_t pad,
                              int64_t B, int64_t i0, int64_t i1, floating coef,
                              floating* Tw) noexcept nogil:
-    """Tw[i] += coef * sum_s A[s, i] D[s] for rows i0..i1, four rows at a time so each delta
-    load feeds four independent FMA chains (the same shape as dense_forward)."""
-    cdef floating acc0[VL]
-    cdef floating acc1[VL]
-    cdef floating acc2[VL]
-    cdef floating acc3[VL]
-    cdef floating x0, x1, x2, x3
+    """Tw[i] += coef * sum_s A[s, i] D[s] for rows i0..i1. Each row sums its even and odd
+    samples in two chains; four rows share each delta load, so eight FMA chains are in flight
+    (the same shape as dense_forward, and likewise independent of how rows are grouped)."""
+    cdef floating e0[VL]
+    cdef floating e1[VL]
+    cdef floating e2[VL]
+    cdef floating e3[VL]
+    cdef floating o0[VL]
+    cdef floating o1[VL]
+    cdef floating o2[VL]
+    cdef floating o3[VL]
     cdef const floating* d
+    cdef const floating* d1
     cdef const floating* a
+    cdef const floating* a1
     cdef floating* t
-    cdef int64_t i, s, jb, jj
+    cdef int64_t i, s, jb, jj, b_even = B - B % 2
     for jb in range(0, pad, 16):
         i = i0
         while i + 4 <= i1:
             for jj in range(VL):
-                acc0[jj] = 0
-                acc1[jj] = 0
-                acc2[jj] = 0
-                acc3[jj] = 0
-            for s in range(B):
+                e0[jj] = 0
+                e1[jj] = 0
+                e2[jj] = 0
+                e3[jj] = 0
+                o0[jj] = 0
+                o1[jj] = 0
+                o2[jj] = 0
+                o3[jj] = 0
+            for s in range(0, b_even, 2):
                 d = D + s * pad + jb
+                d1 = d + pad
                 a = A + s * lda + i
-                x0 = a[0]
-                x1 = a[1]
-                x2 = a[2]
-                x3 = a[3]
+                a1 = a + lda
                 for jj in range(VL):
-                    acc0[jj] += x0 * d[jj]
-                    acc1[jj] += x1 * d[jj]
-                    acc2[jj] += x2 * d[jj]
-                    acc3[jj] += x3 * d[jj]
+                    e0[jj] += a[0] * d[jj]
+                    e1[jj] += a[1] * d[jj]
+                    e2[jj] += a[2] * d[jj]
+                    e3[jj] += a[3] * d[jj]
+                    o0[jj] += a1[0] * d1[jj]
+                    o1[jj] += a1[1] * d1[jj]
+                    o2[jj] += a1[2] * d1[jj]
+                    o3[jj] += a1[3] * d1[jj]
+            if b_even < B:
+                d = D + b_even * pad + jb
+                a = A + b_even * lda + i
+                for jj in range(VL):
+                    e0[jj] += a[0] * d[jj]
+                    e1[jj] += a[1] * d[jj]
+                    e2[jj] += a[2] * d[jj]
+                    e3[jj] += a[3] * d[jj]
             t = Tw + i * pad + jb
             for jj in range(VL):
-                t[jj] += coef * acc0[jj]
-                t[pad + jj] += coef * acc1[jj]
-                t[2 * pad + jj] += coef * acc2[jj]
-                t[3 * pad + jj] += coef * acc3[jj]
+                t[jj] += coef * (e0[jj] + o0[jj])
+                t[pad + jj] += coef * (e1[jj] + o1[jj])
+                t[2 * pad + jj] += coef * (e2[jj] + o2[jj])
+                t[3 * pad + jj] += coef * (e3[jj] + o3[jj])
             i += 4
-        while i < i1:
+        while i < i1:  # leftover rows: the same two chains per row
             for jj in range(VL):
-                acc0[jj] = 0
-            for s in range(B):
+                e0[jj] = 0
+                o0[jj] = 0
+            for s in range(0, b_even, 2):
                 d = D + s * pad + jb
-                x0 = A[s * lda + i]
+                d1 = d + pad
                 for jj in range(VL):
-                    acc0[jj] += x0 * d[jj]
+                    e0[jj] += A[s * lda + i] * d[jj]
+                    o0[jj] += A[(s + 1) * lda + i] * d1[jj]
+            if b_even < B:
+                d = D + b_even * pad + jb
+                for jj in range(VL):
+                    e0[jj] += A[b_even * lda + i] * d[jj]
             t = Tw + i * pad + jb
             for jj in range(VL):
-                t[jj] += coef * acc0[jj]
+                t[jj] += coef * (e0[jj] + o0[jj])
             i += 1
 
 
