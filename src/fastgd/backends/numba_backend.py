@@ -58,7 +58,8 @@ class Workspace:
         widest = int(sizes.max())
         self.sizes = sizes
         self.act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
-        gw = max([int(sizes[l] * sizes[l + 1]) for l in range(len(sizes) - 1) if use_blas[l]] or [1])
+        # gW: a BLAS layer's weight gradient, or a loop layer's transposed weights (l > 0)
+        gw = max([int(sizes[l] * sizes[l + 1]) for l in range(len(sizes) - 1) if use_blas[l] or l > 0] or [1])
         self.acts = np.zeros(lead + (int(self.act_off[-1]),), dtype=dtype)
         self.zlast = np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype)
         self.delta0 = np.zeros(lead + (bmax * widest,), dtype=dtype)
