@@ -408,12 +408,14 @@ def loss_forward_backward(z, a, t, d, loss, out_kind):
     n = a.shape[0]
     value = 0.0
     if loss == MSE:
-        for j in range(n):
-            diff = a[j] - t[j]
-            d[j] = diff
-            value += float(diff) * float(diff)
+        sq = vsplat(0, a)
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            diff = vsub(vload(a, j0, m), vload(t, j0, m))
+            vstore(d, j0, m, diff)
+            sq = vfma(sq, diff, diff)
         activation_backward(a, d, out_kind)
-        return 0.5 * value
+        return 0.5 * float(vsum(sq))
     for j in range(n):  # softmax + CE and sigmoid + binary CE share dL/dz = a - t
         d[j] = a[j] - t[j]
     if out_kind == SOFTMAX:  # -sum t * log_softmax(z), from z: exact where a underflows
