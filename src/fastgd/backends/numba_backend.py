@@ -180,7 +180,7 @@ class NumbaBackend:
         hogwild = hogwild and workers > 1
         ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None)
         args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
-                *self._csr(plan.X, use_blas[0]), plan.targets, plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
+                *self._csr(plan.X, use_blas[0]), np.ascontiguousarray(plan.targets), plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
                 *ws.step_args())
         if hogwild:
             return K.train_epoch_hogwild, args, (1 if use_blas.any() else None), ws

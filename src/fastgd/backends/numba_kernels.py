@@ -332,65 +332,70 @@ def prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, rows):
 
 
 # ---- activations, in place on one sample's row ----------------------------------------------
+# These take a 2-D array and a row number rather than a row view: every array view costs an
+# atomic reference-count increment and decrement, and at ~200 views per minibatch that showed.
 @njit(**JIT)
-def activation_forward(z, a, kind):
-    """a[:] = kind(z[:]) for one sample's row (z and a may be the same array)."""
-    n = z.shape[0]
-    one = a.dtype.type(1.0)
+def activation_forward(z, a, i, kind):
+    """a[i] = kind(z[i]) for one sample's row (z and a may be the same array)."""
+    n = z.shape[1]
+    o = i * n
     if kind == SIGMOID:
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            vstore(a, j0, m, vsigmoid(vload(z, j0, m)))
+            vstore(a, o + j0, m, vsigmoid(vload(z, o + j0, m)))
     elif kind == RELU:
-        zero = a.dtype.type(0.0)
-        for j in range(n):
-            a[j] = z[j] if z[j] > zero else zero
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            zv = vload(z, o + j0, m)
+            vstore(a, o + j0, m, vwhere_positive(zv, zv))
     elif kind == TANH:
         for j in range(n):
-            a[j] = np.tanh(z[j])
+            a[i, j] = np.tanh(z[i, j])
     elif kind == LINEAR:
-        for j in range(n):
-            a[j] = z[j]
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            vstore(a, o + j0, m, vload(z, o + j0, m))
     else:  # SOFTMAX, shifted by the max like the reference
-        m = z[0]
+        mx = z[i, 0]
         for j in range(1, n):
-            if z[j] > m:
-                m = z[j]
+            if z[i, j] > mx:
+                mx = z[i, j]
         s = a.dtype.type(0.0)
         for j in range(n):
-            e = np.exp(z[j] - m)
-            a[j] = e
+            e = np.exp(z[i, j] - mx)
+            a[i, j] = e
             s += e
         for j in range(n):
-            a[j] = a[j] / s
+            a[i, j] = a[i, j] / s
 
 
 @njit(**JIT)
-def activation_backward(a, d, kind):
-    """d[:] = dL/dz given a = f(z) and d = dL/da on entry (one sample's row)."""
-    n = a.shape[0]
+def activation_backward(a, d, i, kind):
+    """d[i] = dL/dz given a[i] = f(z) and d[i] = dL/da on entry (one sample's row)."""
+    n = a.shape[1]
+    o = i * n
     if kind == SIGMOID:
         one = vsplat(1, a)
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            av = vload(a, j0, m)
-            vstore(d, j0, m, vmul(vmul(vload(d, j0, m), av), vsub(one, av)))
+            av = vload(a, o + j0, m)
+            vstore(d, o + j0, m, vmul(vmul(vload(d, o + j0, m), av), vsub(one, av)))
     elif kind == RELU:
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            vstore(d, j0, m, vwhere_positive(vload(a, j0, m), vload(d, j0, m)))
+            vstore(d, o + j0, m, vwhere_positive(vload(a, o + j0, m), vload(d, o + j0, m)))
     elif kind == TANH:
         one = vsplat(1, a)
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            av = vload(a, j0, m)
-            vstore(d, j0, m, vmul(vload(d, j0, m), vsub(one, vmul(av, av))))
+            av = vload(a, o + j0, m)
+            vstore(d, o + j0, m, vmul(vload(d, o + j0, m), vsub(one, vmul(av, av))))
     elif kind == SOFTMAX:  # Jacobian-vector product a * (d - <d, a>)
         s = a.dtype.type(0.0)
         for j in range(n):
-            s += d[j] * a[j]
+            s += d[i, j] * a[i, j]
         for j in range(n):
-            d[j] = a[j] * (d[j] - s)
+            d[i, j] = a[i, j] * (d[i, j] - s)
     # LINEAR: unchanged
 
 
@@ -403,46 +408,48 @@ def _softplus(z):
 
 
 @njit(**JIT)
-def loss_forward_backward(z, a, t, d, loss, out_kind):
-    """Per-sample loss (float64) of the output row; writes dL/dz_last (not yet / B) into d."""
-    n = a.shape[0]
+def loss_forward_backward(z, a, d, i, t, r, loss, out_kind):
+    """Per-sample loss (float64) of output row i against target row t[r]; writes dL/dz_last
+    (not yet / B) into d[i]."""
+    n = a.shape[1]
+    o = i * n
     value = 0.0
     if loss == MSE:
         sq = vsplat(0, a)
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            diff = vsub(vload(a, j0, m), vload(t, j0, m))
-            vstore(d, j0, m, diff)
+            diff = vsub(vload(a, o + j0, m), vload(t, r * n + j0, m))
+            vstore(d, o + j0, m, diff)
             sq = vfma(sq, diff, diff)
-        activation_backward(a, d, out_kind)
+        activation_backward(a, d, i, out_kind)
         return 0.5 * float(vsum(sq))
     for j in range(n):  # softmax + CE and sigmoid + binary CE share dL/dz = a - t
-        d[j] = a[j] - t[j]
+        d[i, j] = a[i, j] - t[r, j]
     if out_kind == SOFTMAX:  # -sum t * log_softmax(z), from z: exact where a underflows
-        m = float(z[0])
+        mx = float(z[i, 0])
         for j in range(1, n):
-            if z[j] > m:
-                m = float(z[j])
+            if z[i, j] > mx:
+                mx = float(z[i, j])
         s = 0.0
         for j in range(n):
-            s += np.exp(float(z[j]) - m)
+            s += np.exp(float(z[i, j]) - mx)
         log_s = np.log(s)
         for j in range(n):
-            value -= float(t[j]) * (float(z[j]) - m - log_s)
+            value -= float(t[r, j]) * (float(z[i, j]) - mx - log_s)
         return value
     for j in range(n):  # sigmoid: log a = -softplus(-z), log(1 - a) = -softplus(z)
-        zj = float(z[j])
-        tj = float(t[j])
+        zj = float(z[i, j])
+        tj = float(t[r, j])
         value += tj * _softplus(-zj) + (1.0 - tj) * _softplus(zj)
     return value
 
 
 @njit(**JIT)
-def argmax_row(a):
-    """Index of the first largest entry, like np.argmax."""
+def argmax_row(a, i):
+    """Index of the first largest entry of a[i], like np.argmax."""
     best = 0
-    for j in range(1, a.shape[0]):
-        if a[j] > a[best]:
+    for j in range(1, a.shape[1]):
+        if a[i, j] > a[i, best]:
             best = j
     return best
 
@@ -563,7 +570,7 @@ def dense_backward_dx_loops(d, B, W, a_in, in_kind, dx, WT):
             if j < n_out:
                 acc0 = vfma(acc0, d[i, j], vload(WT, j * n_in + k0, m))
             vstore(dx, i * n_in + k0, m, vadd(acc0, acc1))
-        activation_backward(a_in[i], dx[i], in_kind)
+        activation_backward(a_in, dx, i, in_kind)
 
 
 @njit(**JIT)
@@ -628,7 +635,7 @@ def dense_backward_dx_blas(d, B, W, a_in, in_kind, dx):
     dxb = dx[:B]
     np.dot(d[:B], W.T, dxb)
     for i in range(B):
-        activation_backward(a_in[i], dxb[i], in_kind)
+        activation_backward(a_in, dxb, i, in_kind)
 
 
 @njit(**JIT)
@@ -682,7 +689,7 @@ def network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val
         else:
             dense_forward_loops(x, B, W, b, z)
         for i in range(B):
-            activation_forward(z[i], a[i], kinds[l])
+            activation_forward(z, a, i, kinds[l])
 
 
 @njit(**JIT)
@@ -705,8 +712,8 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
     correct = 0
     for i in range(B):
         r = rows[i]
-        loss_sum += loss_forward_backward(zlast[i], out[i], targets[r], d[i], loss, kinds[L - 1])
-        if argmax_row(out[i]) == labels[r]:
+        loss_sum += loss_forward_backward(zlast, out, d, i, targets, r, loss, kinds[L - 1])
+        if argmax_row(out, i) == labels[r]:
             correct += 1
     use_d0 = True
     for l in range(L - 1, -1, -1):
