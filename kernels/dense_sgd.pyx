@@ -65,6 +65,19 @@ cdef extern from *:
         memcpy(t, &tv, sizeof tv);
     }
 
+    /* fastgd._random's counter-based uniform numbers (SplitMix64 finaliser), bit for bit. */
+    static inline unsigned long long fgd_mix64(unsigned long long z) {
+        z += 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    }
+    static inline double fgd_uniform(unsigned long long seed, unsigned long long pos,
+                                     unsigned long long unit) {
+        unsigned long long r = fgd_mix64(seed ^ fgd_mix64(pos * 1048576ULL + unit));
+        return (double)(r >> 40) * 5.9604644775390625e-08;  /* 24 bits times 2**-24 */
+    }
+
     /* exp(x) in float32 without a libm call, so loops over 16 lanes vectorise: Cody-Waite
        range reduction and the Cephes expf polynomial (relative error ~1e-7). The clamp keeps
        2^k a normal float; sigmoid and softmax only need the limits, which it preserves. */
@@ -90,6 +103,8 @@ cdef extern from *:
     int fgd_num_threads() noexcept nogil
     void fgd_barrier() noexcept nogil
     float fgd_expf(float x) noexcept nogil
+    double fgd_uniform(unsigned long long seed, unsigned long long pos,
+                       unsigned long long unit) noexcept nogil
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
@@ -123,7 +138,9 @@ cdef enum:
     S_ACTS = 1
     S_DELTAS = 2
     S_ZOUT = 3
-    S_SIZE = 4
+    S_INP = 4          # dropout: masked hidden activations (the next layer's input)
+    S_MASK = 5         # dropout: the multipliers (0 or 1/(1 - rate))
+    S_SIZE = 6
     # epoch modes
     MODE_SERIAL = 0
     MODE_SYNC = 1
@@ -161,6 +178,9 @@ cdef struct Ctx:
     int64_t n_out
     const int32_t* labels
     const int64_t* soff
+    double dropout              # rate; 0: off
+    double drop_scale           # 1 / (1 - rate)
+    unsigned long long drop_seed
 
 
 cdef struct Recipe:
@@ -524,11 +544,12 @@ cdef void prefetch_input(const Ctx* c, const int64_t* order, int64_t m, int64_t 
 cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* S,
                                      const int64_t* rows, int64_t first_row, int64_t B,
                                      int64_t s0, int64_t s1, bint deltas, double* loss_sum,
-                                     int64_t* correct) noexcept nogil:
+                                     int64_t* correct, int64_t pos0) noexcept nogil:
     """Forward every layer for minibatch rows s0..s1 (sample s is input row rows[s], or
     first_row + s when rows is NULL), then the output delta, loss and accuracy, then the hidden
     deltas back to layer 1, all with the current (pre-update) weights P. Scratch S holds this
-    minibatch's activations and deltas (B rows each)."""
+    minibatch's activations and deltas (B rows each). With dropout, sample s sits at epoch
+    position pos0 + s, which keys its masks."""
     cdef const int64_t* lay = c.lay
     cdef int L = c.n_layers
     cdef int l, act
@@ -539,6 +560,11 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef floating* acts = S + c.soff[S_ACTS]
     cdef floating* dlt = S + c.soff[S_DELTAS]
     cdef floating* zout = S + c.soff[S_ZOUT]
+    cdef floating* inp = S + c.soff[S_INP]
+    cdef floating* mask = S + c.soff[S_MASK]
+    cdef floating* hidden_in = inp if c.dropout > 0 else acts  # what the next layer reads
+    cdef int64_t first_unit = 0
+    cdef floating m
     cdef const floating* A
     cdef const floating* W
     cdef const floating* xf = <const floating*>c.xf
@@ -547,6 +573,7 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef floating* D
     cdef floating* Din
     cdef floating* Ain
+    cdef floating* Min
     cdef floating acc[VL]
     cdef const uint8_t* src
     cdef bint blas
@@ -572,27 +599,40 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     else:
                         sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut, W,
                                            W + n_in * pad, pad, Z + s * pad, act)
-                continue
-            # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
-            for s in range(s0, s1):
-                row = rows[s] if rows != NULL else first_row + s
-                if c.xu8 != NULL:
-                    src = c.xu8 + row * n_in
-                    for i in range(n_in):
-                        xbuf[s * n_in + i] = (<floating>src[i]) * scale
-                else:
-                    for i in range(n_in):
-                        xbuf[s * n_in + i] = xf[row * n_in + i]
-            A = xbuf
-            lda = n_in
+            else:
+                # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
+                for s in range(s0, s1):
+                    row = rows[s] if rows != NULL else first_row + s
+                    if c.xu8 != NULL:
+                        src = c.xu8 + row * n_in
+                        for i in range(n_in):
+                            xbuf[s * n_in + i] = (<floating>src[i]) * scale
+                    else:
+                        for i in range(n_in):
+                            xbuf[s * n_in + i] = xf[row * n_in + i]
+                A = xbuf
+                lda = n_in
         else:
-            A = acts + lay[(l - 1) * LAY_COLS + L_ACT]
+            A = hidden_in + lay[(l - 1) * LAY_COLS + L_ACT]
             lda = lay[(l - 1) * LAY_COLS + L_PAD]
-        if blas:
-            blas_forward(A + s0 * lda, lda, n_in, s1 - s0, W, W + n_in * pad, pad,
-                         Z + s0 * pad, act)
-        else:
-            dense_forward(A, lda, n_in, s0, s1, W, W + n_in * pad, pad, Z, act)
+        if l > 0 or c.csr_ptr == NULL:
+            if blas:
+                blas_forward(A + s0 * lda, lda, n_in, s1 - s0, W, W + n_in * pad, pad,
+                             Z + s0 * pad, act)
+            else:
+                dense_forward(A, lda, n_in, s0, s1, W, W + n_in * pad, pad, Z, act)
+        if c.dropout > 0 and l < L - 1 and deltas:
+            # inverted dropout: keep unit i of the sample at position p when its uniform number
+            # is >= rate (fastgd._random), scaling kept units by 1/(1 - rate)
+            n_out = lay[l * LAY_COLS + L_NOUT]
+            for s in range(s0, s1):
+                for i in range(n_out):
+                    m = <floating>c.drop_scale if fgd_uniform(
+                        c.drop_seed, <unsigned long long>(pos0 + s),
+                        <unsigned long long>(first_unit + i)) >= c.dropout else <floating>0
+                    mask[lay[l * LAY_COLS + L_ACT] + s * pad + i] = m
+                    inp[lay[l * LAY_COLS + L_ACT] + s * pad + i] = Z[s * pad + i] * m
+            first_unit += n_out
 
     # output layer: activation, loss, delta, accuracy
     n_out = lay[(L - 1) * LAY_COLS + L_NOUT]
@@ -617,12 +657,16 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
         D = dlt + lay[l * LAY_COLS + L_ACT]
         Din = dlt + lay[(l - 1) * LAY_COLS + L_ACT]
         Ain = acts + lay[(l - 1) * LAY_COLS + L_ACT]
+        Min = mask + lay[(l - 1) * LAY_COLS + L_ACT]
         lda = lay[(l - 1) * LAY_COLS + L_PAD]
         if lay[l * LAY_COLS + L_BLAS] != 0:
             # row-major Din = D W^T  <=>  column-major Din^T = W D^T (W^T stored as column-major)
             gemm(b"T", b"N", <int>n_in, <int>(s1 - s0), <int>pad, <floating>1, W, <int>pad,
                  D + s0 * pad, <int>pad, <floating>0, Din + s0 * lda, <int>lda)
             for s in range(s0, s1):
+                if c.dropout > 0:  # dropped units pass no gradient back
+                    for i in range(n_in):
+                        Din[s * lda + i] = Din[s * lda + i] * Min[s * lda + i]
                 activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
         else:
             for s in range(s0, s1):
@@ -638,6 +682,9 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     for jj in range(4):
                         acc[jj] = acc[jj] + acc[jj + 4]
                     Din[s * lda + i] = (acc[0] + acc[2]) + (acc[1] + acc[3])
+                if c.dropout > 0:  # dropped units pass no gradient back
+                    for i in range(n_in):
+                        Din[s * lda + i] = Din[s * lda + i] * Min[s * lda + i]
                 activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
 
 
@@ -694,7 +741,9 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
             A = S + c.soff[S_XBUF]
             lda = n_in
         else:
-            A = S + c.soff[S_ACTS] + lay[(l - 1) * LAY_COLS + L_ACT]
+            # the layer's input: the hidden activations, masked when dropout is on
+            A = (S + (c.soff[S_INP] if c.dropout > 0 else c.soff[S_ACTS])
+                 + lay[(l - 1) * LAY_COLS + L_ACT])
             lda = lay[(l - 1) * LAY_COLS + L_PAD]
         if lay[l * LAY_COLS + L_BLAS] != 0:
             # row-major Tw[i0:i1] += coef A[:, i0:i1]^T D  <=>  column-major Tw^T += coef D^T A
@@ -872,6 +921,9 @@ cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int
         c.csr_idx = NULL
         c.csr_val = NULL
     c.lut = NULL
+    c.dropout = 0
+    c.drop_scale = 1
+    c.drop_seed = 0
     c.targets = targets
     c.n_out = lay[lay.shape[0] - 1, L_NOUT]
     c.labels = &labels[0] if labels is not None else NULL
@@ -886,14 +938,16 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 int64_t batch_size, floating[:, ::1] scratch, const int64_t[::1] soff,
                 int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out,
                 floating[:, ::1] grad=None, floating[::1] velocity=None, double momentum=0,
-                bint nesterov=False, double l2=0, double l1=0):
+                bint nesterov=False, double l2=0, double l1=0, double dropout=0,
+                unsigned long long seed=0, int64_t first_position=0):
     """Every minibatch of one epoch in nogil code; per-thread loss sums and correct counts go
     to loss_out[t], correct_out[t]. Modes: serial (one thread; BLAS layers allowed), sync
     (deterministic: each step's samples split across threads for forward/deltas, then the
     weight rows split for the update; identical to serial), hogwild (each thread runs its own
     minibatches, lock-free on the shared weights). With a training recipe, `grad` (zeros,
     one padded row per thread in hogwild mode, else one) accumulates each step's gradient and
-    `velocity` is the padded momentum buffer."""
+    `velocity` is the padded momentum buffer. Dropout masks are keyed by (seed, first_position
+    + index in order, unit), as in fastgd._random."""
     cdef Ctx c
     cdef Recipe r
     cdef floating* G0 = &grad[0, 0] if grad is not None else NULL
@@ -918,6 +972,9 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
     for v in range(256):  # exactly the reference's uint8 -> float: (floating)pixel * scale
         lut[v] = (<floating>v) * (<floating>x_scale)
     c.lut = lut
+    c.dropout = dropout
+    c.drop_scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
+    c.drop_seed = seed
     r.grad = G0
     r.velocity = &velocity[0] if velocity is not None else NULL
     r.momentum = momentum
@@ -931,7 +988,7 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 prefetch_input(&c, od, m, step * batch_size + ROWS_AHEAD,
                                (step + 1) * batch_size + ROWS_AHEAD)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, 0, B, True,
-                                           lo, co)
+                                           lo, co, first_position + step * batch_size)
                 apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], 0, 1, &r)
         return
     with nogil, parallel(num_threads=threads):
@@ -944,7 +1001,8 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 prefetch_input(&c, od, m, (step + nt) * batch_size,
                                (step + nt + 1) * batch_size)
                 minibatch_forward_backward(&c, P, S0 + tid * sstride, od + step * batch_size, 0,
-                                           B, 0, B, True, lo + tid, co + tid)
+                                           B, 0, B, True, lo + tid, co + tid,
+                                           first_position + step * batch_size)
                 apply_step(&c, P, S0 + tid * sstride, G0 + tid * gstride if G0 != NULL else NULL,
                            od + step * batch_size, B, lr[step], 0, 1, &r)
                 step = step + nt
@@ -958,7 +1016,7 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                     prefetch_input(&c, od, m, (step + 1) * batch_size + B1 * tid // nt,
                                    (step + 1) * batch_size + B1 * (tid + 1) // nt)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, s0, s1, True,
-                                           lo + tid, co + tid)
+                                           lo + tid, co + tid, first_position + step * batch_size)
                 fgd_barrier()  # every delta is computed from the pre-update weights
                 apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], tid, nt, &r)
                 fgd_barrier()  # the next step reads the updated weights
@@ -980,7 +1038,7 @@ def loss_and_grad(floating[::1] params, floating[::1] grad, int64_t[:, ::1] lay,
              None, &targets[0, 0], labels, soff)
     with nogil:
         minibatch_forward_backward(&c, &params[0], &scratch[0, 0], &order[0], 0, B, 0, B, True,
-                                   &loss_sum, &correct)
+                                   &loss_sum, &correct, 0)
         minibatch_update(&c, &grad[0], &scratch[0, 0], &order[0], B, (<floating>1) / B, 0, 1)
     return loss_sum
 
@@ -1017,7 +1075,7 @@ def forward(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int out_a
             B = min(chunk, n - ch * chunk)
             minibatch_forward_backward(&c, <const floating*>&params[0], S0 + tid * sstride,
                                        NULL, ch * chunk, B, 0, B, False, &dummy_loss,
-                                       &dummy_correct)
+                                       &dummy_correct, 0)
             for s in range(B):
                 for j in range(n_out):
                     O[(ch * chunk + s) * n_out + j] = S0[tid * sstride + act_off + s * pad + j]

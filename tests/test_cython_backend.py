@@ -228,15 +228,15 @@ def test_empty_order_trains_nothing(backend):
 def test_unimplemented_recipe_features_are_refused(backend):
     net, X, scale, targets, labels = problem([10, 4, 2], 8, np.float32)
     plan = make_plan(X, scale, targets, labels, 4)
-    plan.dropout = 0.5
+    plan.max_shift, plan.image_shape = 1, (2, 5)
     before = net.params.copy()
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(ValueError, match="shift"):
         backend.train_epoch(net, plan)
     np.testing.assert_array_equal(net.params, before)
 
 
 RECIPES = [dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(l2=0.01), dict(l1=0.003),
-           dict(momentum=0.5, nesterov=True, l2=0.02, l1=0.01)]
+           dict(dropout=0.3), dict(momentum=0.5, nesterov=True, l2=0.02, l1=0.01, dropout=0.2)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -254,6 +254,7 @@ def test_optimiser_recipe_matches_reference(backend, dtype, recipe, uint8, threa
         for key, value in recipe.items():
             setattr(plan, key, value)
         plan.velocity = np.full_like(ref.params, 0.01)
+        plan.seed, plan.first_position = 77, 5
         plans.append(plan)
     ref_plan, plan = plans
     for _ in range(2):
@@ -309,3 +310,22 @@ def test_blas_layers_with_threads_are_repeatable(blas_threading):
         results.append(run_epoch(b, net, plan)[0])
     np.testing.assert_array_equal(results[1], results[2])
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dropout_and_momentum_on_blas_layers_match_reference(threads):
+    ref, X, scale, targets, labels = problem([120, 70, 33, 6], 50, np.float64, seed=14, activation="tanh",
+                                             output="softmax")
+    net = ref.copy()
+    b = cython_backend.CythonBackend()
+    b.blas_min_work = 0
+    plans = []
+    for _ in range(2):
+        plan = make_plan(X, scale, targets, labels, 9, lr=0.1, loss="cross_entropy", threads=threads)
+        plan.dropout, plan.momentum, plan.seed, plan.first_position = 0.25, 0.8, 99, 3
+        plan.velocity = np.zeros_like(ref.params)
+        plans.append(plan)
+    ref_result = get_backend("numpy").train_epoch(ref, plans[0])
+    result = b.train_epoch(net, plans[1])
+    np.testing.assert_allclose(net.params, ref.params, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result[0], ref_result[0], rtol=1e-10)

@@ -31,8 +31,9 @@ How a call runs
       - plan.deterministic False: "hogwild", each thread takes whole minibatches and updates
         the shared weights without locks. Results depend on thread timing.
   * Training recipe: momentum, Nesterov, L2 and L1 (base.py's rule) accumulate each step's
-    gradient and apply the optimiser over the same weight rows; dropout and image shifts are
-    not implemented here (the Trainer refuses them for this backend).
+    gradient and apply the optimiser over the same weight rows; dropout draws fastgd._random's
+    counter-based masks in the kernel (the same masks as every backend). Image shifts are not
+    implemented here (the Trainer refuses them for this backend).
 """
 from __future__ import annotations
 
@@ -73,9 +74,11 @@ class _Layout:
         self.uses_blas = bool(self.table[:, 6].any())
         xbuf = batch * net.sizes[0]
         zout = batch * _round_up(net.sizes[-1])
-        # per-thread scratch: [xbuf | activations | deltas | last pre-activation]
-        self.soff = np.array([0, xbuf, xbuf + act_off, xbuf + 2 * act_off, xbuf + 2 * act_off + zout],
-                             dtype=np.int64)
+        # per-thread scratch: [xbuf | activations | deltas | last pre-activation | dropout's
+        # masked activations | dropout's masks]
+        acts, deltas, z = xbuf, xbuf + act_off, xbuf + 2 * act_off
+        inp = z + zout
+        self.soff = np.array([0, acts, deltas, z, inp, inp + act_off, inp + 2 * act_off], dtype=np.int64)
         self.scratch_size = int(self.soff[-1])
 
     def pad(self, flat):
@@ -112,8 +115,8 @@ class CythonBackend:
     """
 
     name = NAME
-    #: training-recipe features (base.RECIPE_FEATURES) implemented here (not yet: dropout, shift)
-    features = frozenset({"momentum", "nesterov", "l2", "l1"})
+    #: training-recipe features (base.RECIPE_FEATURES) implemented here (not yet: shift)
+    features = frozenset({"momentum", "nesterov", "l2", "l1", "dropout"})
 
     def __init__(self):
         self.input_mode = os.environ.get("FASTGD_CYTHON_INPUT", "auto")
@@ -304,6 +307,19 @@ class CythonBackend:
         return "sync", threads
 
     @staticmethod
+    def _dropout(plan):
+        """Keyword arguments of the kernel for plan's dropout (empty when off)."""
+        rate = float(getattr(plan, "dropout", 0.0))
+        if rate == 0:
+            return {}
+        if not 0 < rate < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {rate}")
+        first = int(plan.first_position)
+        if first < 0:
+            raise ValueError(f"first_position must be >= 0, got {first}")
+        return dict(dropout=rate, seed=int(plan.seed) % (1 << 64), first_position=first)
+
+    @staticmethod
     def _recipe(net, plan, lay, copies):
         """Keyword arguments of the kernel for plan's optimiser (empty for plain SGD)."""
         momentum = float(getattr(plan, "momentum", 0.0))
@@ -370,7 +386,7 @@ class CythonBackend:
         with self._blas_limit(blas_threads):
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
                            ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
-                           _k.MODES[mode], threads, loss_out, correct_out, **recipe)
+                           _k.MODES[mode], threads, loss_out, correct_out, **recipe, **self._dropout(plan))
         lay.unpad(params, net.params)
         if recipe.get("velocity") is not None:
             lay.unpad(recipe["velocity"], plan.velocity)
