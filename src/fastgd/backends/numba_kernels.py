@@ -266,7 +266,7 @@ def vsigmoid(typingctx, v):
 
 @intrinsic
 def view2d(typingctx, buf, off, rows, cols):
-    """buf[off:off + rows * cols] as a C-contiguous (rows, cols) array, sharing buf's memory.
+    """buf[off:off + rows * cols] as a C-contiguous (rows, cols) array borrowing buf's memory.
 
     Same as buf[off:...].reshape((rows, cols)) but built inline: reshape calls out to Numba's
     helper library, which cost ~5 ms per MNIST epoch at ~23 views per minibatch."""
@@ -280,14 +280,34 @@ def view2d(typingctx, buf, off, rows, cols):
         off_, rows_, cols_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:]))
         itemsize = ir.Constant(intp, context.get_abi_sizeof(context.get_value_type(buf.dtype)))
         out = context.make_array(arrty)(context, builder)
+        # A borrowed view: no meminfo, so no reference counting (atomic increments and
+        # decrements on every view). Only for views that never outlive `buf` inside a kernel.
         context.populate_array(out, data=builder.gep(src.data, [off_]), shape=[rows_, cols_],
                                strides=[builder.mul(cols_, itemsize), itemsize], itemsize=itemsize,
-                               meminfo=src.meminfo, parent=src.parent)
-        if context.enable_nrt:
-            context.nrt.incref(builder, sig.args[0], args[0])  # the view keeps buf alive
+                               meminfo=None)
         return out._getvalue()
 
     return arrty(buf, off, rows, cols), codegen
+
+
+@intrinsic
+def view1d(typingctx, buf, off, n):
+    """buf[off:off + n] as a borrowed view (no reference counting, like view2d)."""
+    if not isinstance(buf, types.Array) or buf.ndim != 1 or buf.layout != "C":
+        return None
+    arrty = types.Array(buf.dtype, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        off_, n_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:]))
+        itemsize = ir.Constant(context.get_value_type(types.intp),
+                               context.get_abi_sizeof(context.get_value_type(buf.dtype)))
+        out = context.make_array(arrty)(context, builder)
+        context.populate_array(out, data=builder.gep(src.data, [off_]), shape=[n_], strides=[itemsize],
+                               itemsize=itemsize, meminfo=None)
+        return out._getvalue()
+
+    return arrty(buf, off, n), codegen
 
 
 @intrinsic
@@ -654,7 +674,7 @@ def dense_update_blas(x, d, B, coef, tW, tb, gW):
 @njit(**JIT)
 def _layer_views(params, layout, l):
     w_off, b_off, n_in, n_out = layout[l, 0], layout[l, 1], layout[l, 2], layout[l, 3]
-    return view2d(params, w_off, n_in, n_out), params[b_off:b_off + n_out]
+    return view2d(params, w_off, n_in, n_out), view1d(params, b_off, n_out)
 
 
 @njit(**JIT)
@@ -751,9 +771,9 @@ def train_epoch_serial(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx
         start = s * batch_size
         stop = min(n, start + batch_size)
         coef = params.dtype.type(lrs[s]) / params.dtype.type(stop - start)
-        prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, order[stop:min(n, stop + batch_size)])
+        prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
         ls, c = minibatch_step(params, params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets,
-                               labels, order[start:stop], coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1,
+                               labels, view1d(order, start, stop - start), coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1,
                                gW)
         loss_sum += ls
         correct += c
@@ -778,9 +798,9 @@ def train_epoch_hogwild(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_id
             start = s * batch_size
             stop = min(n, start + batch_size)
             coef = params.dtype.type(lrs[s]) / params.dtype.type(stop - start)
-            prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, order[stop:min(n, stop + batch_size)])
+            prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
             ls, c = minibatch_step(params, params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val,
-                                   targets, labels, order[start:stop], coef, use_blas, acts[w], act_off, sizes,
+                                   targets, labels, view1d(order, start, stop - start), coef, use_blas, acts[w], act_off, sizes,
                                    zlast[w], delta0[w], delta1[w], gW[w])
             losses[w] += ls
             corrects[w] += c
