@@ -78,6 +78,15 @@ cdef extern from *:
         return (double)(r >> 40) * 5.9604644775390625e-08;  /* 24 bits times 2**-24 */
     }
 
+    /* fastgd._random.shifts: the (dx, dy) of the sample at position pos, each in [-k, k]. */
+    static inline void fgd_shift(unsigned long long seed, unsigned long long pos, long long k,
+                                 long long* dx, long long* dy) {
+        unsigned long long r = fgd_mix64(seed ^ fgd_mix64(pos * 1048576ULL + 1048575ULL));
+        unsigned long long span = (unsigned long long)(2 * k + 1);
+        *dx = (long long)((r & 0xFFFFFFFFULL) % span) - k;
+        *dy = (long long)((r >> 32) % span) - k;
+    }
+
     /* exp(x) in float32 without a libm call, so loops over 16 lanes vectorise: Cody-Waite
        range reduction and the Cephes expf polynomial (relative error ~1e-7). The clamp keeps
        2^k a normal float; sigmoid and softmax only need the limits, which it preserves. */
@@ -105,6 +114,8 @@ cdef extern from *:
     float fgd_expf(float x) noexcept nogil
     double fgd_uniform(unsigned long long seed, unsigned long long pos,
                        unsigned long long unit) noexcept nogil
+    void fgd_shift(unsigned long long seed, unsigned long long pos, long long k, long long* dx,
+                   long long* dy) noexcept nogil
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
@@ -180,7 +191,10 @@ cdef struct Ctx:
     const int64_t* soff
     double dropout              # rate; 0: off
     double drop_scale           # 1 / (1 - rate)
-    unsigned long long drop_seed
+    unsigned long long drop_seed  # the epoch's seed for dropout masks and shifts
+    int64_t shift               # max image shift in pixels; 0: off (dense input path only)
+    int64_t img_rows
+    int64_t img_cols
 
 
 cdef struct Recipe:
@@ -540,6 +554,35 @@ cdef void prefetch_input(const Ctx* c, const int64_t* order, int64_t m, int64_t 
             fgd_prefetch(c.labels + row, 4)
 
 
+# ---- image shifts (augmentation): out[r, c] = in[r - dy, c - dx], zeros elsewhere -----------
+cdef void shifted_row(const Ctx* c, int64_t row, int64_t pos, const floating* lut,
+                      floating* out) noexcept nogil:
+    """The input row `row`, scaled, moved by the shift of epoch position `pos` (as
+    fastgd._random.shift_images), into out (n_in values)."""
+    cdef long long dx, dy
+    cdef int64_t r, col, rows = c.img_rows, cols = c.img_cols
+    cdef int64_t r_lo, r_hi, c_lo, c_hi
+    cdef const uint8_t* su8
+    cdef const floating* sf
+    fgd_shift(c.drop_seed, <unsigned long long>pos, c.shift, &dx, &dy)
+    for r in range(rows * cols):
+        out[r] = 0
+    r_lo = dy if dy > 0 else 0
+    r_hi = rows + dy if dy < 0 else rows
+    c_lo = dx if dx > 0 else 0
+    c_hi = cols + dx if dx < 0 else cols
+    if c.xu8 != NULL:
+        su8 = c.xu8 + row * c.n_in
+        for r in range(r_lo, r_hi):
+            for col in range(c_lo, c_hi):
+                out[r * cols + col] = lut[su8[(r - dy) * cols + col - dx]]
+    else:
+        sf = <const floating*>c.xf + row * c.n_in
+        for r in range(r_lo, r_hi):
+            for col in range(c_lo, c_hi):
+                out[r * cols + col] = sf[(r - dy) * cols + col - dx]
+
+
 # ---- one minibatch, phase A: forward, loss, deltas for rows s0..s1 --------------------------
 cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* S,
                                      const int64_t* rows, int64_t first_row, int64_t B,
@@ -603,7 +646,9 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                 # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
                 for s in range(s0, s1):
                     row = rows[s] if rows != NULL else first_row + s
-                    if c.xu8 != NULL:
+                    if c.shift > 0:
+                        shifted_row(c, row, pos0 + s, lut, xbuf + s * n_in)
+                    elif c.xu8 != NULL:
                         src = c.xu8 + row * n_in
                         for i in range(n_in):
                             xbuf[s * n_in + i] = (<floating>src[i]) * scale
@@ -924,6 +969,9 @@ cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int
     c.dropout = 0
     c.drop_scale = 1
     c.drop_seed = 0
+    c.shift = 0
+    c.img_rows = 0
+    c.img_cols = 0
     c.targets = targets
     c.n_out = lay[lay.shape[0] - 1, L_NOUT]
     c.labels = &labels[0] if labels is not None else NULL
@@ -939,7 +987,8 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out,
                 floating[:, ::1] grad=None, floating[::1] velocity=None, double momentum=0,
                 bint nesterov=False, double l2=0, double l1=0, double dropout=0,
-                unsigned long long seed=0, int64_t first_position=0):
+                unsigned long long seed=0, int64_t first_position=0, int64_t shift=0,
+                int64_t image_rows=0, int64_t image_cols=0):
     """Every minibatch of one epoch in nogil code; per-thread loss sums and correct counts go
     to loss_out[t], correct_out[t]. Modes: serial (one thread; BLAS layers allowed), sync
     (deterministic: each step's samples split across threads for forward/deltas, then the
@@ -975,6 +1024,11 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
     c.dropout = dropout
     c.drop_scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
     c.drop_seed = seed
+    c.shift = shift
+    c.img_rows = image_rows
+    c.img_cols = image_cols
+    if shift > 0 and (image_rows * image_cols != n_in or c.csr_ptr != NULL):
+        raise ValueError("image shifts need image_rows * image_cols == n_in and dense input")
     r.grad = G0
     r.velocity = &velocity[0] if velocity is not None else NULL
     r.momentum = momentum

@@ -32,8 +32,8 @@ How a call runs
         the shared weights without locks. Results depend on thread timing.
   * Training recipe: momentum, Nesterov, L2 and L1 (base.py's rule) accumulate each step's
     gradient and apply the optimiser over the same weight rows; dropout draws fastgd._random's
-    counter-based masks in the kernel (the same masks as every backend). Image shifts are not
-    implemented here (the Trainer refuses them for this backend).
+    counter-based masks in the kernel (the same masks as every backend), and image shifts are
+    applied while gathering each row (dense input path; the sparse index is not used then).
 """
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ class CythonBackend:
     """
 
     name = NAME
-    #: training-recipe features (base.RECIPE_FEATURES) implemented here (not yet: shift)
-    features = frozenset({"momentum", "nesterov", "l2", "l1", "dropout"})
+    #: training-recipe features (base.RECIPE_FEATURES) implemented here: all of them
+    features = frozenset({"momentum", "nesterov", "l2", "l1", "dropout", "shift"})
 
     def __init__(self):
         self.input_mode = os.environ.get("FASTGD_CYTHON_INPUT", "auto")
@@ -307,17 +307,26 @@ class CythonBackend:
         return "sync", threads
 
     @staticmethod
-    def _dropout(plan):
-        """Keyword arguments of the kernel for plan's dropout (empty when off)."""
+    def _augment(net, plan):
+        """Keyword arguments of the kernel for plan's dropout and image shifts (empty when off)."""
         rate = float(getattr(plan, "dropout", 0.0))
-        if rate == 0:
+        shift = int(getattr(plan, "max_shift", 0))
+        if rate == 0 and shift == 0:
             return {}
-        if not 0 < rate < 1:
+        if not 0 <= rate < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {rate}")
+        if shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {shift}")
         first = int(plan.first_position)
         if first < 0:
             raise ValueError(f"first_position must be >= 0, got {first}")
-        return dict(dropout=rate, seed=int(plan.seed) % (1 << 64), first_position=first)
+        out = dict(dropout=rate, seed=int(plan.seed) % (1 << 64), first_position=first)
+        if shift:
+            rows, cols = (int(v) for v in plan.image_shape)
+            if rows < 1 or cols < 1 or rows * cols != net.sizes[0]:
+                raise ValueError(f"image_shape {plan.image_shape} does not match {net.sizes[0]} inputs")
+            out.update(shift=shift, image_rows=rows, image_cols=cols)
+        return out
 
     @staticmethod
     def _recipe(net, plan, lay, copies):
@@ -366,7 +375,9 @@ class CythonBackend:
         hidden, output, loss_code = self._codes(net, plan.loss)
         batch = min(bs, order.size)
         lay = _Layout(net, batch, self.blas_min_work)
-        csr = self._input_csr(Xu8, bool(lay.table[0, 6])) if Xu8 is not None else None
+        augment = self._augment(net, plan)
+        # shifted images are built row by row on the dense input path
+        csr = self._input_csr(Xu8, bool(lay.table[0, 6])) if Xu8 is not None and "shift" not in augment else None
         mode, threads = self._mode(net, plan, lay, batch)
         params = lay.pad(net.params)
         loss_out = np.zeros(threads, dtype=np.float64)
@@ -386,7 +397,7 @@ class CythonBackend:
         with self._blas_limit(blas_threads):
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
                            ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
-                           _k.MODES[mode], threads, loss_out, correct_out, **recipe, **self._dropout(plan))
+                           _k.MODES[mode], threads, loss_out, correct_out, **recipe, **augment)
         lay.unpad(params, net.params)
         if recipe.get("velocity") is not None:
             lay.unpad(recipe["velocity"], plan.velocity)
