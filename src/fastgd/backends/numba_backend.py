@@ -73,7 +73,7 @@ class Workspace:
         return (self.acts, self.act_off, self.sizes, self.zlast)
 
 
-NO_CSR = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.uint8))
+NO_CSR = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.uint8))
 
 
 def _kinds(net):
@@ -132,7 +132,7 @@ class NumbaBackend:
             if ref() is X and ptr == X.ctypes.data and shape == X.shape:
                 break
         else:
-            csr = K.build_csr(X)
+            csr = K.build_csr(X, np.uint16 if X.shape[1] <= 65536 else np.int32)
             density = csr[1].size / max(X.size, 1)
             if X.shape[0] >= CSR_CACHE_MIN_ROWS:  # small inputs are cheaper to index again than to keep
                 self._csr_cache = self._csr_cache[-3:] + [(weakref.ref(X), X.ctypes.data, X.shape, csr, density)]
