@@ -15,6 +15,13 @@ allocation), so their weight updates add exactly 0.
 Per-layer table `lay` (int64, n_layers x LAY_COLS): w_off, b_off, n_in, n_out, pad, act_off
 (offset of the layer's (batch x pad) output block in the activation and delta scratch),
 blas (1: this layer calls sgemm/dgemm).
+
+One minibatch is two phases: `minibatch_forward_backward` (forward, loss, all deltas with the
+pre-update weights, for a range of the minibatch's samples) and `apply_step` (the update for a
+range of weight rows: plain SGD fused into the gradient pass, or gradient then the recipe's
+optimiser). `train_epoch` runs the phases for every minibatch serially, split across threads
+with a barrier after each phase ("sync", deterministic), or one whole minibatch per thread
+("hogwild").
 """
 cimport cython
 from cython.parallel cimport parallel
