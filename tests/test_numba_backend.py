@@ -167,3 +167,18 @@ def test_recipe_features_it_lacks_are_refused():
     plan.velocity = np.zeros_like(net.params)
     with pytest.raises(ValueError, match="momentum"):
         get_backend("numba").train_epoch(net, plan)
+
+
+def test_deterministic_blas_split_is_repeatable_and_matches_one_thread():
+    """Deterministic mode with BLAS-sized layers splits each gemm into fixed row chunks, one per
+    thread: the same weights every run, and the same as one thread up to rounding."""
+    backend = NumbaBackend(blas_min_work=0)
+    results = []
+    for threads in (1, 2, 2):
+        net, X, scale, targets, labels = make_problem([60, 48, 32, 5], 90, np.float64, seed=4, uint8=True,
+                                                      activation="relu", output="softmax")
+        order = np.random.default_rng(1).permutation(90)
+        backend.train_epoch(net, plan_for(X, scale, targets, labels, order, 16, 0.2, "cross_entropy", threads))
+        results.append(net.params.copy())
+    np.testing.assert_array_equal(results[1], results[2])
+    assert_close(results[1], results[0], np.float64, "2 threads vs 1")

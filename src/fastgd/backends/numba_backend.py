@@ -3,9 +3,16 @@
 Threads
 -------
 * Deterministic mode (the default): the epoch runs minibatch after minibatch in one compiled
-  call, so the result never depends on thread timing nor on the thread count. Threads go to
-  BLAS (large layers use gemm through SciPy's OpenBLAS) and to `forward`, whose row chunks are
-  independent.
+  call. Layers big enough for BLAS split each gemm into fixed row chunks, one per Numba
+  thread, each a single-threaded gemm (the result depends on the thread count through the
+  gradient's partial sums, never on timing); OpenBLAS's own threads are not used because they
+  collapsed on this busy 2-core machine (31 s vs 2 s per 784-512-512-10 epoch). `forward`
+  runs row chunks on the threads the same way.
+  Small layers stay serial, identical for any thread count: splitting each minibatch over threads (samples for forward/deltas, weight rows for the
+  update) needs two parallel regions per step; on this 2-core machine a Numba prange region
+  measured 1.2 us with one thread and 7 us with two while other work ran, i.e. 85 ms of
+  launch/barrier cost for the 12,000 regions of a batch-10 MNIST epoch, more than the whole
+  serial epoch. So the small-layer path stays serial and identical for any thread count.
 * ``plan.deterministic = False`` with threads > 1: Hogwild-style, one parallel region for the
   whole epoch, each thread running its own share of the minibatches and updating the shared
   weights without locks (BLAS is held to one thread inside it, so the pools do not collide).
@@ -58,8 +65,10 @@ class Workspace:
         widest = int(sizes.max())
         self.sizes = sizes
         self.act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
-        # gW: a BLAS layer's weight gradient, or a loop layer's transposed weights (l > 0)
-        gw = max([int(sizes[l] * sizes[l + 1]) for l in range(len(sizes) - 1) if use_blas[l] or l > 0] or [1])
+        # gW: a BLAS layer's weight gradient (one per row chunk), or a loop layer's transposed
+        # weights (l > 0)
+        gw = max([int(sizes[l] * sizes[l + 1]) * max(1, int(use_blas[l])) for l in range(len(sizes) - 1)
+                  if use_blas[l] or l > 0] or [1])
         self.acts = np.zeros(lead + (int(self.act_off[-1]),), dtype=dtype)
         self.zlast = np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype)
         self.delta0 = np.zeros(lead + (bmax * widest,), dtype=dtype)
@@ -81,9 +90,11 @@ def _kinds(net):
     return np.array([hidden] * (net.n_layers - 1) + [K.ACTIVATION_CODES[net.output]], dtype=np.int64)
 
 
-def use_blas_for(sizes, batch, blas_min_work):
-    """Per layer: does batch * n_in * n_out reach the BLAS threshold?"""
-    return np.array([batch * a * b >= blas_min_work for a, b in zip(sizes[:-1], sizes[1:])], dtype=np.bool_)
+def use_blas_for(sizes, batch, blas_min_work, split=1):
+    """Per layer: 0 = vector loops; else the layer's work batch * n_in * n_out reached the BLAS
+    threshold, and the value is the number of row chunks each gemm is split into (1 = one call)."""
+    return np.array([split if batch * a * b >= blas_min_work else 0 for a, b in zip(sizes[:-1], sizes[1:])],
+                    dtype=np.int64)
 
 
 def blas_threads(n):
@@ -145,14 +156,12 @@ class NumbaBackend:
         n = X.shape[0]
         chunk = max(1, min(self.forward_chunk, n))
         use_blas = use_blas_for(net.sizes, chunk, self.blas_min_work)
-        # BLAS brings its own threads: then one Numba worker, so the two pools never overlap.
-        workers = 1 if use_blas.any() else set_threads(threads)
-        if workers == 1:
-            set_threads(1)
+        # Chunks of rows on Numba's threads, each with single-threaded BLAS: one thread pool.
+        workers = set_threads(threads)
         ws = Workspace(net.sizes, chunk, net.dtype, use_blas, n_workers=workers)
         out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
-        with blas_threads(threads if use_blas.any() else None):
-            K.forward_chunks(net.params, net.layout_array(), _kinds(net), X, float(x_scale), *self._csr(X, use_blas[0]), out,
+        with blas_threads(1 if use_blas.any() else None):
+            K.forward_chunks(net.params, net.layout_array(), _kinds(net), X, float(x_scale), *self._csr(X, bool(use_blas[0])), out,
                              chunk, use_blas, *ws.forward_args())
         return out
 
@@ -165,7 +174,7 @@ class NumbaBackend:
         labels = np.zeros(n, dtype=np.int32)
         with blas_threads(threads if use_blas.any() else None):
             value = K.loss_and_grad(net.params, grad, net.layout_array(), _kinds(net), K.LOSS_CODES[loss],
-                                    X, float(x_scale), *self._csr(X, use_blas[0]), np.ascontiguousarray(targets, dtype=net.dtype),
+                                    X, float(x_scale), *self._csr(X, bool(use_blas[0])), np.ascontiguousarray(targets, dtype=net.dtype),
                                     labels, use_blas,
                                     *ws.step_args())
         return float(value), grad
@@ -174,17 +183,16 @@ class NumbaBackend:
     def _epoch_call(self, net, plan):
         """(kernel, args, blas_threads, workspace) for one epoch of `plan`."""
         bs = plan.batch_size
-        use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
-        hogwild = (not plan.deterministic) and plan.threads > 1 and plan.n_steps > 1
-        workers = set_threads(plan.threads) if hogwild else 1
-        hogwild = hogwild and workers > 1
+        workers = set_threads(plan.threads)
+        hogwild = (not plan.deterministic) and workers > 1 and plan.n_steps > 1
+        # Deterministic with threads: each gemm split into fixed row chunks on Numba's threads
+        # over single-threaded BLAS (see numba_kernels.split_dot); Hogwild: one gemm per worker.
+        use_blas = use_blas_for(net.sizes, bs, self.blas_min_work, split=1 if hogwild else workers)
         ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None)
         args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
-                *self._csr(plan.X, use_blas[0]), np.ascontiguousarray(plan.targets), plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
+                *self._csr(plan.X, bool(use_blas[0])), np.ascontiguousarray(plan.targets), plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
                 *ws.step_args())
-        if hogwild:
-            return K.train_epoch_hogwild, args, (1 if use_blas.any() else None), ws
-        return K.train_epoch_serial, args, (plan.threads if use_blas.any() else None), ws
+        return (K.train_epoch_hogwild if hogwild else K.train_epoch_serial), args, (1 if use_blas.any() else None), ws
 
     def train_epoch(self, net, plan):
         requested = plan.requested_features() if hasattr(plan, "requested_features") else set()
@@ -221,7 +229,7 @@ class NumbaBackend:
         hits = sum(a[0] - b[0] for a, b in zip(after, before))
         misses = sum(a[1] - b[1] for a, b in zip(after, before))
         t1 = time.perf_counter()
-        self._csr(plan.X, use_blas_for(net.sizes, plan.batch_size, self.blas_min_work)[0])
+        self._csr(plan.X, bool(use_blas_for(net.sizes, plan.batch_size, self.blas_min_work)[0]))
         self.last_prepare = {"seconds": seconds, "compiled": misses > 0, "cache_hits": hits, "cache_misses": misses,
                              "index_seconds": time.perf_counter() - t1}
         return seconds if misses > 0 else 0.0

@@ -17,12 +17,19 @@ allocated per minibatch on the loop path.
 
 Two ways to run a layer
 -----------------------
-* loops: per-sample row-axpy loops, fused bias + activation; the first layer reads the input
-  as a list of its non-zero pixels (MNIST is 81% zeros) and scales uint8 on the fly exactly
-  like the reference (``dtype(pixel) * dtype(x_scale)``).
+* loops: 16-lane vectors held in registers (the `vload`/`vfma`/`vstore` intrinsics below; plain
+  Numba loops reload and store accumulators behind runtime alias checks), four independent
+  FMA chains per block, bias + activation + derivative fused into the same pass. The first
+  layer of a uint8 input reads a CSR of its non-zero pixels (MNIST is 81% zeros), built once
+  per input array, and scales pixels on the fly exactly like the reference
+  (``dtype(pixel) * dtype(x_scale)``); its update touches only those pixels' weight rows.
 * BLAS: ``np.dot`` on contiguous views (Numba calls SciPy's BLAS gemm) with the elementwise
   work fused around it; used when a layer's work per step (B * n_in * n_out) reaches
   ``blas_min_work``, since large layers must not fall behind BLAS.
+
+Per-step overheads that were measured and removed: row views (atomic reference counts; the
+views here are borrowed, see `view2d`), horizontal sums in the hidden deltas (transposed
+weights instead), waiting for shuffled samples' data (prefetched one minibatch ahead).
 """
 from __future__ import annotations
 
@@ -640,34 +647,89 @@ def dense_update_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, d, coef, tW, t
 
 
 # ---- one dense layer on the BLAS path ---------------------------------------------------------
+# n_split: 1 = one gemm call (BLAS may use its own threads); k > 1 = the rows of the minibatch
+# in k fixed chunks, one per Numba thread, each a single-threaded gemm. OpenBLAS's own threads
+# spin-wait, and on a busy 2-core machine they collapsed (784-512-512-10: 31 s per epoch with
+# 2 BLAS threads vs 2 s with one); fixed chunks keep the result independent of thread timing.
+@njit(parallel=True, **JIT)
+def split_dot(a, b, out, n_split):
+    """out = a @ b, the rows of a in n_split chunks on Numba's threads."""
+    n = a.shape[0]
+    for c in prange(n_split):
+        r0 = n * c // n_split
+        r1 = n * (c + 1) // n_split
+        if r1 > r0:
+            np.dot(a[r0:r1], b, out[r0:r1])
+
+
+@njit(parallel=True, **JIT)
+def split_dot_tn(x, d, parts, n_split):
+    """parts[c] = x[rows of chunk c].T @ d[rows of chunk c]: partial weight gradients."""
+    n = x.shape[0]
+    n_in = x.shape[1]
+    n_out = d.shape[1]
+    for c in prange(n_split):
+        r0 = n * c // n_split
+        r1 = n * (c + 1) // n_split
+        g = view2d(parts, c * n_in * n_out, n_in, n_out)
+        if r1 > r0:
+            np.dot(x[r0:r1].T, d[r0:r1], g)
+        else:
+            g[:, :] = 0
+
+
+@njit(parallel=True, **JIT)
+def split_apply(tW, coef, parts, n_split):
+    """tW -= coef * (parts[0] + parts[1] + ...), summed in a fixed order, rows on threads."""
+    n_in, n_out = tW.shape
+    size = n_in * n_out
+    for c in prange(n_split):
+        for k in range(n_in * c // n_split, n_in * (c + 1) // n_split):
+            for j in range(n_out):
+                g = parts[k * n_out + j]
+                for q in range(1, n_split):
+                    g += parts[q * size + k * n_out + j]
+                tW[k, j] -= coef * g
+
+
 @njit(**JIT)
-def dense_forward_blas(x, B, W, b, z):
+def dense_forward_blas(x, B, W, b, z, n_split):
     """z[:B] = x[:B] @ W (BLAS gemm) + b."""
     zb = z[:B]
-    np.dot(x[:B], W, zb)
+    if n_split > 1:
+        split_dot(x[:B], W, zb, n_split)
+    else:
+        np.dot(x[:B], W, zb)
     for i in range(B):
         for j in range(W.shape[1]):
             zb[i, j] += b[j]
 
 
 @njit(**JIT)
-def dense_backward_dx_blas(d, B, W, a_in, in_kind, dx):
+def dense_backward_dx_blas(d, B, W, a_in, in_kind, dx, n_split):
     """dx[:B] = (d[:B] @ W.T) * f'(a_in) with gemm."""
     dxb = dx[:B]
-    np.dot(d[:B], W.T, dxb)
+    if n_split > 1:
+        split_dot(d[:B], W.T, dxb, n_split)
+    else:
+        np.dot(d[:B], W.T, dxb)
     for i in range(B):
         activation_backward(a_in, dxb, i, in_kind)
 
 
 @njit(**JIT)
-def dense_update_blas(x, d, B, coef, tW, tb, gW):
+def dense_update_blas(x, d, B, coef, tW, tb, gW, n_split):
     """tW -= coef * x[:B].T @ d[:B] (gemm into the scratch gW), tb -= coef * sum(d[:B])."""
     n_in, n_out = tW.shape
-    gWv = gW[:n_in * n_out].reshape((n_in, n_out))
-    np.dot(x[:B].T, d[:B], gWv)
-    for k in range(n_in):
-        for j in range(n_out):
-            tW[k, j] -= coef * gWv[k, j]
+    if n_split > 1:
+        split_dot_tn(x[:B], d[:B], gW, n_split)
+        split_apply(tW, coef, gW, n_split)
+    else:
+        gWv = view2d(gW, 0, n_in, n_out)
+        np.dot(x[:B].T, d[:B], gWv)
+        for k in range(n_in):
+            for j in range(n_out):
+                tW[k, j] -= coef * gWv[k, j]
     bias_update(d, B, coef, tb)
 
 
@@ -706,7 +768,7 @@ def network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val
         if l == 0 and sparse_input:
             dense_forward_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, W, b, z)
         elif use_blas[l]:
-            dense_forward_blas(x, B, W, b, z)
+            dense_forward_blas(x, B, W, b, z, use_blas[l])
         else:
             dense_forward_loops(x, B, W, b, z)
         for i in range(B):
@@ -747,14 +809,14 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
             other = delta1 if use_d0 else delta0
             d = view2d(other, 0, bmax, n_in)
             if use_blas[l]:
-                dense_backward_dx_blas(cur, B, W, x, kinds[l - 1], d)
+                dense_backward_dx_blas(cur, B, W, x, kinds[l - 1], d, use_blas[l])
             else:
                 dense_backward_dx_loops(cur, B, W, x, kinds[l - 1], d, gW)
             use_d0 = not use_d0
         if l == 0 and csr_ptr.shape[0] > 0:
             dense_update_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, cur, coef, tW, tb)
         elif use_blas[l]:
-            dense_update_blas(x, cur, B, coef, tW, tb, gW)
+            dense_update_blas(x, cur, B, coef, tW, tb, gW, use_blas[l])
         else:
             dense_update_loops(x, cur, B, coef, tW, tb)
     return loss_sum, correct
