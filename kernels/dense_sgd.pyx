@@ -163,6 +163,9 @@ cdef enum:
     MODE_SERIAL = 0
     MODE_SYNC = 1
     MODE_HOGWILD = 2
+    # hidden deltas of a layer with n_in x pad <= WT_MAX go through its transposed weights
+    # (a stack buffer of WT_MAX values: 16 KB in float32)
+    WT_MAX = 4096
     # prefetch distances, in samples: row data, and (further ahead) CSR row pointers
     ROWS_AHEAD = 20
     PTR_AHEAD = 40
@@ -517,10 +520,7 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
                 d[j] = a[j] - t[j]
     else:
         if out_act == ACT_SOFTMAX:  # log softmax from z: exact even where a underflows
-            s = 0
-            for j in range(n_out):
-                s += exp(z[j] - m)
-            s = log(s)
+            s = log(s)  # s: the softmax's sum of exp(z - m) above
             for j in range(n_out):
                 l -= t[j] * ((z[j] - m) - s)
         else:  # sigmoid: log a = -softplus(-z), log(1 - a) = -softplus(z)
@@ -625,6 +625,7 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef floating* Ain
     cdef floating* Min
     cdef floating acc[VL]
+    cdef floating wt[WT_MAX]  # a small layer's weights, transposed (hidden_deltas_small)
     cdef const uint8_t* src
     cdef bint blas
     cdef double row_losses = 0  # summed here and added once: threads' slots share a cache line
@@ -720,6 +721,13 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     for i in range(n_in):
                         Din[s * lda + i] = Din[s * lda + i] * Min[s * lda + i]
                 activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
+        elif lda * pad <= WT_MAX:
+            hidden_deltas_small(D, pad, lay[l * LAY_COLS + L_NOUT], W, n_in, lda, s0, s1, wt, Din)
+            for s in range(s0, s1):
+                if c.dropout > 0:  # dropped units pass no gradient back
+                    for i in range(n_in):
+                        Din[s * lda + i] = Din[s * lda + i] * Min[s * lda + i]
+                activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
         else:
             for s in range(s0, s1):
                 for i in range(n_in):
@@ -738,6 +746,45 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     for i in range(n_in):
                         Din[s * lda + i] = Din[s * lda + i] * Min[s * lda + i]
                 activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
+
+
+cdef void hidden_deltas_small(const floating* D, int64_t pad, int64_t n_out, const floating* W,
+                              int64_t n_in, int64_t lda, int64_t s0, int64_t s1, floating* wt,
+                              floating* Din) noexcept nogil:
+    """Din[s, 0:lda] = sum_j D[s, j] W[:, j] for rows s0..s1 (dL/da of the layer's input, before
+    the activation derivative), through the transposed weights wt (n_out x lda, zero beyond
+    n_in, built here): each sample is then n_out broadcast FMAs on whole 16-lane blocks instead
+    of n_in horizontal sums. Even and odd j run in two chains; a row's value does not depend
+    on s0..s1 (threads split rows). Padded lanes i >= n_in come out 0."""
+    cdef floating e[VL]
+    cdef floating o[VL]
+    cdef int64_t s, i, j, ib, jj, n_even = n_out - n_out % 2
+    cdef const floating* d
+    cdef const floating* w0
+    cdef const floating* w1
+    for j in range(n_out):
+        for i in range(n_in):
+            wt[j * lda + i] = W[i * pad + j]
+        for i in range(n_in, lda):
+            wt[j * lda + i] = 0
+    for s in range(s0, s1):
+        d = D + s * pad
+        for ib in range(0, lda, 16):
+            for jj in range(VL):
+                e[jj] = 0
+                o[jj] = 0
+            for j in range(0, n_even, 2):
+                w0 = wt + j * lda + ib
+                w1 = w0 + lda
+                for jj in range(VL):
+                    e[jj] += d[j] * w0[jj]
+                    o[jj] += d[j + 1] * w1[jj]
+            if n_even < n_out:
+                w0 = wt + n_even * lda + ib
+                for jj in range(VL):
+                    e[jj] += d[n_even] * w0[jj]
+            for jj in range(VL):
+                Din[s * lda + ib + jj] = e[jj] + o[jj]
 
 
 # ---- one minibatch, phase B: apply T += coef * A^T D to weight rows i0..i1 --------------------
