@@ -73,6 +73,61 @@ cdef extern from *:
         memcpy(t, &tv, sizeof tv);
     }
 
+    /* The sparse first layer when its width pads to exactly 16 lanes (one weight row = one
+       vector), written with vector types: the generic loops are not inlined at their pad == 16
+       call sites, so they index rows with a runtime multiply and spill. Same arithmetic and
+       order as sparse_forward_row / sparse_update_row. */
+    #define FGD_SPARSE16(T, V, SUFFIX)                                                        \
+    static inline void fgd_sparse_forward16##SUFFIX(                                          \
+            const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
+            const T* W, const T* b, T* z) {                                                   \
+        V a0, a1, a2, a3, w0, w1, w2, w3;                                                     \
+        memcpy(&a0, b, sizeof a0);                                                            \
+        a1 = a0 - a0; a2 = a1; a3 = a1;                                                       \
+        long k = 0;                                                                           \
+        for (; k + 4 <= nnz; k += 4) {                                                        \
+            memcpy(&w0, W + ((long)idx[k] << 4), sizeof w0);                                  \
+            memcpy(&w1, W + ((long)idx[k + 1] << 4), sizeof w1);                              \
+            memcpy(&w2, W + ((long)idx[k + 2] << 4), sizeof w2);                              \
+            memcpy(&w3, W + ((long)idx[k + 3] << 4), sizeof w3);                              \
+            a0 += lut[val[k]] * w0;                                                           \
+            a1 += lut[val[k + 1]] * w1;                                                       \
+            a2 += lut[val[k + 2]] * w2;                                                       \
+            a3 += lut[val[k + 3]] * w3;                                                       \
+        }                                                                                     \
+        for (; k < nnz; k++) {                                                                \
+            memcpy(&w0, W + ((long)idx[k] << 4), sizeof w0);                                  \
+            a0 += lut[val[k]] * w0;                                                           \
+        }                                                                                     \
+        a0 = (a0 + a1) + (a2 + a3);                                                           \
+        memcpy(z, &a0, sizeof a0);                                                            \
+    }                                                                                         \
+    static inline void fgd_sparse_update16##SUFFIX(                                           \
+            const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
+            T coef, const T* d, long i0, long i1, T* Tw) {                                    \
+        V dv, t;                                                                              \
+        long k = 0;                                                                           \
+        memcpy(&dv, d, sizeof dv);                                                            \
+        while (k < nnz && idx[k] < i0) k++;                                                   \
+        if (i1 > 65535) {  /* every remaining pixel is in range: no bound test */             \
+            for (; k < nnz; k++) {                                                            \
+                T x = coef * lut[val[k]];                                                     \
+                memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                               \
+                t += x * dv;                                                                  \
+                memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                               \
+            }                                                                                 \
+            return;                                                                           \
+        }                                                                                     \
+        for (; k < nnz && idx[k] < i1; k++) {                                                 \
+            T x = coef * lut[val[k]];                                                         \
+            memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                                   \
+            t += x * dv;                                                                      \
+            memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                                   \
+        }                                                                                     \
+    }
+    FGD_SPARSE16(float, fgd_v16f, f)
+    FGD_SPARSE16(double, fgd_v16d, d)
+
     /* fastgd._random's counter-based uniform numbers (SplitMix64 finaliser), bit for bit. */
     static inline unsigned long long fgd_mix64(unsigned long long z) {
         z += 0x9E3779B97F4A7C15ULL;
@@ -127,6 +182,14 @@ cdef extern from *:
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
+    void fgd_sparse_forward16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
+                               const float* W, const float* b, float* z) noexcept nogil
+    void fgd_sparse_forward16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
+                               const double* W, const double* b, double* z) noexcept nogil
+    void fgd_sparse_update16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
+                              float coef, const float* d, long i0, long i1, float* Tw) noexcept nogil
+    void fgd_sparse_update16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
+                              double coef, const double* d, long i0, long i1, double* Tw) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -475,7 +538,7 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     """z: pre-activation row; writes a, and (when t is not NULL) the delta dL/dz into d, adds the
     row's loss to loss_sum and 1 to correct when argmax(a) == label."""
     cdef int64_t j, jj, best
-    cdef floating m, s, e, l, da, dot
+    cdef floating m, s, e, l, top, dot
     cdef floating ev[VL]
     cdef floating sv[VL]
     if out_act == ACT_SOFTMAX:
@@ -513,8 +576,10 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     if t == NULL:
         return
     best = 0
+    top = a[0]  # the best value so far, kept in a register (a[best] would be a load per step)
     for j in range(1, n_out):
-        if a[j] > a[best]:
+        if a[j] > top:
+            top = a[j]
             best = j
     if best == label:
         correct[0] += 1
@@ -662,8 +727,13 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     k0 = c.csr_ptr[row]
                     k1 = c.csr_ptr[row + 1]
                     if pad == VL:
-                        sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut, W,
-                                           W + n_in * VL, VL, Z + s * VL, act)
+                        if floating is float:
+                            fgd_sparse_forward16f(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
+                                                  W, W + n_in * VL, Z + s * VL)
+                        else:
+                            fgd_sparse_forward16d(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
+                                                  W, W + n_in * VL, Z + s * VL)
+                        activation_forward(Z + s * VL, VL, act)
                     else:
                         sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut, W,
                                            W + n_in * pad, pad, Z + s * pad, act)
@@ -847,8 +917,13 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                 k = c.csr_ptr[row]
                 k1 = c.csr_ptr[row + 1]
                 if pad == VL:
-                    sparse_update_row(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
-                                      D + s * VL, VL, i0, i1, Tw)
+                    # i1 = 65536 (above every uint16 index): all of the row's pixels, unchecked
+                    if floating is float:
+                        fgd_sparse_update16f(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
+                                             D + s * VL, i0, i1 if i1 < n_in else 65536, Tw)
+                    else:
+                        fgd_sparse_update16d(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
+                                             D + s * VL, i0, i1 if i1 < n_in else 65536, Tw)
                 else:
                     sparse_update_row(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
                                       D + s * pad, pad, i0, i1, Tw)

@@ -70,8 +70,10 @@ def test_build_csr_lists_every_nonzero_pixel():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sparse_and_dense_input_paths_agree(backend, dtype, threads):
-    net, X, scale, targets, labels = problem([90, 21, 10], 64, dtype, seed=2)
+# first layers padded to 32 lanes (generic loops) and to exactly 16 (the one-vector-per-row kernels)
+@pytest.mark.parametrize("sizes", [[90, 21, 10], [90, 16, 10], [90, 7, 5]])
+def test_sparse_and_dense_input_paths_agree(backend, dtype, threads, sizes):
+    net, X, scale, targets, labels = problem(sizes, 64, dtype, seed=2)
     X[3] = 0  # an all-zero image still trains the biases
     plan = make_plan(X, scale, targets, labels, 7, threads=threads)
     backend.sync_min_work = 0
