@@ -59,7 +59,7 @@ FORWARD_CHUNK = 256
 class Workspace:
     """Scratch arrays for `n_workers` workers, each able to hold a minibatch of `bmax` rows."""
 
-    def __init__(self, sizes, bmax, dtype, use_blas, n_workers=None):
+    def __init__(self, sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
         sizes = np.asarray(sizes, dtype=np.int64)
         lead = () if n_workers is None else (n_workers,)
         widest = int(sizes.max())
@@ -67,7 +67,7 @@ class Workspace:
         self.act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
         # gW: a BLAS layer's weight gradient (one per row chunk), or a loop layer's transposed
         # weights (l > 0)
-        gw = max([int(sizes[l] * sizes[l + 1]) * max(1, int(use_blas[l])) for l in range(len(sizes) - 1)
+        gw = max([int(sizes[l] * sizes[l + 1]) * (n_split if use_blas[l] else 1) for l in range(len(sizes) - 1)
                   if use_blas[l] or l > 0] or [1])
         self.acts = np.zeros(lead + (int(self.act_off[-1]),), dtype=dtype)
         self.zlast = np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype)
@@ -90,11 +90,9 @@ def _kinds(net):
     return np.array([hidden] * (net.n_layers - 1) + [K.ACTIVATION_CODES[net.output]], dtype=np.int64)
 
 
-def use_blas_for(sizes, batch, blas_min_work, split=1):
-    """Per layer: 0 = vector loops; else the layer's work batch * n_in * n_out reached the BLAS
-    threshold, and the value is the number of row chunks each gemm is split into (1 = one call)."""
-    return np.array([split if batch * a * b >= blas_min_work else 0 for a, b in zip(sizes[:-1], sizes[1:])],
-                    dtype=np.int64)
+def use_blas_for(sizes, batch, blas_min_work):
+    """Per layer: does batch * n_in * n_out reach the BLAS threshold?"""
+    return np.array([batch * a * b >= blas_min_work for a, b in zip(sizes[:-1], sizes[1:])], dtype=np.bool_)
 
 
 def blas_threads(n):
@@ -187,12 +185,15 @@ class NumbaBackend:
         hogwild = (not plan.deterministic) and workers > 1 and plan.n_steps > 1
         # Deterministic with threads: each gemm split into fixed row chunks on Numba's threads
         # over single-threaded BLAS (see numba_kernels.split_dot); Hogwild: one gemm per worker.
-        use_blas = use_blas_for(net.sizes, bs, self.blas_min_work, split=1 if hogwild else workers)
-        ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None)
+        use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
+        n_split = 1 if hogwild else workers
+        ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None, n_split=n_split)
         args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
-                *self._csr(plan.X, bool(use_blas[0])), np.ascontiguousarray(plan.targets), plan.labels, plan.order, np.asarray(plan.lrs, dtype=np.float64), bs, use_blas,
-                *ws.step_args())
-        return (K.train_epoch_hogwild if hogwild else K.train_epoch_serial), args, (1 if use_blas.any() else None), ws
+                *self._csr(plan.X, bool(use_blas[0])), np.ascontiguousarray(plan.targets), plan.labels, plan.order,
+                np.asarray(plan.lrs, dtype=np.float64), bs, use_blas, *ws.step_args())
+        if hogwild:  # its kernel never reaches the split gemms (a nested prange serialised it)
+            return K.train_epoch_hogwild, args, (1 if use_blas.any() else None), ws
+        return K.train_epoch_serial, args + (n_split,), (1 if use_blas.any() else None), ws
 
     def train_epoch(self, net, plan):
         requested = plan.requested_features() if hasattr(plan, "requested_features") else set()

@@ -696,7 +696,9 @@ def split_apply(tW, coef, parts, n_split):
 def dense_forward_blas(x, B, W, b, z, n_split):
     """z[:B] = x[:B] @ W (BLAS gemm) + b."""
     zb = z[:B]
-    if n_split > 1:
+    if n_split is None:  # a compile-time branch: Hogwild's kernel must not reach parallel code
+        np.dot(x[:B], W, zb)
+    elif n_split > 1:
         split_dot(x[:B], W, zb, n_split)
     else:
         np.dot(x[:B], W, zb)
@@ -709,7 +711,9 @@ def dense_forward_blas(x, B, W, b, z, n_split):
 def dense_backward_dx_blas(d, B, W, a_in, in_kind, dx, n_split):
     """dx[:B] = (d[:B] @ W.T) * f'(a_in) with gemm."""
     dxb = dx[:B]
-    if n_split > 1:
+    if n_split is None:
+        np.dot(d[:B], W.T, dxb)
+    elif n_split > 1:
         split_dot(d[:B], W.T, dxb, n_split)
     else:
         np.dot(d[:B], W.T, dxb)
@@ -718,18 +722,26 @@ def dense_backward_dx_blas(d, B, W, a_in, in_kind, dx, n_split):
 
 
 @njit(**JIT)
+def _gemm_update(x, d, B, coef, tW, gW):
+    n_in, n_out = tW.shape
+    gWv = view2d(gW, 0, n_in, n_out)
+    np.dot(x[:B].T, d[:B], gWv)
+    for k in range(n_in):
+        for j in range(n_out):
+            tW[k, j] -= coef * gWv[k, j]
+
+
+@njit(**JIT)
 def dense_update_blas(x, d, B, coef, tW, tb, gW, n_split):
     """tW -= coef * x[:B].T @ d[:B] (gemm into the scratch gW), tb -= coef * sum(d[:B])."""
     n_in, n_out = tW.shape
-    if n_split > 1:
+    if n_split is None:
+        _gemm_update(x, d, B, coef, tW, gW)
+    elif n_split > 1:
         split_dot_tn(x[:B], d[:B], gW, n_split)
         split_apply(tW, coef, gW, n_split)
     else:
-        gWv = view2d(gW, 0, n_in, n_out)
-        np.dot(x[:B].T, d[:B], gWv)
-        for k in range(n_in):
-            for j in range(n_out):
-                tW[k, j] -= coef * gWv[k, j]
+        _gemm_update(x, d, B, coef, tW, gW)
     bias_update(d, B, coef, tb)
 
 
@@ -748,7 +760,7 @@ def _acts(acts, act_off, sizes, l, bmax):
 
 @njit(**JIT)
 def network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas,
-                    acts, act_off, sizes, zlast):
+                    acts, act_off, sizes, zlast, n_split):
     """Forward pass of the samples X[rows]: activations into `acts`, last pre-activation into zlast.
 
     With a CSR of X (csr_ptr non-empty) the input layer reads only the non-zero pixels and
@@ -768,7 +780,7 @@ def network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val
         if l == 0 and sparse_input:
             dense_forward_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, W, b, z)
         elif use_blas[l]:
-            dense_forward_blas(x, B, W, b, z, use_blas[l])
+            dense_forward_blas(x, B, W, b, z, n_split)
         else:
             dense_forward_loops(x, B, W, b, z)
         for i in range(B):
@@ -777,7 +789,7 @@ def network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val
 
 @njit(**JIT)
 def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels,
-                   rows, coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW):
+                   rows, coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split):
     """Forward + backward + update for one minibatch X[rows]: target -= coef * sum of gradients.
 
     Returns (sum of per-sample losses, number of correct argmax predictions), both measured with
@@ -787,7 +799,7 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
     bmax = zlast.shape[0]
     L = layout.shape[0]
     network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas,
-                    acts, act_off, sizes, zlast)
+                    acts, act_off, sizes, zlast, n_split)
     n_out = sizes[L]
     out = _acts(acts, act_off, sizes, L, bmax)
     d = view2d(delta0, 0, bmax, n_out)
@@ -809,14 +821,14 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
             other = delta1 if use_d0 else delta0
             d = view2d(other, 0, bmax, n_in)
             if use_blas[l]:
-                dense_backward_dx_blas(cur, B, W, x, kinds[l - 1], d, use_blas[l])
+                dense_backward_dx_blas(cur, B, W, x, kinds[l - 1], d, n_split)
             else:
                 dense_backward_dx_loops(cur, B, W, x, kinds[l - 1], d, gW)
             use_d0 = not use_d0
         if l == 0 and csr_ptr.shape[0] > 0:
             dense_update_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, cur, coef, tW, tb)
         elif use_blas[l]:
-            dense_update_blas(x, cur, B, coef, tW, tb, gW, use_blas[l])
+            dense_update_blas(x, cur, B, coef, tW, tb, gW, n_split)
         else:
             dense_update_loops(x, cur, B, coef, tW, tb)
     return loss_sum, correct
@@ -824,8 +836,10 @@ def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr
 
 @njit(**JIT)
 def train_epoch_serial(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels, order, lrs,
-                       batch_size, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW):
-    """Every minibatch of `order` in turn, in one compiled call. Returns (loss_sum, n_correct)."""
+                       batch_size, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split):
+    """Every minibatch of `order` in turn, in one compiled call. Returns (loss_sum, n_correct).
+
+    n_split > 1 splits each BLAS layer's gemms into that many row chunks on Numba's threads."""
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
     loss_sum = 0.0
@@ -836,8 +850,8 @@ def train_epoch_serial(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx
         coef = params.dtype.type(lrs[s]) / params.dtype.type(stop - start)
         prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
         ls, c = minibatch_step(params, params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets,
-                               labels, view1d(order, start, stop - start), coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1,
-                               gW)
+                               labels, view1d(order, start, stop - start), coef, use_blas, acts, act_off, sizes, zlast,
+                               delta0, delta1, gW, n_split)
         loss_sum += ls
         correct += c
     return loss_sum, correct
@@ -864,7 +878,7 @@ def train_epoch_hogwild(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_id
             prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
             ls, c = minibatch_step(params, params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val,
                                    targets, labels, view1d(order, start, stop - start), coef, use_blas, acts[w], act_off, sizes,
-                                   zlast[w], delta0[w], delta1[w], gW[w])
+                                   zlast[w], delta0[w], delta1[w], gW[w], None)
             losses[w] += ls
             corrects[w] += c
     return losses.sum(), corrects.sum()
@@ -877,7 +891,7 @@ def loss_and_grad(params, grad, layout, kinds, loss, X, x_scale, csr_ptr, csr_id
     n = X.shape[0]
     coef = grad.dtype.type(-1.0) / grad.dtype.type(n)  # grad -= (-1 / n) * sum = mean gradient
     ls, _ = minibatch_step(params, grad, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels,
-                           np.arange(n), coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW)
+                           np.arange(n), coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, None)
     return ls / n
 
 
@@ -897,7 +911,7 @@ def forward_chunks(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val,
             start = c * chunk
             stop = min(n, start + chunk)
             network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, np.arange(start, stop),
-                            use_blas, acts[w], act_off, sizes, zlast[w])
+                            use_blas, acts[w], act_off, sizes, zlast[w], None)
             a = _acts(acts[w], act_off, sizes, L, chunk)
             for i in range(stop - start):
                 for j in range(n_out):
