@@ -37,6 +37,7 @@ How a call runs
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 
@@ -127,6 +128,7 @@ class CythonBackend:
         self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
         self._controller = None
+        self._pool = None  # threads of forward() (see there)
         self.permute_sparse = True
         self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self._perm_buffers = None
@@ -135,10 +137,16 @@ class CythonBackend:
         self._dense_buffers = None
 
     # ---- helpers --------------------------------------------------------------------------
-    def _blas_limit(self, threads):
-        """Context manager limiting BLAS (numpy's and scipy's OpenBLAS) to `threads`."""
+    def _blas_limit(self, threads, lay=None):
+        """Context manager limiting BLAS (numpy's and scipy's OpenBLAS) to `threads`; a no-op
+        when `lay` has no BLAS layer. Changing OpenBLAS's thread count (the limit and its
+        restore) wakes its idle threads, which then busy-wait for a long while: measured, a
+        2-thread validation pass between epochs made the next epoch of the lesson network
+        ~8 ms (30%) slower on 2 cores. A call that never reaches BLAS leaves them alone."""
         from threadpoolctl import ThreadpoolController
 
+        if lay is not None and not lay.uses_blas:
+            return contextlib.nullcontext()
         if self._controller is None:
             self._controller = ThreadpoolController()  # after scipy's BLAS is loaded by _k
         return self._controller.limit(limits=threads, user_api="blas")
@@ -286,12 +294,43 @@ class CythonBackend:
         out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
         params = lay.pad(net.params)
         hidden, output, _ = self._codes(net)
-        # chunks of rows on our threads, each calling single-threaded BLAS for big layers: the
-        # chunking does not depend on the thread count, so neither does the result
-        with self._blas_limit(1):
-            _k.forward(params, lay.table, hidden, output, Xu8, Xf, float(x_scale), chunk,
-                       lay.scratch(threads), lay.soff, out, threads)
+        # Rows split into `parts` runs of whole chunks, one per Python thread (the kernel drops
+        # the GIL), each calling single-threaded BLAS for big layers; rows are independent, so
+        # the result does not depend on the thread count. Python threads rather than an OpenMP
+        # team: after an OpenMP region libgomp's idle worker busy-waits (measured ~8 ms of a
+        # core after each evaluation pass, which the next training epoch on 2 cores lost);
+        # an idle pool thread sleeps.
+        n_chunks = -(-n // chunk)
+        parts = min(threads, n_chunks)
+        bounds = [min(n, chunk * (n_chunks * p // parts)) for p in range(parts + 1)]
+        scratch = lay.scratch(parts)
+
+        def run(p):
+            a, b = bounds[p], bounds[p + 1]
+            _k.forward(params, lay.table, hidden, output, Xu8[a:b] if Xu8 is not None else None,
+                       Xf[a:b] if Xf is not None else None, float(x_scale), chunk, scratch[p:p + 1],
+                       lay.soff, out[a:b], 1)
+
+        with self._blas_limit(1, lay):
+            if parts == 1:
+                run(0)
+            else:
+                pending = [self._thread_pool(parts - 1).submit(run, p) for p in range(1, parts)]
+                run(0)
+                for f in pending:
+                    f.result()
         return out
+
+    def _thread_pool(self, workers):
+        """A kept pool of at least `workers` Python threads (idle threads sleep)."""
+        pool = self._pool
+        if pool is None or pool._max_workers < workers:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastgd-cython")
+        return pool
 
     def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
         Xu8, Xf = self._check_input(net, X, x_scale)
@@ -303,7 +342,7 @@ class CythonBackend:
         lay = _Layout(net, n, self.blas_min_work)
         params = lay.pad(net.params)
         grad = np.zeros_like(params)
-        with self._blas_limit(self._check_threads(threads)):
+        with self._blas_limit(self._check_threads(threads), lay):
             loss_sum = _k.loss_and_grad(params, grad, lay.table, hidden, output, loss_code, Xu8, Xf,
                                         float(x_scale), targets, labels, np.arange(n, dtype=np.int64),
                                         lay.scratch(1), lay.soff)
@@ -416,7 +455,7 @@ class CythonBackend:
         recipe = self._recipe(net, plan, lay, threads if mode == "hogwild" else 1)
         # exactly one pool runs: OpenBLAS's threads only when our epoch runs on one thread
         blas_threads = int(plan.threads) if mode == "serial" and lay.uses_blas else 1
-        with self._blas_limit(blas_threads):
+        with self._blas_limit(blas_threads, lay):
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
                            ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
                            _k.MODES[mode], threads, loss_out, correct_out, **recipe, **augment)
