@@ -3,6 +3,7 @@ checkpoints) in the reference backend and the Trainer."""
 import numpy as np
 import pytest
 
+import fastgd
 from fastgd import Network, Trainer, _random
 from fastgd.backends import EpochPlan, get_backend
 from fastgd.schedules import epoch_learning_rates
@@ -256,3 +257,13 @@ def test_augment_shift_needs_a_square_image_or_a_shape():
     with pytest.raises(ValueError, match="not a square image"):
         Trainer(Network([12, 5, 4]), backend="numpy", augment_shift=1)
     Trainer(Network([16, 5, 4]), backend="numpy", augment_shift=1)
+
+
+def test_auto_picks_a_backend_that_implements_the_recipe():
+    from fastgd.backends import FASTEST_FIRST, available_backends
+
+    trainer = Trainer(Network([16, 5, 4]), dropout=0.2, momentum=0.9, augment_shift=1)
+    assert {"dropout", "momentum", "shift"} <= set(trainer.backend.features)
+    capable = [b for b in FASTEST_FIRST if b in available_backends()
+               and {"dropout", "momentum", "shift"} <= set(getattr(fastgd.get_backend(b), "features", ()))]
+    assert trainer.backend.name == capable[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _checks
-from .backends import EpochPlan, backend_names, get_backend
+from .backends import FASTEST_FIRST, BackendUnavailable, EpochPlan, backend_names, get_backend
 from .schedules import SCHEDULES, epoch_learning_rates
 
 CHECKPOINT_TAG = "fastgd.Checkpoint"
@@ -151,7 +151,6 @@ class Trainer:
         self.batch_size = _checks.check_positive_int(batch_size, "batch_size")
         self.epochs = _checks.check_positive_int(epochs, "epochs", minimum=0)
         _checks.check_choice(backend, backend_names(), "backend")
-        self.backend = get_backend(backend)
         self.threads = _checks.check_threads(threads)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
@@ -179,6 +178,7 @@ class Trainer:
                                else _checks.check_positive_int(early_stopping, "early_stopping"))
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.checkpoint_every = _checks.check_positive_int(checkpoint_every, "checkpoint_every")
+        self.backend = self._pick_backend(backend)
         missing = self._plan_features() - set(getattr(self.backend, "features", ()))
         if missing:
             raise ValueError(f"backend {self.backend.name!r} does not implement {', '.join(sorted(missing))} yet; "
@@ -186,6 +186,20 @@ class Trainer:
         self._rng = np.random.default_rng(seed)
         self.history = History()
         self.velocity = np.zeros_like(net.params) if self.momentum > 0 else None
+
+    def _pick_backend(self, name):
+        """The named backend; for "auto", the fastest available one implementing the recipe asked for."""
+        if name != "auto":
+            return get_backend(name)
+        wanted = self._plan_features()
+        for candidate in FASTEST_FIRST:
+            try:
+                backend = get_backend(candidate)
+            except BackendUnavailable:
+                continue
+            if wanted <= set(getattr(backend, "features", ())):
+                return backend
+        return get_backend("auto")
 
     def _check_image_shape(self, image_shape):
         n_in = self.net.sizes[0]
