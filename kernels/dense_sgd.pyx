@@ -76,7 +76,8 @@ cdef extern from *:
     /* The sparse first layer when its width pads to exactly 16 lanes (one weight row = one
        vector), written with vector types: the generic loops are not inlined at their pad == 16
        call sites, so they index rows with a runtime multiply and spill. Same arithmetic and
-       order as sparse_forward_row / sparse_update_row. */
+       order as sparse_forward_row / sparse_update_row; the update's lut holds the step's
+       coef * value products (built once per step), so a pixel costs no multiply of its own. */
     #define FGD_SPARSE16(T, V, SUFFIX)                                                        \
     static inline void fgd_sparse_forward16##SUFFIX(                                          \
             const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
@@ -104,14 +105,14 @@ cdef extern from *:
     }                                                                                         \
     static inline void fgd_sparse_update16##SUFFIX(                                           \
             const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
-            T coef, const T* d, long i0, long i1, T* Tw) {                                    \
+            const T* d, long i0, long i1, T* Tw) {                                            \
         V dv, t;                                                                              \
         long k = 0;                                                                           \
         memcpy(&dv, d, sizeof dv);                                                            \
         while (k < nnz && idx[k] < i0) k++;                                                   \
         if (i1 > 65535) {  /* every remaining pixel is in range: no bound test */             \
             for (; k < nnz; k++) {                                                            \
-                T x = coef * lut[val[k]];                                                     \
+                T x = lut[val[k]];                                                            \
                 memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                               \
                 t += x * dv;                                                                  \
                 memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                               \
@@ -119,7 +120,7 @@ cdef extern from *:
             return;                                                                           \
         }                                                                                     \
         for (; k < nnz && idx[k] < i1; k++) {                                                 \
-            T x = coef * lut[val[k]];                                                         \
+            T x = lut[val[k]];                                                                \
             memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                                   \
             t += x * dv;                                                                      \
             memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                                   \
@@ -187,9 +188,9 @@ cdef extern from *:
     void fgd_sparse_forward16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
                                const double* W, const double* b, double* z) noexcept nogil
     void fgd_sparse_update16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
-                              float coef, const float* d, long i0, long i1, float* Tw) noexcept nogil
+                              const float* d, long i0, long i1, float* Tw) noexcept nogil
     void fgd_sparse_update16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
-                              double coef, const double* d, long i0, long i1, double* Tw) noexcept nogil
+                              const double* d, long i0, long i1, double* Tw) noexcept nogil
 
 ctypedef fused floating:
     float
@@ -896,6 +897,7 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
     cdef floating* Tw
     cdef floating* Tb
     cdef floating acc[VL]
+    cdef floating scaled[256]  # coef * lut[v]: the sparse update's pixel factors this step
     cdef floating x
 
     for l in range(L):
@@ -917,6 +919,9 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                     Tb[jb + jj] += coef * acc[jj]
         if l == 0 and c.csr_ptr != NULL:
             # sparse input: only the rows of non-zero pixels change; samples in order
+            if pad == VL:  # the step's coef * pixel value, by value (the same products)
+                for k in range(256):
+                    scaled[k] = coef * lut[k]
             for s in range(B):
                 row = rows[s]
                 k = c.csr_ptr[row]
@@ -924,10 +929,10 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                 if pad == VL:
                     # i1 = 65536 (above every uint16 index): all of the row's pixels, unchecked
                     if floating is float:
-                        fgd_sparse_update16f(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
+                        fgd_sparse_update16f(c.csr_idx + k, c.csr_val + k, k1 - k, scaled,
                                              D + s * VL, i0, i1 if i1 < n_in else 65536, Tw)
                     else:
-                        fgd_sparse_update16d(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
+                        fgd_sparse_update16d(c.csr_idx + k, c.csr_val + k, k1 - k, scaled,
                                              D + s * VL, i0, i1 if i1 < n_in else 65536, Tw)
                 else:
                     sparse_update_row(c.csr_idx + k, c.csr_val + k, k1 - k, lut, coef,
