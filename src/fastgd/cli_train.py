@@ -30,7 +30,7 @@ def add_arguments(p):
     # Options a recipe may set default to None here; run() fills them from the recipe, then from
     # the lesson's defaults, so an explicit flag always wins.
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="a named set of settings: 'lesson' (the default) or 'best' (the tuned lesson network)")
+                   help="a named set of settings: 'lesson' (the default), 'best' (the lesson network trained well: ~96.5%%) or 'mlp' (784-256-10 with shifts: ~98.9%%)")
     p.add_argument("--sizes", type=_sizes, default=None,
                    help="layer widths, input first (default 784,16,16,10; the input width must match the data)")
     p.add_argument("--activation", default=None, choices=_checks.ACTIVATIONS, help="hidden activation (sigmoid)")
