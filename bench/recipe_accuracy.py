@@ -1,0 +1,86 @@
+"""Accuracy and training time of the named recipes over several seeds, as a Markdown table.
+
+    python bench/recipe_accuracy.py                       # every recipe, seeds 0 1 2, backend auto
+    python bench/recipe_accuracy.py --recipes best --seeds 0 1 2 3 4 --backend cython
+    python bench/recipe_accuracy.py --update-readme README.md
+
+Each run is `fastgd train --recipe NAME --seed S --json` in a fresh process, so the figures are
+what a user sees (train_seconds counts training only: no start-up, loading or JIT compiling).
+"""
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START, END = "<!-- recipe-table:start -->", "<!-- recipe-table:end -->"
+
+
+def run(recipe, seed, backend):
+    cmd = [sys.executable, "-m", "fastgd", "train", "--recipe", recipe, "--seed", str(seed), "--backend", backend,
+           "--json", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def table(results, backend):
+    import os
+
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {os.cpu_count()} cores, backend `{backend}` "
+             f"(`python bench/recipe_accuracy.py`):", "",
+             "| recipe | network | test accuracy, mean (min–max) | seeds | training time, median (max) |",
+             "|---|---|---|---|---|"]
+    for recipe, runs in results.items():
+        acc = [r["test_accuracy"] * 100 for r in runs]
+        secs = [r["train_seconds"] for r in runs]
+        net = "-".join(map(str, runs[0]["sizes"])) + f" {runs[0]['activation']}/{runs[0]['output']}"
+        lines.append(f"| `{recipe}` | {net} | {statistics.mean(acc):.2f}% ({min(acc):.2f}–{max(acc):.2f}) | "
+                     f"{len(runs)} | {statistics.median(secs):.2f} s ({max(secs):.2f} s) |")
+    return "\n".join(lines)
+
+
+def main():
+    from fastgd.recipes import RECIPES
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--update-readme", metavar="PATH", help=f"replace the text between {START} and {END}")
+    args = p.parse_args()
+    results = {}
+    for recipe in args.recipes:
+        results[recipe] = []
+        for seed in args.seeds:
+            r = run(recipe, seed, args.backend)
+            print(f"{recipe} seed {seed}: {100 * r['test_accuracy']:.2f}% in {r['train_seconds']:.2f} s "
+                  f"({r['backend']}, {r['threads']} threads)", file=sys.stderr, flush=True)
+            results[recipe].append(r)
+    backend = results[args.recipes[0]][0]["backend"]
+    text = table(results, backend)
+    print(text)
+    if args.update_readme:
+        path = Path(args.update_readme)
+        readme = path.read_text()
+        if START not in readme or END not in readme:
+            sys.exit(f"{path} has no {START} ... {END} markers")
+        head, rest = readme.split(START, 1)
+        _, tail = rest.split(END, 1)
+        path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
