@@ -55,3 +55,35 @@ def test_large_layers_agree(pair, dtype):
     a, b = pair
     assert_close(nets[a].params, nets[b].params, dtype, f"{a} vs {b}")
     assert_close(out[a][0], out[b][0], dtype, f"{a} vs {b} loss sum")
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(p))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("settings", [
+    dict(momentum=0.9, nesterov=True, l2=2e-4),  # the `best` recipe's optimiser
+    dict(momentum=0.8, l2=1e-3, l1=1e-4, dropout=0.2, max_shift=2, image_shape=(28, 28)),
+], ids=["nesterov-l2", "everything"])
+def test_lesson_network_recipe_epochs_agree(pair, dtype, threads, settings):
+    """With a training recipe on (both backends declare every feature): the same weights,
+    velocity and loss sums over two epochs, the velocity carried over between them."""
+    first_net, X, scale, targets, labels = make_problem([784, 16, 16, 10], 400, dtype, seed=14, uint8=True,
+                                                        activation="relu", output="softmax")
+    nets = {name: first_net.copy() for name in pair}
+    velocities = {name: np.zeros_like(first_net.params) for name in pair}
+    results = {name: [] for name in pair}
+    for epoch in range(2):
+        order = np.random.default_rng(10 + epoch).permutation(400)
+        for name in pair:
+            plan = plan_for(X, scale, targets, labels, order, 32, 0.05, "cross_entropy", threads)
+            for k, v in settings.items():
+                setattr(plan, k, v)
+            plan.seed, plan.first_position, plan.velocity = 1000 + epoch, 0, velocities[name]
+            results[name].append(get_backend(name).train_epoch(nets[name], plan))
+    a, b = pair
+    what = f"{a} vs {b}, {sorted(settings)}"
+    assert_close(nets[a].params, nets[b].params, dtype, what)
+    assert_close(velocities[a], velocities[b], dtype, what + " velocity")
+    for (loss_a, correct_a), (loss_b, correct_b) in zip(results[a], results[b]):
+        assert_close(loss_a, loss_b, dtype, what + " loss sum")
+        assert abs(correct_a - correct_b) <= (0 if dtype == np.float64 else 2), what + " correct count"

@@ -160,13 +160,125 @@ def test_forward_does_not_depend_on_thread_count():
     np.testing.assert_allclose(one, get_backend("numpy").forward(net, X, scale, 1), rtol=rtol, atol=atol)
 
 
-def test_recipe_features_it_lacks_are_refused():
+def test_counter_generator_is_bit_exact_with_fastgd_random():
+    """The kernels' SplitMix64 draws, dropout decisions and shifts equal fastgd._random's on many
+    values, including seeds and positions past 2**63 and 2**32 (uint64 arithmetic throughout)."""
+    from fastgd import _random
+    from fastgd.backends import numba_kernels as K
+
+    rng = np.random.default_rng(7)
+    seeds = [0, 1, 12345, 2 ** 63 - 1, 2 ** 63 + 5, 2 ** 64 - 1] + [int(s) for s in rng.integers(0, 2 ** 63, 20)]
+    positions = np.concatenate([np.arange(50), rng.integers(0, 2 ** 40, 50)]).astype(np.int64)
+    units = np.array([0, 1, 15, 16, 1000, (1 << 20) - 1], dtype=np.int64)
+    for seed in seeds:
+        useed = np.uint64(seed)
+        expected = _random.draw(seed, positions[:, None], units)
+        got = np.array([[K.counter_draw(useed, int(p), int(j)) for j in units] for p in positions], dtype=np.uint64)
+        np.testing.assert_array_equal(got, expected)
+        for k in (1, 2, 3):
+            dx, dy = _random.shifts(seed, positions, k)
+            got = np.array([K.sample_shift(useed, int(p), k) for p in positions])
+            np.testing.assert_array_equal(got[:, 0], dx)
+            np.testing.assert_array_equal(got[:, 1], dy)
+    a = rng.random((len(positions), 40))
+    mask = np.empty_like(a)
+    dropped = np.empty_like(a)
+    K.dropout_rows(a, mask, dropped, len(positions), np.uint64(99), 7, 3, 0.3, 1 / 0.7)
+    keep = _random.dropout_keep(99, 7 + np.arange(len(positions)), 3, 40, 0.3)
+    np.testing.assert_array_equal(mask, keep * (1 / 0.7))
+    np.testing.assert_array_equal(dropped, a * mask)
+
+
+EVERYTHING = dict(momentum=0.9, nesterov=True, l2=0.01, l1=0.002, dropout=0.3, max_shift=2, image_shape=(7, 8))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path,uint8,kwargs", [
+    ("sparse", True, dict(sparse_input="always")),
+    ("dense-uint8", True, dict(sparse_input="never")),
+    ("dense-float", False, {}),
+    ("blas", True, dict(blas_min_work=0)),
+])
+@pytest.mark.parametrize("settings", [EVERYTHING, dict(momentum=0.5, l2=0.02), dict(dropout=0.5, max_shift=1,
+                                                                                  image_shape=(8, 7))],
+                         ids=["everything", "momentum-l2", "dropout-shift"])
+def test_recipe_matches_reference_on_every_layer_path(dtype, path, uint8, kwargs, settings):
+    """Every recipe feature on the sparse input layer (shifted minibatch CSR), the dense gather
+    (uint8 and float input, shifted in place) and the BLAS path, two epochs like the shared test,
+    with a ragged last batch; the velocity is updated in place and carried over."""
+    backend = NumbaBackend(**kwargs)
+    ref_net, X, scale, targets, labels = make_problem([56, 9, 7, 4], 70, dtype, seed=5, uint8=uint8,
+                                                      activation="relu", output="softmax")
+    net = ref_net.copy()
+    plans = []
+    for _ in range(2):
+        plan = plan_for(X, scale, targets, labels, np.random.default_rng(2).permutation(70), 8, 0.2,
+                        "cross_entropy", 2)
+        plan.seed, plan.first_position = 2 ** 63 + 11, 40
+        for k, v in settings.items():
+            setattr(plan, k, v)
+        plan.velocity = np.zeros_like(net.params)
+        plans.append(plan)
+    for epoch in range(2):
+        plans[0].seed = plans[1].seed = 2 ** 63 + 11 + epoch
+        ref = get_backend("numpy").train_epoch(ref_net, plans[0])
+        got = backend.train_epoch(net, plans[1])
+    assert_close(net.params, ref_net.params, dtype, path)
+    assert_close(plans[1].velocity, plans[0].velocity, dtype, path + " velocity")
+    assert_close(got[0], ref[0], dtype, path + " loss")
+    assert got[1] == ref[1] or dtype == np.float32
+
+
+def test_plain_sgd_keeps_its_own_kernel_and_the_recipe_gets_the_recipe_kernel():
+    from fastgd.backends import numba_kernels as K
+
+    net, X, scale, targets, labels = make_problem([10, 6, 3], 20, np.float32, seed=1)
+    backend = NumbaBackend()
+    plan = plan_for(X, scale, targets, labels, np.arange(20), 5, 0.5, "mse")
+    assert backend._epoch_call(net, plan)[0] is K.train_epoch_serial
+    plan.dropout = 0.2
+    assert backend._epoch_call(net, plan)[0] is K.train_epoch_recipe
+
+
+def test_momentum_without_a_velocity_buffer_is_a_clear_error():
     net, X, scale, targets, labels = make_problem([10, 6, 3], 20, np.float32, seed=1)
     plan = plan_for(X, scale, targets, labels, np.arange(20), 5, 0.5, "mse")
     plan.momentum = 0.9
-    plan.velocity = np.zeros_like(net.params)
-    with pytest.raises(ValueError, match="momentum"):
+    with pytest.raises(ValueError, match="velocity"):
         get_backend("numba").train_epoch(net, plan)
+    plan.velocity = np.zeros(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="velocity"):
+        get_backend("numba").train_epoch(net, plan)
+
+
+def test_recipe_in_hogwild_mode_runs_the_deterministic_kernel():
+    """Non-deterministic mode with a recipe runs the deterministic kernel (Hogwild is plain SGD
+    only), so it gives the reference's numbers."""
+    ref_net, X, scale, targets, labels = make_problem([20, 8, 4], 64, np.float64, seed=3, uint8=True,
+                                                      activation="relu", output="softmax")
+    net = ref_net.copy()
+    plans = []
+    for _ in range(2):
+        plan = plan_for(X, scale, targets, labels, np.arange(64), 8, 0.1, "cross_entropy", 2)
+        plan.deterministic = False
+        plan.momentum, plan.dropout, plan.velocity = 0.9, 0.2, np.zeros_like(net.params)
+        plans.append(plan)
+    get_backend("numpy").train_epoch(ref_net, plans[0])
+    get_backend("numba").train_epoch(net, plans[1])
+    assert_close(net.params, ref_net.params, np.float64)
+
+
+def test_prepare_with_a_recipe_leaves_the_network_and_velocity_untouched():
+    net, X, scale, targets, labels = make_problem([20, 8, 4], 30, np.float32, seed=2, uint8=True)
+    plan = plan_for(X, scale, targets, labels, np.arange(30), 10, 0.5, "mse")
+    plan.momentum, plan.nesterov, plan.l2, plan.dropout = 0.9, True, 1e-3, 0.1
+    plan.max_shift, plan.image_shape = 1, (4, 5)
+    plan.velocity = np.zeros_like(net.params)
+    before = net.params.copy()
+    seconds = NumbaBackend().prepare(net, plan)
+    assert seconds >= 0.0
+    np.testing.assert_array_equal(net.params, before)
+    assert not plan.velocity.any()
 
 
 def test_deterministic_blas_split_is_repeatable_and_matches_one_thread():

@@ -32,7 +32,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .base import BackendUnavailable
+from .base import RECIPE_FEATURES, BackendUnavailable
 
 try:
     import numba
@@ -115,8 +115,8 @@ class NumbaBackend:
     """Numba implementation of the backend contract (see base.py)."""
 
     name = NAME
-    #: training-recipe features (base.RECIPE_FEATURES) implemented here: plain SGD only so far
-    features = frozenset()
+    #: training-recipe features (base.RECIPE_FEATURES) implemented here (numba_kernels.train_epoch_recipe)
+    features = frozenset(RECIPE_FEATURES)
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
                  sparse_max_density=0.5):
@@ -182,18 +182,52 @@ class NumbaBackend:
         """(kernel, args, blas_threads, workspace) for one epoch of `plan`."""
         bs = plan.batch_size
         workers = set_threads(plan.threads)
-        hogwild = (not plan.deterministic) and workers > 1 and plan.n_steps > 1
+        recipe = bool(plan.requested_features()) if hasattr(plan, "requested_features") else False
+        # The recipe runs in the deterministic kernel whatever plan.deterministic says (a valid
+        # result: deterministic is always allowed); Hogwild is for plain SGD.
+        hogwild = (not plan.deterministic) and workers > 1 and plan.n_steps > 1 and not recipe
         # Deterministic with threads: each gemm split into fixed row chunks on Numba's threads
         # over single-threaded BLAS (see numba_kernels.split_dot); Hogwild: one gemm per worker.
         use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
         n_split = 1 if hogwild else workers
         ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None, n_split=n_split)
+        csr = self._csr(plan.X, bool(use_blas[0]))
         args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
-                *self._csr(plan.X, bool(use_blas[0])), np.ascontiguousarray(plan.targets), plan.labels, plan.order,
+                *csr, np.ascontiguousarray(plan.targets), plan.labels, plan.order,
                 np.asarray(plan.lrs, dtype=np.float64), bs, use_blas, *ws.step_args())
+        n_blas = 1 if use_blas.any() else None
         if hogwild:  # its kernel never reaches the split gemms (a nested prange serialised it)
-            return K.train_epoch_hogwild, args, (1 if use_blas.any() else None), ws
-        return K.train_epoch_serial, args + (n_split,), (1 if use_blas.any() else None), ws
+            return K.train_epoch_hogwild, args, n_blas, ws
+        if not recipe:  # plain SGD: the original kernel, untouched by the recipe's code
+            return K.train_epoch_serial, args + (n_split,), n_blas, ws
+        return K.train_epoch_recipe, args + (n_split,) + self._recipe_args(net, plan, ws, csr), n_blas, ws
+
+    @staticmethod
+    def _recipe_args(net, plan, ws, csr):
+        """The recipe's arguments of numba_kernels.train_epoch_recipe, with their scratch arrays."""
+        momentum = float(plan.momentum)
+        velocity = plan.velocity
+        if momentum > 0:
+            if velocity is None or velocity.shape != net.params.shape or velocity.dtype != net.params.dtype \
+                    or not velocity.flags.c_contiguous:
+                raise ValueError("momentum > 0 needs plan.velocity: a C-contiguous array shaped and typed like net.params")
+        else:
+            velocity = np.zeros(0, dtype=net.dtype)
+        dropout = float(plan.dropout)
+        max_shift = int(plan.max_shift)
+        rows, cols = (int(v) for v in plan.image_shape) if max_shift > 0 else (0, 0)
+        if max_shift > 0 and rows * cols != net.sizes[0]:
+            raise ValueError(f"image_shape {plan.image_shape} does not match the {net.sizes[0]} inputs")
+        bmax = plan.batch_size
+        drop_size = ws.acts.shape[-1] if dropout > 0 else 0
+        shift_csr = max_shift > 0 and csr[0].shape[0] > 0
+        mptr = np.zeros(bmax + 1 if shift_csr else 0, dtype=np.int64)
+        midx = np.zeros(bmax * net.sizes[0] if shift_csr else 0, dtype=csr[1].dtype)
+        mval = np.zeros(midx.shape[0], dtype=np.uint8)
+        return (np.zeros_like(net.params), velocity, momentum, bool(plan.nesterov), float(plan.l2), float(plan.l1),
+                np.zeros(drop_size, dtype=net.dtype), np.zeros(drop_size, dtype=net.dtype), dropout,
+                np.uint64(int(plan.seed) & 0xFFFFFFFFFFFFFFFF), int(plan.first_position), max_shift, rows, cols,
+                mptr, midx, mval, np.arange(bmax, dtype=np.int64))
 
     def train_epoch(self, net, plan):
         requested = plan.requested_features() if hasattr(plan, "requested_features") else set()
@@ -210,8 +244,9 @@ class NumbaBackend:
         cache still takes a moment (mostly Numba's own start-up, ~0.5 s here); `self.last_prepare`
         records that time, the cache hits and misses. Then indexes the non-zero pixels of plan.X,
         so the first timed epoch does not pay for it."""
-        hogwild = (not plan.deterministic) and plan.threads > 1 and numba.config.NUMBA_NUM_THREADS > 1
-        kernel = K.train_epoch_hogwild if hogwild else K.train_epoch_serial
+        recipe = bool(plan.requested_features()) if hasattr(plan, "requested_features") else False
+        hogwild = (not plan.deterministic) and plan.threads > 1 and numba.config.NUMBA_NUM_THREADS > 1 and not recipe
+        kernel = K.train_epoch_recipe if recipe else K.train_epoch_hogwild if hogwild else K.train_epoch_serial
         dispatchers = (kernel, K.forward_chunks, K.build_csr)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()
@@ -223,6 +258,10 @@ class NumbaBackend:
                           order=np.zeros(steps * plan.batch_size, dtype=np.int64), lrs=np.zeros(steps),
                           batch_size=plan.batch_size, loss=plan.loss, threads=plan.threads,
                           deterministic=plan.deterministic)
+        if recipe:  # the same recipe, on a fresh velocity (compiling must not move the real state)
+            for name in ("momentum", "nesterov", "l2", "l1", "dropout", "max_shift", "image_shape", "seed"):
+                setattr(tiny, name, getattr(plan, name))
+            tiny.velocity = np.zeros_like(small.params) if plan.momentum > 0 else None
         self.train_epoch(small, tiny)
         self.forward(small, plan.X[:m], plan.x_scale, plan.threads)
         seconds = time.perf_counter() - t0

@@ -916,3 +916,274 @@ def forward_chunks(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val,
             for i in range(stop - start):
                 for j in range(n_out):
                     out[start + i, j] = a[i, j]
+
+
+# ---- the training recipe (momentum, weight decay, dropout, image shifts) ---------------------
+# A separate epoch kernel (`train_epoch_recipe`), so the plain-SGD kernels above stay exactly as
+# they were; the backend picks one per call. The counter-based generator is fastgd._random's,
+# in wrapping uint64 arithmetic throughout (mixing int64 with uint64 in Numba gives float64).
+_MIX_C0 = np.uint64(0x9E3779B97F4A7C15)
+_MIX_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_C2 = np.uint64(0x94D049BB133111EB)
+_UNITS_PER_SAMPLE = np.uint64(1 << 20)  # fastgd._random.MAX_UNITS
+SHIFT_STREAM = (1 << 20) - 1  # fastgd._random.SHIFT_STREAM
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(**JIT)
+def mix64(x):
+    """SplitMix64 of a uint64 (fastgd._random.mix64)."""
+    z = x + _MIX_C0
+    z = (z ^ (z >> np.uint64(30))) * _MIX_C1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_C2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(**JIT)
+def counter_draw(seed, position, unit):
+    """r(seed, p, j) = mix64(seed ^ mix64(p * 2**20 + j)) (fastgd._random.draw); seed uint64."""
+    return mix64(seed ^ mix64(np.uint64(position) * _UNITS_PER_SAMPLE + np.uint64(unit)))
+
+
+@njit(**JIT)
+def sample_shift(seed, position, max_shift):
+    """(dx, dy) of the sample at `position`, each in [-max_shift, max_shift] (fastgd._random.shifts)."""
+    r = counter_draw(seed, position, SHIFT_STREAM)
+    span = np.uint64(2 * max_shift + 1)
+    dx = np.int64((r & _LOW32) % span) - max_shift
+    dy = np.int64((r >> np.uint64(32)) % span) - max_shift
+    return dx, dy
+
+
+@njit(**JIT)
+def dropout_rows(a, mask, dropped, B, seed, pos0, first_unit, rate, scale):
+    """Inverted dropout of a hidden layer's activations a[:B]: mask[i, j] = scale when unit
+    first_unit + j of the sample at position pos0 + i is kept, else 0; dropped = a * mask."""
+    n = a.shape[1]
+    zero = a.dtype.type(0)
+    for i in range(B):
+        for j in range(n):
+            r = counter_draw(seed, pos0 + i, first_unit + j)
+            m = scale if float(r >> np.uint64(40)) * (2.0 ** -24) >= rate else zero
+            mask[i, j] = m
+            dropped[i, j] = a[i, j] * m
+
+
+@njit(**JIT)
+def shifted_csr(csr_ptr, csr_idx, csr_val, rows, seed, pos0, max_shift, img_rows, img_cols, mptr, midx, mval):
+    """The minibatch's non-zero pixels, each image moved by its sample's shift (pixels pushed off
+    the image dropped), as a CSR of B rows in (mptr, midx, mval)."""
+    q = 0
+    mptr[0] = 0
+    for i in range(rows.shape[0]):
+        dx, dy = sample_shift(seed, pos0 + i, max_shift)
+        r = rows[i]
+        for p in range(csr_ptr[r], csr_ptr[r + 1]):
+            pix = np.int64(csr_idx[p])
+            row = pix // img_cols + dy
+            col = pix % img_cols + dx
+            if 0 <= row < img_rows and 0 <= col < img_cols:
+                midx[q] = row * img_cols + col
+                mval[q] = csr_val[p]
+                q += 1
+        mptr[i + 1] = q
+
+
+@njit(**JIT)
+def gather_dense_shifted(X, rows, x_scale, x, seed, pos0, max_shift, img_rows, img_cols):
+    """x[i] = X[rows[i]] scaled, moved by the sample's shift: out[r, c] = in[r - dy, c - dx]."""
+    scale = x.dtype.type(x_scale)
+    zero = x.dtype.type(0)
+    for i in range(rows.shape[0]):
+        src = rows[i]
+        dx, dy = sample_shift(seed, pos0 + i, max_shift)
+        for row in range(img_rows):
+            sr = row - dy
+            for col in range(img_cols):
+                sc = col - dx
+                if 0 <= sr < img_rows and 0 <= sc < img_cols:
+                    x[i, row * img_cols + col] = x.dtype.type(X[src, sr * img_cols + sc]) * scale
+                else:
+                    x[i, row * img_cols + col] = zero
+
+
+@njit(**JIT)
+def optimizer_range(P, G, V, k0, k1, lr, mu, use_velocity, nesterov, l2, l1, decay):
+    """The recipe's step for P[k0:k1] from its mean gradient G (base.py's order of operations);
+    G is zeroed for the next minibatch. `decay`: weights (l2, l1 apply), not biases."""
+    one = P.dtype.type(1)
+    zero = P.dtype.type(0)
+    for k in range(k0, k1):
+        w = P[k]
+        g = G[k]
+        if decay:
+            g = g + l2 * w
+            g = g + l1 * ((one if w > zero else zero) - (one if w < zero else zero))
+        if use_velocity:
+            v = V[k] * mu + g
+            V[k] = v
+            step = g + mu * v if nesterov else v
+        else:
+            step = g
+        P[k] = w - lr * step
+        G[k] = zero
+
+
+@njit(**JIT)
+def optimizer_update(params, grad, velocity, layout, lr, momentum, nesterov, l2, l1):
+    """params -= lr * step over every layer (weights decayed, biases not), velocity in place."""
+    f = params.dtype.type
+    mu = f(momentum)
+    use_velocity = momentum > 0
+    for l in range(layout.shape[0]):
+        w_off, b_off, n_out = layout[l, 0], layout[l, 1], layout[l, 3]
+        optimizer_range(params, grad, velocity, w_off, b_off, lr, mu, use_velocity, nesterov, f(l2), f(l1), True)
+        optimizer_range(params, grad, velocity, b_off, b_off + n_out, lr, mu, use_velocity, nesterov, f(0), f(0),
+                        False)
+
+
+@njit(**JIT)
+def network_forward_recipe(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas,
+                           acts, act_off, sizes, zlast, n_split, masks, dropped, dropout, drop_scale, seed, pos0,
+                           max_shift, img_rows, img_cols, mptr, midx, mval, brows):
+    """`network_forward` with image shifts on the input and inverted dropout on hidden layers
+    (acts keep the activations before masking; `dropped` holds what the next layer reads).
+    Returns the input layer's CSR and rows (the shifted minibatch CSR when shifting sparse input)."""
+    B = rows.shape[0]
+    bmax = zlast.shape[0]
+    L = layout.shape[0]
+    sparse_input = csr_ptr.shape[0] > 0
+    ptr, idx, val, in_rows = csr_ptr, csr_idx, csr_val, rows
+    if sparse_input:
+        if max_shift > 0:
+            shifted_csr(csr_ptr, csr_idx, csr_val, rows, seed, pos0, max_shift, img_rows, img_cols, mptr, midx, mval)
+            ptr, idx, val, in_rows = mptr, midx, mval, view1d(brows, 0, B)
+    elif max_shift > 0:
+        gather_dense_shifted(X, rows, x_scale, _acts(acts, act_off, sizes, 0, bmax), seed, pos0, max_shift,
+                             img_rows, img_cols)
+    else:
+        gather_dense(X, rows, x_scale, _acts(acts, act_off, sizes, 0, bmax))
+    first_unit = 0
+    for l in range(L):
+        W, b = _layer_views(params, layout, l)
+        if dropout > 0 and l > 0:
+            x = _acts(dropped, act_off, sizes, l, bmax)
+        else:
+            x = _acts(acts, act_off, sizes, l, bmax)
+        a = _acts(acts, act_off, sizes, l + 1, bmax)
+        z = zlast if l == L - 1 else a
+        if l == 0 and sparse_input:
+            dense_forward_sparse(ptr, idx, val, x_scale, in_rows, W, b, z)
+        elif use_blas[l]:
+            dense_forward_blas(x, B, W, b, z, n_split)
+        else:
+            dense_forward_loops(x, B, W, b, z)
+        for i in range(B):
+            activation_forward(z, a, i, kinds[l])
+        if dropout > 0 and l < L - 1:
+            dropout_rows(a, _acts(masks, act_off, sizes, l + 1, bmax), _acts(dropped, act_off, sizes, l + 1, bmax),
+                         B, seed, pos0, first_unit, dropout, drop_scale)
+            first_unit += sizes[l + 1]
+    return ptr, idx, val, in_rows
+
+
+@njit(**JIT)
+def minibatch_step_recipe(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets,
+                          labels, rows, coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split,
+                          masks, dropped, dropout, drop_scale, seed, pos0, max_shift, img_rows, img_cols, mptr, midx,
+                          mval, brows):
+    """`minibatch_step` with dropout and shifts: a dropped unit passes no gradient back (dL/da
+    times the mask before the activation derivative), and each layer's weight gradient uses
+    the masked activations it read."""
+    B = rows.shape[0]
+    bmax = zlast.shape[0]
+    L = layout.shape[0]
+    ptr, idx, val, in_rows = network_forward_recipe(
+        params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas, acts, act_off, sizes, zlast,
+        n_split, masks, dropped, dropout, drop_scale, seed, pos0, max_shift, img_rows, img_cols, mptr, midx, mval,
+        brows)
+    n_out = sizes[L]
+    out = _acts(acts, act_off, sizes, L, bmax)
+    d = view2d(delta0, 0, bmax, n_out)
+    loss_sum = 0.0
+    correct = 0
+    for i in range(B):
+        r = rows[i]
+        loss_sum += loss_forward_backward(zlast, out, d, i, targets, r, loss, kinds[L - 1])
+        if argmax_row(out, i) == labels[r]:
+            correct += 1
+    use_d0 = True
+    for l in range(L - 1, -1, -1):
+        W, _ = _layer_views(params, layout, l)
+        tW, tb = _layer_views(target, layout, l)
+        n_in = sizes[l]
+        a_in = _acts(acts, act_off, sizes, l, bmax)
+        if dropout > 0 and l > 0:
+            x = _acts(dropped, act_off, sizes, l, bmax)
+        else:
+            x = a_in
+        cur = d
+        if l > 0:
+            other = delta1 if use_d0 else delta0
+            d = view2d(other, 0, bmax, n_in)
+            kind = kinds[l - 1]
+            if dropout > 0:
+                kind = LINEAR  # the mask goes in before the derivative, applied below
+            if use_blas[l]:
+                dense_backward_dx_blas(cur, B, W, a_in, kind, d, n_split)
+            else:
+                dense_backward_dx_loops(cur, B, W, a_in, kind, d, gW)
+            if dropout > 0:
+                mask = _acts(masks, act_off, sizes, l, bmax)
+                for i in range(B):
+                    for j in range(n_in):
+                        d[i, j] *= mask[i, j]
+                    activation_backward(a_in, d, i, kinds[l - 1])
+            use_d0 = not use_d0
+        if l == 0 and csr_ptr.shape[0] > 0:
+            dense_update_sparse(ptr, idx, val, x_scale, in_rows, cur, coef, tW, tb)
+        elif use_blas[l]:
+            dense_update_blas(x, cur, B, coef, tW, tb, gW, n_split)
+        else:
+            dense_update_loops(x, cur, B, coef, tW, tb)
+    return loss_sum, correct
+
+
+@njit(**JIT)
+def train_epoch_recipe(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels, order, lrs,
+                       batch_size, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split,
+                       grad, velocity, momentum, nesterov, l2, l1,
+                       masks, dropped, dropout, seed, first_position, max_shift, img_rows, img_cols,
+                       mptr, midx, mval, brows):
+    """`train_epoch_serial` with the training recipe (base.py): momentum/Nesterov and L2/L1 make
+    the update dense, so each minibatch's mean gradient goes into `grad` and one fused pass then
+    updates every parameter (and `velocity`, in place); without them the update stays sparse and
+    in place. Dropout masks and shifts are keyed by (seed, first_position + index in order, unit)."""
+    n = order.shape[0]
+    n_steps = (n + batch_size - 1) // batch_size
+    f = params.dtype.type
+    optimiser = momentum > 0 or l2 > 0 or l1 > 0
+    drop_scale = f(1.0 / (1.0 - dropout))
+    loss_sum = 0.0
+    correct = 0
+    for s in range(n_steps):
+        start = s * batch_size
+        stop = min(n, start + batch_size)
+        lr = f(lrs[s])
+        if optimiser:
+            target = grad
+            coef = f(-1.0) / f(stop - start)  # grad -= (-1 / B) * sum = the mean gradient
+        else:
+            target = params
+            coef = lr / f(stop - start)
+        prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
+        ls, c = minibatch_step_recipe(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val,
+                                      targets, labels, view1d(order, start, stop - start), coef, use_blas, acts,
+                                      act_off, sizes, zlast, delta0, delta1, gW, n_split, masks, dropped, dropout,
+                                      drop_scale, seed, first_position + start, max_shift, img_rows, img_cols, mptr,
+                                      midx, mval, brows)
+        if optimiser:
+            optimizer_update(params, grad, velocity, layout, lr, momentum, nesterov, l2, l1)
+        loss_sum += ls
+        correct += c
+    return loss_sum, correct
