@@ -1323,13 +1323,14 @@ def build_csr(const uint8_t[:, ::1] X):
 
 def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8_t[::1] val,
                     const int64_t[::1] order, int64_t[::1] out_ptr, uint16_t[::1] out_idx,
-                    uint8_t[::1] out_val):
+                    uint8_t[::1] out_val, int64_t pos0=0):
     """Copy the CSR rows order[0], order[1], ... into out_* in that order (out_ptr has
-    len(order) + 1 entries; out_idx/out_val hold at least the rows' total non-zeros).
+    len(order) + 1 entries; out_idx/out_val hold at least pos0 + the rows' total non-zeros),
+    starting at entry pos0 (so that a later part of an epoch can be gathered separately).
 
     An epoch then reads its input front to back instead of hopping over 27 MB: one streaming
     copy with many cache misses in flight costs less than the stalls it removes."""
-    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = 0
+    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = pos0
     cdef const uint16_t* src_idx = &idx[0] if idx.shape[0] > 0 else NULL
     cdef const uint8_t* src_val = &val[0] if val.shape[0] > 0 else NULL
     with nogil:

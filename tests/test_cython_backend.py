@@ -354,3 +354,35 @@ def test_dropout_and_momentum_on_blas_layers_match_reference(threads):
     result = b.train_epoch(net, plans[1])
     np.testing.assert_allclose(net.params, ref.params, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(result[0], ref_result[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("recipe", [{}, dict(momentum=0.9, nesterov=True, l2=0.01, dropout=0.3)],
+                         ids=["plain", "recipe"])
+def test_overlapped_row_copy_changes_nothing(backend, recipe):
+    """threads=2 on a one-thread epoch copies most rows on a second thread while the kernel
+    trains on the first eighth of the steps (two kernel calls): bitwise the same epoch, with
+    the steps' learning rates and dropout positions carried across the split."""
+    net, X, scale, targets, labels = problem([60, 16, 5], 203, np.float32, seed=4)
+
+    def new_plan():
+        plan = make_plan(X, scale, targets, labels, 6, threads=2, loss="cross_entropy")
+        plan.lrs = np.linspace(0.5, 0.05, plan.n_steps)
+        for key, value in recipe.items():
+            setattr(plan, key, value)
+        plan.velocity = np.full_like(net.params, 0.01)
+        plan.seed, plan.first_position = 9, 11
+        return plan
+
+    results = []
+    for overlap in (False, True):
+        plan = new_plan()
+        backend.overlap_gather = overlap
+        params, result = run_epoch(backend, net, plan)
+        results.append((params, result, plan.velocity))
+    (p0, r0, v0), (p1, r1, v1) = results
+    np.testing.assert_array_equal(p1, p0)
+    np.testing.assert_array_equal(v1, v0)
+    assert r1 == r0
+    ref = net.copy()
+    get_backend("numpy").train_epoch(ref, new_plan())
+    np.testing.assert_allclose(p1, ref.params, rtol=1e-4, atol=1e-5)

@@ -113,6 +113,8 @@ class CythonBackend:
         reaches this; below it the step is too short to pay for two barriers.
       blas_threading: "openmp" (our threads over single-threaded BLAS) or "blas".
       permute_sparse, permute_dense: stream each epoch's rows in visiting order (see above).
+      overlap_gather: when plan.threads > 1 but the epoch runs on one thread, copy most of the
+        sparse rows on a second (Python) thread while the kernel trains on the first eighth.
     """
 
     name = NAME
@@ -128,7 +130,8 @@ class CythonBackend:
         self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self._csr_cache = None  # (weakref to X, data pointer, shape, (ptr, idx, val), density)
         self._controller = None
-        self._pool = None  # threads of forward() (see there)
+        self._pool = None  # threads of forward() and of the overlapped row copy (see there)
+        self.overlap_gather = True
         self.permute_sparse = True
         self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self._perm_buffers = None
@@ -235,18 +238,27 @@ class CythonBackend:
             self._perm_buffers = buf
         return buf
 
-    def _permuted(self, csr, order, targets, labels):
-        """(csr, targets, labels, identity order) of the rows in `order`, in that order. The
-        buffers are kept between calls (same sizes every epoch): no epoch pays page faults."""
+    def _permuted(self, csr, order, targets, labels, head=None):
+        """(csr, targets, labels, identity order, rest) of the rows in `order`, in that order.
+        Only the first `head` rows (default: all) are copied here; `rest` is None, or a callable
+        copying the others (the caller may run it on another thread while the kernel trains on
+        the head). The buffers are kept between calls: no epoch pays page faults."""
         ptr, idx, val = csr
         nnz = _k.csr_rows_nnz(ptr, order)
         m = order.size
+        head = m if head is None else head
         buf = self._perm_buffers_for(m, nnz, targets)
         out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
-        _k.gather_csr_rows(ptr, idx, val, order, out_ptr, buf[1], buf[2])
-        np.take(targets, order, axis=0, out=out_targets)
-        np.take(labels, order, out=out_labels)
-        return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m]
+
+        def copy(a, b, pos0):
+            _k.gather_csr_rows(ptr, idx, val, order[a:b], out_ptr[a:b + 1], buf[1], buf[2], pos0)
+            np.take(targets, order[a:b], axis=0, out=out_targets[a:b])
+            np.take(labels, order[a:b], out=out_labels[a:b])
+
+        head_nnz = _k.csr_rows_nnz(ptr, order[:head]) if head < m else nnz
+        copy(0, head, 0)
+        rest = (lambda: copy(head, m, head_nnz)) if head < m else None
+        return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m], rest
 
     def _permuted_dense(self, X, order, targets, labels):
         """(X rows, targets, labels, identity order) of the rows in `order`, in that order, in
@@ -444,9 +456,15 @@ class CythonBackend:
         loss_out = np.zeros(threads, dtype=np.float64)
         correct_out = np.zeros(threads, dtype=np.int64)
         scratch = lay.scratch(threads if mode == "hogwild" else 1)
+        rest = None
         if csr is not None and self.permute_sparse:
-            # the epoch's rows, copied in visiting order: the kernel then streams them
-            csr, targets, labels, order = self._permuted(csr, order, targets, labels)
+            # the epoch's rows, copied in visiting order: the kernel then streams them. Given
+            # 2+ threads that the epoch itself does not use, the first eighth of the steps is
+            # copied first and the rest on another thread while the kernel trains on it
+            head = order.size
+            if self.overlap_gather and mode == "serial" and int(plan.threads) > 1 and not lay.uses_blas:
+                head = min(order.size, -(-n_steps // 8) * bs)
+            csr, targets, labels, order, rest = self._permuted(csr, order, targets, labels, head)
         elif csr is None and self.permute_dense and order.size * plan.X[0].nbytes <= self.permute_dense_max_bytes:
             # dense rows likewise: one gather per epoch, then the kernel streams them
             X_rows, targets, labels, order = self._permuted_dense(plan.X, order, targets, labels)
@@ -455,10 +473,24 @@ class CythonBackend:
         recipe = self._recipe(net, plan, lay, threads if mode == "hogwild" else 1)
         # exactly one pool runs: OpenBLAS's threads only when our epoch runs on one thread
         blas_threads = int(plan.threads) if mode == "serial" and lay.uses_blas else 1
-        with self._blas_limit(blas_threads, lay):
+        first = augment.pop("first_position", 0)
+
+        def run(a, b):  # the epoch's rows a..b (a: a multiple of bs), i.e. steps a/bs..
             _k.train_epoch(params, lay.table, hidden, output, loss_code, Xu8, Xf, float(plan.x_scale),
-                           ptr, idx, val, targets, labels, order, lrs, bs, scratch, lay.soff,
-                           _k.MODES[mode], threads, loss_out, correct_out, **recipe, **augment)
+                           ptr, idx, val, targets, labels, order[a:b], lrs[a // bs:], bs, scratch, lay.soff,
+                           _k.MODES[mode], threads, loss_out, correct_out, first_position=first + a, **recipe,
+                           **augment)
+
+        with self._blas_limit(blas_threads, lay):
+            if rest is None:
+                run(0, order.size)
+            else:
+                pending = self._thread_pool(1).submit(rest)
+                try:
+                    run(0, head)
+                finally:
+                    pending.result()
+                run(head, order.size)
         lay.unpad(params, net.params)
         if recipe.get("velocity") is not None:
             lay.unpad(recipe["velocity"], plan.velocity)
