@@ -22,7 +22,7 @@ from test_backends import assert_close, make_problem, plan_for
 
 # A child process: prepare() on a small uint8 problem, then print what the cache did.
 CHILD = """
-import json, numpy as np, fastgd
+import json, sys, numpy as np, fastgd
 from fastgd.backends import get_backend, EpochPlan
 rng = np.random.default_rng(0)
 net = fastgd.Network([20, 8, 4], "sigmoid", "sigmoid", dtype=np.float32, seed=0)
@@ -31,28 +31,32 @@ labels = rng.integers(0, 4, size=12).astype(np.int32)
 targets = np.eye(4, dtype=np.float32)[labels]
 plan = EpochPlan(X=X, x_scale=1 / 255, targets=targets, labels=labels, order=np.arange(12), lrs=np.full(3, 0.5),
                  batch_size=4, loss="mse", threads=1, deterministic=True)
+if sys.argv[1:] == ["recipe"]:  # every feature: the recipe kernel
+    plan.momentum, plan.nesterov, plan.l2, plan.l1, plan.dropout = 0.9, True, 1e-3, 1e-4, 0.1
+    plan.max_shift, plan.image_shape, plan.velocity = 1, (4, 5), np.zeros_like(net.params)
 backend = get_backend("numba")
 seconds = backend.prepare(net, plan)
 print(json.dumps(dict(backend.last_prepare, returned=seconds)))
 """
 
 
-def _run_child(cache_dir):
+def _run_child(cache_dir, mode):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
     src = Path(fastgd.__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_second_process_loads_kernels_from_disk_cache(tmp_path):
-    first = _run_child(tmp_path)
+@pytest.mark.parametrize("mode,kernel", [("plain", "train_epoch_serial"), ("recipe", "train_epoch_recipe")])
+def test_second_process_loads_kernels_from_disk_cache(tmp_path, mode, kernel):
+    first = _run_child(tmp_path, mode)
     assert first["compiled"] and first["cache_misses"] > 0 and first["cache_hits"] == 0
     index_files = list(tmp_path.rglob("*.nbi"))
-    assert any("train_epoch_serial" in p.name for p in index_files)
+    assert any(kernel in p.name for p in index_files)
     assert any("forward_chunks" in p.name for p in index_files)
-    second = _run_child(tmp_path)
+    second = _run_child(tmp_path, mode)
     assert not second["compiled"] and second["cache_misses"] == 0 and second["cache_hits"] > 0
     assert first["returned"] == first["seconds"] > 0
     assert second["returned"] == 0.0  # nothing compiled: the Trainer reports no compile time
