@@ -17,6 +17,11 @@ Threads
   whole epoch, each thread running its own share of the minibatches and updating the shared
   weights without locks (BLAS is held to one thread inside it, so the pools do not collide).
 
+Training recipe (base.py: momentum, Nesterov, L2, L1, dropout, image shifts): every feature runs
+inside the compiled epoch loop, in `numba_kernels.train_epoch_recipe`, a kernel of its own so
+the plain-SGD kernel is untouched; the backend picks one per call. A recipe always runs the
+deterministic kernel, also when plan.deterministic is False (Hogwild is plain SGD only).
+
 Threading layer: OpenMP ("omp") is preferred. It launches a parallel region in about a
 microsecond (the "workqueue" layer measured ~85 us here), and it is the same libgomp the Cython
 backend uses, so both backends share one thread pool in a process instead of two pools
