@@ -54,6 +54,8 @@ class BuildExt(build_ext):
         else:
             print("fastgd: the C compiler has no OpenMP; kernels build single-threaded", file=sys.stderr)
             macros = []
+        if DEBUG:
+            macros.append(("FASTGD_DEBUG_BUILD", "1"))
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + ext.extra_compile_args
             ext.extra_link_args = link_args + ext.extra_link_args

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""OpenMP facts for the Cython backend, and a tiny parallel kernel that proves the build works.
+"""Build facts (OpenMP, debug build) for the Cython backend, and a tiny parallel kernel that proves
+the build works.
 
 `parallel_sum` exists so the test suite exercises the whole compiled path (nogil, prange,
 fused float types, OpenMP thread count) before the heavy kernels depend on it.
@@ -8,6 +9,11 @@ from cython.parallel cimport prange, parallel
 
 cdef extern from *:
     """
+    #ifdef FASTGD_DEBUG_BUILD
+    static int fastgd_debug_build(void) { return 1; }
+    #else
+    static int fastgd_debug_build(void) { return 0; }
+    #endif
     #ifdef FASTGD_OPENMP
     #include <omp.h>
     static int fastgd_openmp_enabled(void) { return 1; }
@@ -21,6 +27,7 @@ cdef extern from *:
     static int fastgd_omp_num_threads(void) { return 1; }
     #endif
     """
+    int fastgd_debug_build() nogil
     int fastgd_openmp_enabled() nogil
     int fastgd_omp_max_threads() nogil
     int fastgd_omp_thread_num() nogil
@@ -29,6 +36,11 @@ cdef extern from *:
 ctypedef fused floating:
     float
     double
+
+
+def debug_build():
+    """True when built with FASTGD_DEBUG_BUILD=1 (bounds checking and wraparound on, -O0)."""
+    return bool(fastgd_debug_build())
 
 
 def openmp_enabled():
