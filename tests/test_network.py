@@ -80,6 +80,16 @@ def test_save_adds_npz_suffix_and_replaces_atomically(tmp_path):
     np.testing.assert_array_equal(Network.load(path).params, 1)
 
 
+def test_save_gives_the_file_ordinary_permissions(tmp_path):
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")  # what an ordinary open() creates under this umask
+    path = Network([4, 2], seed=0).save(tmp_path / "model.npz")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    path.chmod(0o640)
+    Network([4, 2], seed=1).save(path)  # replacing keeps the file's own mode
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 def test_load_rejects_files_that_are_not_models(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"this is not a zip file at all")
