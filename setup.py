@@ -20,6 +20,9 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).parent
 DEBUG = os.environ.get("FASTGD_DEBUG_BUILD", "0") == "1"
 NATIVE = os.environ.get("FASTGD_NATIVE", "1") == "1"
+# Generated C and object files live apart per build mode: otherwise a debug build after an
+# optimised one (or the reverse) silently reuses the other mode's up-to-date files.
+MODE = "debug" if DEBUG else "release"
 
 
 def _compiler_accepts(flags, code="int main(void){return 0;}\n", link=True):
@@ -41,6 +44,13 @@ OMP_PROBE = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel red
 
 class BuildExt(build_ext):
     """Pick optimisation and OpenMP flags the compiler actually supports."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(self.build_temp, MODE)
+        # Always relink: the finished modules share build/lib between modes, and their timestamps
+        # would let a debug module pass for an up-to-date optimised one (and the reverse).
+        self.force = True
 
     def build_extensions(self):
         compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
@@ -82,7 +92,8 @@ def kernel_extensions():
         "cdivision": not DEBUG,
         "embedsignature": True,
     }
-    return cythonize(exts, compiler_directives=directives, include_path=["kernels"])
+    return cythonize(exts, compiler_directives=directives, include_path=["kernels"],
+                     build_dir=os.path.join("build", f"cython-{MODE}"))
 
 
 setup(ext_modules=kernel_extensions(), cmdclass={"build_ext": BuildExt})
