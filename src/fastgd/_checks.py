@@ -10,9 +10,11 @@ import numbers
 
 import numpy as np
 
-ACTIVATIONS = ("sigmoid", "relu", "tanh")
-OUTPUTS = ("sigmoid", "softmax", "linear")
-LOSSES = ("mse", "cross_entropy")
+from . import ops
+
+ACTIVATIONS = ops.HIDDEN  # hidden-layer activations
+OUTPUTS = ops.OUTPUTS
+LOSSES = tuple(ops.LOSSES)
 DTYPES = (np.float32, np.float64)
 
 #: uint8 images are scaled by this inside the backends (x = pixel * UINT8_SCALE).
@@ -56,10 +58,11 @@ def check_sizes(sizes):
 
 def check_loss_output(loss, output):
     check_choice(loss, LOSSES, "loss")
-    if loss == "cross_entropy" and output == "linear":
+    pairs = ops.LOSSES[loss].outputs
+    if output not in pairs:
         raise ValueError(
-            "loss 'cross_entropy' needs output 'softmax' (multi-class) or 'sigmoid' (per-unit, "
-            "Nielsen ch. 3); a 'linear' output has no probabilities to score"
+            f"loss {loss!r} needs output {' or '.join(repr(p) for p in pairs)}; "
+            f"a {output!r} output does not pair with it (e.g. a 'linear' output has no probabilities to score)"
         )
     return loss
 
