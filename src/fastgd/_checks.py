@@ -138,8 +138,8 @@ def check_X(X, n_in, dtype):
         if not np.isfinite(X).all():
             bad = np.argwhere(~np.isfinite(X))[0]
             raise ValueError(f"X contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
-        limit = np.finfo(dtype).max
-        if np.finfo(X.dtype).max > limit:
+        limit = float(np.finfo(dtype).max)
+        if float(np.finfo(X.dtype).max) > limit:
             big = float(np.max(np.abs(X)))
             if big > limit:
                 raise ValueError(f"X holds a value of magnitude {big:.3g}, beyond the range of this {np.dtype(dtype)} "
@@ -175,7 +175,7 @@ def check_y(y, n, n_out, dtype, loss, task="classification"):
             raise ValueError("binary targets must be labels 0/1 or probabilities in [0, 1]")
         targets = np.ascontiguousarray(y, dtype=dtype)
         if task == "regression":
-            limit = np.finfo(dtype).max
+            limit = float(np.finfo(dtype).max)
             if np.any(np.abs(y) > limit):
                 raise ValueError(f"y holds values beyond the range of this {np.dtype(dtype)} network; rescale y")
             return targets, np.zeros(n, dtype=np.int32)
