@@ -1107,8 +1107,8 @@ cdef class Problem:
         c.csr_val = NULL
         if csr is not None:
             ptr, idx, val = csr
-            if ptr.shape[0] != X.shape[0] + 1:
-                raise ValueError("the CSR index does not match X")
+            if ptr.shape[0] < 1:  # its rows may be a permuted copy: X's rows are then unused
+                raise ValueError("the CSR index has no row pointers")
             c.csr_ptr = &ptr[0]
             c.csr_idx = &idx[0] if idx.shape[0] > 0 else NULL
             c.csr_val = &val[0] if val.shape[0] > 0 else NULL
@@ -1118,15 +1118,15 @@ cdef class Problem:
         c.targets = NULL
         c.labels = NULL
         if targets is not None:
-            if (not isinstance(targets, np.ndarray) or targets.shape != (X.shape[0], c.n_out)
+            if (not isinstance(targets, np.ndarray) or targets.ndim != 2 or targets.shape[1] != c.n_out
                     or not targets.flags.c_contiguous or targets.dtype not in (np.float32, np.float64)):
-                raise ValueError("targets must be a C-contiguous float array of shape (n, n_out)")
+                raise ValueError("targets must be a C-contiguous float array of shape (rows, n_out)")
             address = targets.ctypes.data
             c.targets = <const void*>address
             self.itemsize = targets.dtype.itemsize
             lab = labels
-            if lab.shape[0] != X.shape[0]:
-                raise ValueError("labels must hold one label per row")
+            if lab.shape[0] != targets.shape[0]:
+                raise ValueError("labels must hold one label per target row")
             c.labels = &lab[0] if lab.shape[0] > 0 else NULL
         c.lut = NULL
         c.dropout = dropout
