@@ -3,8 +3,8 @@ the NumPy reference formulas.
 
 Everything else takes its names and codes from here: `_checks` (valid choices), the NumPy
 reference backend (it calls these formulas), the Numba kernels (they import the integer codes;
-module-level ints are compile-time constants there) and the Cython kernels (a generated
-``kernels/ops_codes.pxi`` or an import-time check). Codes are part of the compiled ABI: never
+module-level ints are compile-time constants there) and the Cython kernels (setup.py writes
+``kernels/ops_codes.pxi`` from this module; the Cython backend checks the codes at import). Codes are part of the compiled ABI: never
 renumber one, append new ones.
 
 Adding a hidden activation: one `Activation(...)` entry below (forward + derivative), then one
@@ -114,7 +114,7 @@ LOSSES = {l.name: l for l in (
 HIDDEN = tuple(name for name, a in ACTIVATIONS.items() if a.hidden)
 OUTPUTS = tuple(name for name, a in ACTIVATIONS.items() if a.output)
 
-# Integer constants for the Numba kernels (compile-time constants there) and the .pxi generator.
+# Integer constants for the Numba kernels (compile-time constants there) and setup.py's .pxi.
 ACTIVATION_CODES = {name: a.code for name, a in ACTIVATIONS.items()}
 LOSS_CODES = {name: l.code for name, l in LOSSES.items()}
 SIGMOID, RELU, TANH, LINEAR, SOFTMAX, LEAKY_RELU = (ACTIVATION_CODES[n] for n in (
@@ -137,11 +137,3 @@ def loss_forward(name, z, a, t, output):
 def loss_delta(name, z, a, t, output):
     return LOSSES[name].delta(z, a, t, output)
 
-
-def pxi_source():
-    """The text of kernels/ops_codes.pxi (Cython constants), generated at build time by setup.py."""
-    lines = ["# Generated from fastgd/ops.py by setup.py; do not edit."]
-    lines += [f"DEF ACT_{name.upper()} = {code}" for name, code in ACTIVATION_CODES.items()]
-    lines += [f"DEF LOSS_{name.upper()} = {code}" for name, code in LOSS_CODES.items()]
-    lines.append(f"DEF LEAKY_SLOPE = {LEAKY_SLOPE!r}")
-    return "\n".join(lines) + "\n"
