@@ -228,7 +228,7 @@ class Trainer:
 
     #: Target wall time of one backend call; bounds the Ctrl-C latency. `slice_steps` (an int)
     #: fixes the number of optimiser steps per call instead (tests use it).
-    slice_seconds = 0.02
+    slice_seconds = 0.01
     slice_steps = None
 
     def __init__(self, net, loss="mse", lr=None, batch_size=10, epochs=30, backend="auto", threads=None,
@@ -448,6 +448,7 @@ class Trainer:
         self._run = {"state": state, "history": history, "stopper": stopper}
 
         ws = self._workspace(data, n)
+        self._slice_guess = 4  # steps in the first call; then sized to slice_seconds from measured times
         history.compile_seconds = ws.compile_seconds
         try:
             self._epochs(data, val, n, ws, state, history, stopper, callbacks)
@@ -501,7 +502,7 @@ class Trainer:
         if partial is not None and partial["epoch"] == epoch:
             k, loss_sum, correct, seconds = partial["step"], partial["loss_sum"], partial["correct"], partial["seconds"]
         snapshot = (self.net.params.copy(), [s.copy() for s in opt.state], opt.step_count)
-        n_slice = self.slice_steps or 4
+        n_slice = self.slice_steps or self._slice_guess  # adaptive: carried over from the previous epoch
         result = None
         while k < steps:
             a, b = k * bs, min((k + n_slice) * bs, n)
@@ -525,6 +526,7 @@ class Trainer:
             if self.slice_steps is None:  # aim each call at slice_seconds
                 per_step = took / plan.n_steps
                 n_slice = max(1, min(4 * n_slice, int(self.slice_seconds / per_step) if per_step > 0 else 4 * n_slice))
+                self._slice_guess = n_slice
             try:
                 interrupt.check()
             except KeyboardInterrupt:
