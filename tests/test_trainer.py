@@ -289,3 +289,21 @@ def test_ctrl_c_mid_epoch_leaves_a_consistent_state_that_resumes_exactly(tmp_pat
     Trainer(straight, **settings).fit(X, y)
     np.testing.assert_array_equal(resumed.params, straight.params)
     assert history["epoch"] == list(range(1, 41)) and not any(history["partial"])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", __import__("conftest").BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_divergence_is_caught_on_every_backend(backend, dtype):
+    """ReLU layers can turn NaN into 0 and keep the loss finite over garbage weights, and a last step can
+    make the weights inf: the parameter check after every slice catches both; the epoch's start is restored."""
+    X, y = small_problem(n=64)
+    net = Network([12, 16, 16, 4], activation="relu", output="softmax", dtype=dtype, seed=0)
+    start = net.params.copy()
+    lr = 1e30 if dtype == np.float32 else 1e250
+    trainer = Trainer(net, loss="cross_entropy", lr=lr, momentum=0.9, epochs=3, batch_size=8, backend=backend,
+                      threads=1)
+    with pytest.raises(FloatingPointError, match="diverged in epoch 1"):
+        trainer.fit(X * 1e4, y)
+    np.testing.assert_array_equal(net.params, start)
+    assert len(trainer.history) == 0 and trainer.optimizer.step_count == 0

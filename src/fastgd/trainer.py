@@ -447,6 +447,7 @@ class Trainer:
         n = data[0].shape[0]
         self._run = {"state": state, "history": history, "stopper": stopper}
 
+        self._max_loss = float(np.finfo(self.net.dtype).max)
         ws = self._workspace(data, n)
         self._slice_guess = 4  # steps in the first call; then sized to slice_seconds from measured times
         history.compile_seconds = ws.compile_seconds
@@ -516,7 +517,8 @@ class Trainer:
             k += plan.n_steps
             loss_sum += result.loss_sum
             correct += result.n_correct
-            if not (math.isfinite(loss_sum) and _finite(self.net.params)):
+            # a loss beyond the network dtype's range is divergence too, whatever precision a backend sums in
+            if not (abs(loss_sum) <= self._max_loss and _finite(self.net.params)):
                 self._restore(snapshot)
                 raise FloatingPointError(
                     f"training diverged in epoch {epoch} (loss {loss_sum / max(b, 1):.4g}"
