@@ -33,6 +33,7 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 import numpy as np
 
 cdef extern from "fastgd_simd.h":
+    int FGD_DEBUG_BUILD
     int fgd_thread_num() noexcept nogil
     int fgd_num_threads() noexcept nogil
     void fgd_barrier() noexcept nogil
@@ -99,6 +100,7 @@ ACT_CODES = {"sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH, "linear
              "softmax": ACT_SOFTMAX, "leaky_relu": ACT_LEAKY_RELU}
 LOSS_CODES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY}
 LEAKY_SLOPE = FGD_LEAKY_SLOPE
+DEBUG_BUILD = bool(FGD_DEBUG_BUILD)  # built with FASTGD_DEBUG_BUILD=1 (bounds checks on)
 LANES = VL
 LAYOUT_COLUMNS = LAY_COLS
 SCRATCH_FIELDS = S_SIZE + 1

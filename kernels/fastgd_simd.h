@@ -5,6 +5,13 @@
 #define FASTGD_SIMD_H
 #include <math.h>
 #include <string.h>
+/* which build this is (setup.py's FASTGD_DEBUG_BUILD=1: bounds checks on, -O0) */
+#ifdef FASTGD_DEBUG_BUILD
+#define FGD_DEBUG_BUILD 1
+#else
+#define FGD_DEBUG_BUILD 0
+#endif
+
 #ifdef FASTGD_OPENMP
 #include <omp.h>
 static inline int fgd_thread_num(void) { return omp_get_thread_num(); }

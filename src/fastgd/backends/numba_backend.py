@@ -35,8 +35,10 @@ backend uses, so both backends share one thread pool in a process. NUMBA_THREADI
 set, wins.
 
 Ctrl-C: a compiled call cannot be interrupted; a SIGINT that arrives during one is raised when it
-returns. Numba then reports "returned a result with an exception set" as a SystemError; `_call`
-turns that back into the KeyboardInterrupt it is.
+returns. A compiled function that returns arrays calls back into Python to box them, where the
+pending interrupt surfaced as "SystemError: ... returned a result with an exception set"; so
+every kernel here returns only numbers (the CSR index is allocated in Python and filled in
+place), and `_call` turns any such SystemError back into the KeyboardInterrupt it is.
 """
 from __future__ import annotations
 
@@ -76,9 +78,12 @@ def _call(kernel, *args):
     try:
         return kernel(*args)
     except SystemError as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, KeyboardInterrupt):
-            raise KeyboardInterrupt from None
+        seen, cause = set(), exc
+        while cause is not None and id(cause) not in seen:  # the interrupt may sit a few causes down
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
         raise
 
 
@@ -163,7 +168,7 @@ class NumbaBackend(Backend):
         NO_CSR. Built from X as it is now (never cached beyond a workspace)."""
         if X.dtype != np.uint8 or self.sparse_input == "never" or (first_layer_blas and self.sparse_input == "auto"):
             return NO_CSR
-        csr = _call(K.build_csr, X, np.uint16 if X.shape[1] <= 65536 else np.int32)
+        csr = _call(K.build_csr, X, np.uint16 if X.shape[1] <= 65536 else np.int32)  # see the module docstring
         if self.sparse_input == "always" or csr[1].size <= self.sparse_max_density * max(X.size, 1):
             return csr
         return NO_CSR
@@ -303,7 +308,7 @@ class NumbaBackend(Backend):
         scratch and the gradient buffer. `ws.compile_seconds` is 0.0 when every kernel came from
         the cache; `ws.info` records the warm-up time, cache hits and misses. Leaves net.params
         and plan.rule.state untouched."""
-        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.forward_chunks, K.build_csr)
+        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.forward_chunks, K.csr_fill)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()
         small = net.copy()

@@ -228,21 +228,22 @@ def argmax_row(a, i):
 
 # ---- the input layer's non-zero list ----------------------------------------------------------
 @njit(**JIT)
-def build_csr(X, idx_dtype):
-    """Non-zero pixels of uint8 rows as CSR: (row pointers int64, columns of idx_dtype (uint16
-    when the width allows: less memory traffic per epoch, int32 otherwise), values uint8).
-
-    Built once per input array (the backend caches it), so each epoch reads ~150 entries per
-    MNIST image instead of scanning 784 bytes."""
+def csr_count(X, ptr):
+    """Row pointers of uint8 X's non-zero pixels into ptr (n + 1,); returns their number."""
     n, n_in = X.shape
-    ptr = np.zeros(n + 1, dtype=np.int64)
+    ptr[0] = 0
     for r in range(n):
         c = 0
         for k in range(n_in):
             c += X[r, k] != 0
         ptr[r + 1] = ptr[r] + c
-    idx = np.empty(ptr[n], dtype=idx_dtype)
-    val = np.empty(ptr[n], dtype=np.uint8)
+    return ptr[n]
+
+
+@njit(**JIT)
+def csr_fill(X, ptr, idx, val):
+    """Columns and values of uint8 X's non-zero pixels, row r's at idx/val[ptr[r]:ptr[r + 1]]."""
+    n, n_in = X.shape
     for r in range(n):
         p = ptr[r]
         for k in range(n_in):
@@ -250,6 +251,22 @@ def build_csr(X, idx_dtype):
                 idx[p] = k
                 val[p] = X[r, k]
                 p += 1
+
+
+def build_csr(X, idx_dtype):
+    """Non-zero pixels of uint8 rows as CSR: (row pointers int64, columns of idx_dtype (uint16
+    when the width allows: less memory traffic per epoch, int32 otherwise), values uint8).
+
+    Built once per fit (the backend keeps it in the workspace), so each epoch reads ~150 entries
+    per MNIST image instead of scanning 784 bytes. The arrays are allocated here and filled in
+    place: a compiled function that returns arrays calls back into Python to box them, and a
+    Ctrl-C pending at that moment surfaced as "SystemError: ... returned a result with an
+    exception set" (issue 12); the kernels above return only numbers."""
+    ptr = np.empty(X.shape[0] + 1, dtype=np.int64)
+    nnz = int(csr_count(X, ptr))
+    idx = np.empty(nnz, dtype=idx_dtype)
+    val = np.empty(nnz, dtype=np.uint8)
+    csr_fill(X, ptr, idx, val)
     return ptr, idx, val
 
 
