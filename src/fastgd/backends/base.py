@@ -213,8 +213,9 @@ class EpochPlan:
             array(s, f"rule.state[{i}]", (dt,), 1)
             if s.shape != net.params.shape:
                 raise ValueError(f"plan.rule.state[{i}] has shape {s.shape}; expected {net.params.shape}")
-            if s is net.params or np.shares_memory(s, net.params):
-                raise ValueError(f"plan.rule.state[{i}] shares memory with net.params")
+            others = [net.params, *rule.state[:i]]
+            if any(np.may_share_memory(s, o) for o in others):  # bounds only: all are contiguous 1-D
+                raise ValueError(f"plan.rule.state[{i}] shares memory with net.params or another state array")
         return self
 
 
