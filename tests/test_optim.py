@@ -112,7 +112,8 @@ def test_optimizers_own_their_state():
 
 @pytest.mark.parametrize("make,match", [
     (lambda: optim.Adam(betas=(1.0, 0.9)), "beta1 must lie in"),
-    (lambda: optim.Adam(eps=0), "eps must lie in"),
+    (lambda: optim.Adam(eps=0), "eps must be a finite number > 0"),
+    (lambda: optim.SGD(lr=-1), "lr must be a finite number > 0"),
     (lambda: optim.Adam(betas=0.9), "betas must be a pair"),
     (lambda: optim.SGD(0.1, nesterov=True), "nesterov=True needs momentum"),
     (lambda: optim.SGD(0.1, momentum=1.0), "momentum must lie in"),

@@ -17,6 +17,7 @@ import numbers
 
 import numpy as np
 
+from . import _checks
 from .backends.base import OPTIMIZER_CODES, StepRule
 
 OPTIMIZERS = tuple(OPTIMIZER_CODES)  # ("sgd", "adam", "adamw")
@@ -41,7 +42,7 @@ class Optimizer:
     n_state = 0  # state arrays this optimiser keeps
 
     def __init__(self, lr, weight_decay=0.0, l1=0.0):
-        self.lr = _real(lr, "lr", lo=0.0, lo_open=True)
+        self.lr = _checks.check_positive_float(lr, "lr")
         self.weight_decay = _real(weight_decay, "weight_decay")
         self.l1 = _real(l1, "l1")
         self.state = ()
@@ -134,7 +135,7 @@ class Adam(Optimizer):
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from exc
         self.beta1 = _real(b1, "beta1", hi=1.0, hi_open=True)
         self.beta2 = _real(b2, "beta2", hi=1.0, hi_open=True)
-        self.eps = _real(eps, "eps", lo_open=True)
+        self.eps = _checks.check_positive_float(eps, "eps")
 
     def hyperparameters(self):
         return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps,
