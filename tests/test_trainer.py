@@ -307,3 +307,15 @@ def test_divergence_is_caught_on_every_backend(backend, dtype):
         trainer.fit(X * 1e4, y)
     np.testing.assert_array_equal(net.params, start)
     assert len(trainer.history) == 0 and trainer.optimizer.step_count == 0
+
+
+@pytest.mark.parametrize("backend", __import__("conftest").BACKENDS)
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_history_records_what_the_backend_ran(backend, deterministic):
+    X, y = small_problem(n=300)
+    trainer = Trainer(Network([12, 8, 4], seed=0), lr=1.0, epochs=2, backend=backend, threads=2,
+                      deterministic=deterministic)
+    history = trainer.fit(X, y)
+    for r in history:
+        assert r["mode"] in {"serial", "sync", "hogwild", "numpy"} and 1 <= r["threads_used"] <= 2
+        assert deterministic is False or r["mode"] != "hogwild"
