@@ -91,6 +91,10 @@ def ops_codes_pxi():
              "    double FGD_LEAKY_SLOPE", "", "cdef enum:"]
     lines += [f"    ACT_{name.upper()} = {code}" for name, code in ops.ACTIVATION_CODES.items()]
     lines += [f"    LOSS_{name.upper()} = {code}" for name, code in ops.LOSS_CODES.items()]
+    lines += ["", "# the same, for the backend's import-time check against the ops.py it runs with",
+              "ACT_CODES = {" + ", ".join(f'"{n}": ACT_{n.upper()}' for n in ops.ACTIVATION_CODES) + "}",
+              "LOSS_CODES = {" + ", ".join(f'"{n}": LOSS_{n.upper()}' for n in ops.LOSS_CODES) + "}",
+              "LEAKY_SLOPE = FGD_LEAKY_SLOPE"]
     return "\n".join(lines) + "\n"
 
 

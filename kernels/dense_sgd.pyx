@@ -94,12 +94,8 @@ cdef enum:
     ROWS_AHEAD = 20
     PTR_AHEAD = 40
 
-# The codes this module was compiled with (kernels/ops_codes.pxi, generated from fastgd/ops.py);
+# ACT_CODES, LOSS_CODES, LEAKY_SLOPE: the codes this module was compiled with, from ops_codes.pxi;
 # cython_backend checks at import that they still equal fastgd.ops's (a stale build fails loudly).
-ACT_CODES = {"sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH, "linear": ACT_LINEAR,
-             "softmax": ACT_SOFTMAX, "leaky_relu": ACT_LEAKY_RELU}
-LOSS_CODES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CROSS_ENTROPY}
-LEAKY_SLOPE = FGD_LEAKY_SLOPE
 DEBUG_BUILD = bool(FGD_DEBUG_BUILD)  # built with FASTGD_DEBUG_BUILD=1 (bounds checks on)
 LANES = VL
 LAYOUT_COLUMNS = LAY_COLS
@@ -1039,11 +1035,13 @@ cdef void apply_step(const Ctx* c, floating* P, const floating* S, floating* G,
     cdef int64_t n_in, pad, i0, i1, w_off, o
     cdef floating* S1 = <floating*>r.state1
     cdef floating* S2 = <floating*>r.state2
-    cdef double bc1 = 1.0 - pow(r.beta1, <double>t)
-    cdef double bc2 = 1.0 - pow(r.beta2, <double>t)
+    cdef double bc1, bc2
     if G == NULL:
         minibatch_update(c, P, S, rows, B, <floating>(-lr / B), part, parts)
         return
+    # Adam's bias corrections of step t, in double (plain SGD above never pays for the pow)
+    bc1 = 1.0 - pow(r.beta1, <double>t)
+    bc2 = 1.0 - pow(r.beta2, <double>t)
     minibatch_update(c, G, S, rows, B, (<floating>1) / B, part, parts)
     for l in range(c.n_layers):
         n_in = lay[l * LAY_COLS + L_NIN]

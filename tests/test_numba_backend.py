@@ -80,7 +80,9 @@ def test_prepare_builds_the_workspace_and_leaves_the_network_untouched():
     for s, s0 in zip(plan.rule.state, state):
         np.testing.assert_array_equal(s, s0)
     info = ws.info
-    assert info["cache_hits"] + info["cache_misses"] >= 3  # the epoch, evaluate and forward kernels ran
+    # the epoch, evaluate and forward kernels for these argument types exist now (compiled, or
+    # loaded: a process that already has them counts neither a cache hit nor a miss)
+    assert K.train_epoch.signatures and K.forward_chunks.signatures and K.csr_fill.signatures
     assert ws.compile_seconds == (info["seconds"] if info["compiled"] else 0.0)
     assert ws.csr_of is X and ws.csr[0].shape == (26,)  # the sparse index of this X, built now
     assert not ws.grad.any()
