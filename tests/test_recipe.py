@@ -1,4 +1,4 @@
-"""The training recipe (momentum, weight decay, dropout, schedules, shifts, early stopping,
+"""Training options (momentum, weight decay, dropout, schedules, shifts, early stopping,
 checkpoints) in the reference backend and the Trainer."""
 import numpy as np
 import pytest

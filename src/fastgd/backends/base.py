@@ -62,7 +62,6 @@ SGD, ADAM, ADAMW = OPTIMIZER_CODES["sgd"], OPTIMIZER_CODES["adam"], OPTIMIZER_CO
 
 #: Features a backend may implement; plain SGD needs none.
 FEATURES = ("momentum", "nesterov", "l2", "l1", "dropout", "shift", "adam", "adamw")
-RECIPE_FEATURES = FEATURES[:6]  # the SGD-era subset under its old name, until the compiled backends use FEATURES
 
 
 class BackendUnavailable(ImportError):

@@ -14,7 +14,7 @@ PEERS = ("torch", "jax")
 
 @dataclass(frozen=True)
 class NetSpec:
-    """A benchmark network and the recipe it is trained with."""
+    """A benchmark network and the settings it is trained with (loss, learning rate)."""
 
     key: str
     sizes: tuple
