@@ -448,10 +448,10 @@ class Trainer:
         self._run = {"state": state, "history": history, "stopper": stopper}
 
         self._max_loss = float(np.finfo(self.net.dtype).max)
-        ws = self._workspace(data, n)
         self._slice_guess = 4  # steps in the first call; then sized to slice_seconds from measured times
-        history.compile_seconds = ws.compile_seconds
         try:
+            ws = self._workspace(data, n)  # (a Ctrl-C while compiling stops here, nothing trained)
+            history.compile_seconds = ws.compile_seconds
             self._epochs(data, val, n, ws, state, history, stopper, callbacks)
         except KeyboardInterrupt:
             self.interrupted = True
