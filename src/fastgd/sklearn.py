@@ -47,15 +47,16 @@ class _Task:
     """What the network is asked to learn from y, and how its outputs turn back into predictions.
 
     kind is "binary" (one sigmoid unit, binary cross-entropy), "multiclass" (softmax,
-    cross-entropy), "multilabel" (one sigmoid unit per label) or "regression" (linear units, MSE
-    on targets standardised with the mean and standard deviation of the first fit).
+    cross-entropy), "multilabel" (one sigmoid unit per label) or "regression" (linear units,
+    MSE). The network keeps what a saved model needs: its class labels (`net.classes`) and, for
+    regression, target scalers (`net.fit_scalers(y=...)`, the first fit's mean and standard
+    deviation per output) that the Trainer trains through and `net.predict_proba` undoes.
     """
 
-    def __init__(self, kind, classes=None, y_mean=None, y_scale=None):
+    def __init__(self, kind, classes=None, n_targets=None):
         self.kind = kind
         self.classes = classes
-        self.y_mean = y_mean
-        self.y_scale = y_scale
+        self.n_targets = n_targets
 
     @property
     def n_outputs(self):
@@ -63,7 +64,7 @@ class _Task:
             return 1
         if self.kind in ("multiclass", "multilabel"):
             return len(self.classes)
-        return len(self.y_mean)
+        return self.n_targets
 
     @property
     def output(self):
@@ -72,6 +73,14 @@ class _Task:
     @property
     def loss(self):
         return "mse" if self.kind == "regression" else "cross_entropy"
+
+    def configure(self, net, y):
+        """Store in a new network what its saved file needs to predict on its own."""
+        if self.kind == "regression":
+            # Standardised targets keep a learning rate like 1e-3 sensible for targets of any scale.
+            net.fit_scalers(y=y)
+        elif self.kind in ("binary", "multiclass") and self.classes.dtype.kind in "biufU":
+            net.classes = self.classes
 
     # classification ------------------------------------------------------------------------
     @classmethod
@@ -84,23 +93,18 @@ class _Task:
             raise ValueError(f"MLPClassifier needs samples of at least 2 classes; got 1 class: {classes.tolist()}")
         return cls("binary" if len(classes) == 2 else "multiclass", classes=classes)
 
-    def encode_labels(self, y, dtype):
-        """Targets (n, n_outputs) for the network: one-hot rows, a 0/1 column, or the indicators."""
+    def encode_labels(self, y):
+        """What the Trainer takes: class indices 0..K-1 (LabelEncoder's), or the 0/1 indicator matrix."""
         if self.kind == "multilabel":
             if y.shape[1] != len(self.classes):
                 raise ValueError(f"y has {y.shape[1]} labels per sample; this classifier was fit with {len(self.classes)}")
-            return np.ascontiguousarray(y, dtype=dtype)
-        index = np.searchsorted(self.classes, y)
-        index = np.minimum(index, len(self.classes) - 1)
+            return np.ascontiguousarray(y, dtype=np.float64)
+        index = np.minimum(np.searchsorted(self.classes, y), len(self.classes) - 1)
         unseen = self.classes[index] != y
         if unseen.any():
             raise ValueError(f"y contains labels not in classes_ {self.classes.tolist()}: "
                              f"{np.unique(np.asarray(y)[unseen]).tolist()[:10]}")
-        if self.kind == "binary":
-            return index.astype(dtype).reshape(-1, 1)
-        targets = np.zeros((len(y), len(self.classes)), dtype=dtype)
-        targets[np.arange(len(y)), index] = 1
-        return targets
+        return index.astype(np.int64)
 
     def proba(self, out):
         """Class probabilities from the network's outputs, float64, rows summing to 1 (not multilabel)."""
@@ -112,7 +116,7 @@ class _Task:
         return out
 
     def labels(self, out):
-        if self.kind == "binary":
+        if self.kind == "binary":  # > 0.5 as scikit-learn's LabelBinarizer (and argmax of proba) decide
             return self.classes[(out[:, 0] > 0.5).astype(np.intp)]
         if self.kind == "multiclass":
             return self.classes[np.argmax(out, axis=1)]
@@ -121,19 +125,16 @@ class _Task:
     # regression ----------------------------------------------------------------------------
     @classmethod
     def for_targets(cls, y):
-        """Standardising each output keeps a learning rate like 1e-3 sensible for targets of any scale."""
-        y = np.asarray(y, dtype=np.float64)
-        scale = y.std(axis=0)
-        scale[~(scale > np.finfo(np.float64).tiny * 1e3)] = 1.0  # a constant target is only shifted
-        return cls("regression", y_mean=y.mean(axis=0), y_scale=scale)
+        return cls("regression", n_targets=y.shape[1])
 
-    def encode_targets(self, y, dtype):
-        if y.shape[1] != len(self.y_mean):
-            raise ValueError(f"y has {y.shape[1]} outputs per sample; this regressor was fit with {len(self.y_mean)}")
-        return np.ascontiguousarray((y - self.y_mean) / self.y_scale, dtype=dtype)
+    def encode_targets(self, y):
+        if y.shape[1] != self.n_targets:
+            raise ValueError(f"y has {y.shape[1]} outputs per sample; this regressor was fit with {self.n_targets}")
+        return y  # raw: the Trainer standardises it through the network's target scalers
 
-    def values(self, out):
-        return out.astype(np.float64) * self.y_scale + self.y_mean
+    @staticmethod
+    def values(out):
+        return out.astype(np.float64)  # net.predict_proba has already undone the target scaling
 
 
 def _check_hidden(hidden_layer_sizes):
@@ -248,12 +249,6 @@ class _BaseMLP(BaseEstimator):
                           nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
         else:
             kwargs.update(beta1=float(self.beta_1), beta2=float(self.beta_2), eps=float(self.epsilon))
-        import inspect  # TEMPORARY until the core's optimizer= lands: SGD through the old keywords
-        if "optimizer" not in inspect.signature(Trainer).parameters:
-            if solver != "sgd":
-                raise NotImplementedError("this fastgd's Trainer has no Adam yet")
-            kwargs["l2"] = kwargs.pop("weight_decay")
-            del kwargs["optimizer"]
         return Trainer(self.net_, loss=self._task.loss, batch_size=batch_size, epochs=epochs,
                        backend=self.backend, threads=self.threads, seed=seed, shuffle=bool(self.shuffle),
                        **kwargs)
@@ -274,6 +269,7 @@ class _BaseMLP(BaseEstimator):
             activation = _ACTIVATION_ALIASES.get(self.activation, self.activation)
             self.net_ = Network(sizes, activation=activation, output=self._task.output, dtype=dtype,
                                 seed=int(rng.randint(np.iinfo(np.int32).max)))
+            self._task.configure(self.net_, y)
             self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
             self.best_loss_ = np.inf
             self.validation_scores_ = [] if self.early_stopping else None
@@ -371,13 +367,6 @@ class _BaseMLP(BaseEstimator):
     def out_activation_(self):
         return {"sigmoid": "logistic", "linear": "identity"}.get(self.net_.output, self.net_.output)
 
-    def __setstate__(self, state):
-        # Rebuild the network's views onto its parameter buffer after unpickling (a plain unpickle
-        # gives weights/biases arrays that no longer share memory with net.params).
-        self.__dict__.update(state)
-        if "net_" in state:
-            self.net_ = self.net_.copy()
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
@@ -420,7 +409,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return y
 
     def _encode(self, y):
-        return self._task.encode_labels(y, self.net_.dtype)
+        return self._task.encode_labels(y)
 
     def _validation_score(self, X, y):
         pred = self._task.labels(self.net_.predict_proba(X, self.backend, self.threads))
@@ -476,7 +465,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
 
     def _encode(self, y):
-        return self._task.encode_targets(y, self.net_.dtype)
+        return self._task.encode_targets(y)
 
     def _validation_score(self, X, y):
         return float(r2_score(y, self._task.values(self.net_.predict_proba(X, self.backend, self.threads))))
