@@ -151,13 +151,38 @@ def test_constant_target_is_predicted():
 def test_alpha_is_scaled_like_sklearn_and_solver_keywords_reach_the_trainer(iris):
     X, y = iris
     est = MLPClassifier((4,), alpha=0.5, batch_size=25, solver="sgd", momentum=0.8, nesterovs_momentum=False,
-                        max_iter=1, random_state=0)
+                        learning_rate_init=0.03, max_iter=1, random_state=0)
     quiet(est.fit, X, y)
     trainer = est._trainer(25, 1, seed=0)
-    assert trainer.batch_size == 25
-    decay = getattr(trainer, "weight_decay", getattr(trainer, "l2", None))
-    assert decay == pytest.approx(0.5 / 25)
-    assert trainer.momentum == 0.8 and trainer.nesterov is False
+    assert trainer.batch_size == 25 and trainer.lr == 0.03
+    assert trainer.weight_decay == pytest.approx(0.5 / 25)
+    assert trainer.momentum == 0.8 and trainer.nesterov is False and trainer.optimizer.name == "sgd"
+    est.set_params(solver="adam", beta_1=0.8, beta_2=0.99, epsilon=1e-6)
+    opt = est._trainer(25, 1, seed=0).optimizer
+    assert (opt.name, opt.beta1, opt.beta2, opt.eps, opt.weight_decay) == ("adam", 0.8, 0.99, 1e-6, 0.5 / 25)
+    est.set_params(solver="adamw")
+    opt = est._trainer(25, 1, seed=0).optimizer
+    assert opt.name == "adamw" and opt.weight_decay == 0.5  # decoupled decay: alpha as given
+
+
+def test_partial_fit_continues_the_optimiser_and_fit_starts_afresh(iris):
+    X, y = iris
+    clf = MLPClassifier((8,), batch_size=50, random_state=0)
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    opt = clf._optimizer_
+    assert opt.step_count == 3
+    m = opt.state[0].copy()
+    clf.partial_fit(X, y)
+    assert clf._optimizer_ is opt and opt.step_count == 6 and not np.array_equal(m, opt.state[0])
+    # the same as one Trainer run of 2 epochs over the same data with the same visiting orders
+    ref = MLPClassifier((8,), batch_size=50, random_state=0, shuffle=False)
+    two = MLPClassifier((8,), batch_size=50, random_state=0, shuffle=False, max_iter=2)
+    ref.partial_fit(X, y, classes=[0, 1, 2])
+    ref.partial_fit(X, y)
+    quiet(two.fit, X, y)
+    assert np.allclose(ref.net_.params, two.net_.params, rtol=1e-5, atol=1e-6)
+    quiet(clf.fit, X, y)  # fit() makes a new optimiser
+    assert clf._optimizer_ is not opt
 
 
 @pytest.mark.parametrize("params, match", [

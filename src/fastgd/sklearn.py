@@ -32,6 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError('fastgd.sklearn needs scikit-learn >= 1.6: pip install "fastgd[sklearn]"') from exc
 
+from . import optim
 from .network import Network
 from .trainer import Trainer
 
@@ -40,6 +41,36 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 #: scikit-learn's activation names that differ from fastgd's; any other name goes to Network as is.
 _ACTIVATION_ALIASES = {"logistic": "sigmoid"}
 SOLVERS = ("sgd", "adam", "adamw")
+
+
+class _Continued:
+    """An optimiser that keeps its state when a Trainer resets it, once it has state of the right shape.
+
+    The Trainer starts every fit() with fresh optimiser state; scikit-learn's partial_fit instead
+    continues one optimiser across calls (Adam's moments and step count). Each estimator fit()
+    makes a new one of these, so fit() still starts afresh; partial_fit passes the same one again.
+    """
+
+    def reset(self, params):
+        if len(self.state) == self._state_arrays() and \
+                all(s.shape == params.shape and s.dtype == params.dtype for s in self.state) and self._started:
+            return self
+        self._started = True
+        return super().reset(params)
+
+    _started = False
+
+
+class _ContinuedSGD(_Continued, optim.SGD):
+    pass
+
+
+class _ContinuedAdam(_Continued, optim.Adam):
+    pass
+
+
+class _ContinuedAdamW(_Continued, optim.AdamW):
+    pass
 
 
 # ---- targets: encoding for the network and decoding of its outputs -----------------------------
@@ -237,21 +268,30 @@ class _BaseMLP(BaseEstimator):
             return n
         return int(self.batch_size)
 
-    def _trainer(self, batch_size, epochs, seed):
+    def _optimizer(self, batch_size, incremental):
+        """scikit-learn's solver settings as a fastgd optimiser; partial_fit continues the last one."""
+        lr = float(self.learning_rate_init)
+        # scikit-learn adds alpha * W to the *summed* minibatch gradient before dividing by the
+        # batch rows, so its L2 per mean-gradient step is alpha / batch_size. AdamW's decay is
+        # decoupled (W -= lr * wd * W), and there alpha is that weight_decay as given.
+        decay = float(self.alpha) if self.solver == "adamw" else float(self.alpha) / batch_size
+        opt = getattr(self, "_optimizer_", None)
+        if not incremental or opt is None or opt.name != self.solver:
+            if self.solver == "sgd":
+                momentum = float(self.momentum)
+                opt = _ContinuedSGD(lr, momentum=momentum, nesterov=bool(self.nesterovs_momentum and momentum > 0))
+            else:
+                cls = _ContinuedAdam if self.solver == "adam" else _ContinuedAdamW
+                opt = cls(lr, betas=(float(self.beta_1), float(self.beta_2)), eps=float(self.epsilon))
+        opt.lr, opt.weight_decay = lr, decay  # may differ between partial_fit calls (set_params, batch size)
+        self._optimizer_ = opt
+        return opt
+
+    def _trainer(self, batch_size, epochs, seed, incremental=False):
         """The Trainer for one fit/partial_fit call: scikit-learn's names mapped onto fastgd's."""
-        solver = self.solver
-        kwargs = dict(optimizer=solver, lr=float(self.learning_rate_init),
-                      # scikit-learn adds alpha * W to the *summed* minibatch gradient before dividing
-                      # by the batch rows, so its L2 per mean-gradient step is alpha / batch_size.
-                      weight_decay=float(self.alpha) / batch_size)
-        if solver == "sgd":
-            kwargs.update(momentum=float(self.momentum),
-                          nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
-        else:
-            kwargs.update(beta1=float(self.beta_1), beta2=float(self.beta_2), eps=float(self.epsilon))
         return Trainer(self.net_, loss=self._task.loss, batch_size=batch_size, epochs=epochs,
                        backend=self.backend, threads=self.threads, seed=seed, shuffle=bool(self.shuffle),
-                       **kwargs)
+                       optimizer=self._optimizer(batch_size, incremental))
 
     # ---- training ----------------------------------------------------------------------------
     def _fit(self, X, y, incremental=False, classes=None):
@@ -294,7 +334,7 @@ class _BaseMLP(BaseEstimator):
         epochs = 1 if incremental else int(self.max_iter)
         if not incremental and not self.warm_start:
             self._no_improvement = 0
-        trainer = self._trainer(batch_size, epochs, seed=int(rng.randint(np.iinfo(np.int32).max)))
+        trainer = self._trainer(batch_size, epochs, int(rng.randint(np.iinfo(np.int32).max)), incremental)
         best_params = [None]
 
         def after_epoch(record, _trainer):
