@@ -324,6 +324,16 @@ def test_warm_start_continues_from_the_current_weights(iris):
     assert cold.net_ is not first and cold.n_iter_ == 3
 
 
+def test_warm_start_may_switch_early_stopping_on_and_off(iris):
+    X, y = iris
+    clf = MLPClassifier((8,), max_iter=3, warm_start=True, random_state=0)
+    quiet(clf.fit, X, y)
+    quiet(clf.set_params(early_stopping=True).fit, X, y)
+    assert len(clf.validation_scores_) == 3 and clf.best_loss_ is None
+    quiet(clf.set_params(early_stopping=False).fit, X, y)
+    assert np.isfinite(clf.best_loss_) and clf.n_iter_ == 9
+
+
 def test_partial_fit_needs_classes_and_learns_over_calls(iris):
     X, y = iris
     clf = MLPClassifier((16,), learning_rate_init=0.02, random_state=0)

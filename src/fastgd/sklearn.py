@@ -317,6 +317,10 @@ class _BaseMLP(BaseEstimator):
             self._no_improvement = 0
         elif self.net_.dtype != dtype:
             raise ValueError(f"dtype changed from {self.net_.dtype} to {dtype} since the first fit; refit from scratch")
+        elif self.early_stopping and self.validation_scores_ is None:  # switched on between warm-started fits
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+        elif not self.early_stopping and self.best_loss_ is None:  # switched off
+            self.best_loss_ = np.inf
         targets = self._encode(y)
 
         val = None
