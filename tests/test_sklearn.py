@@ -21,8 +21,9 @@ import fastgd  # noqa: E402
 from fastgd.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 # The defaults users get (Adam, float32, backend "auto"), and the other solvers in float64 on
-# small networks. scikit-learn itself skips check_array_api_input (SCIPY_ARRAY_API unset; we
-# claim no array API support) and the decision_function output-format check (we have none).
+# small networks. scikit-learn itself skips check_array_api_input unless SCIPY_ARRAY_API=1 is set
+# before scipy is imported (it passes then: `SCIPY_ARRAY_API=1 pytest tests/test_sklearn.py -k
+# array_api`), and the multilabel decision_function format check (we have no decision_function).
 CHECKED = [
     MLPClassifier(random_state=0),
     MLPRegressor(random_state=0),
