@@ -25,8 +25,10 @@ from sklearn.neural_network import MLPClassifier as SkClassifier
 from sklearn.neural_network import MLPRegressor as SkRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 import fastgd
+from fastgd._checks import available_cores
 from fastgd.sklearn import MLPClassifier, MLPRegressor
 
 
@@ -42,10 +44,11 @@ def datasets(quick):
     yield f"make_regression {len(X):,}×20", "regress", X, y, (64, 32), 20
 
 
-def run(make, X_tr, y_tr, X_te, y_te):
+def run(make, X_tr, y_tr, X_te, y_te, threads):
     est = make_pipeline(StandardScaler(), make())
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    # the same thread count for both: fastgd's threads=, and the BLAS pool scikit-learn's MLP uses
+    with warnings.catch_warnings(), threadpool_limits(threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X_tr, y_tr)
     seconds = time.perf_counter() - start
@@ -57,8 +60,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a tenth of the rows (default: the full sizes)")
     ap.add_argument("--seed", type=int, default=0, help="random_state for both libraries (default 0)")
     ap.add_argument("--backend", default="auto", help="fastgd backend (default auto)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both libraries (default: every core). On a machine shared with other "
+                         "work, use 1: BLAS and OpenMP threads that wait for a busy core slow both sides ~10x")
     args = ap.parse_args(argv)
 
+    threads = args.threads or available_cores()  # what threads=None means in fastgd
     rows = []
     for name, task, X, y, hidden, epochs in datasets(args.quick):
         X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=0)
@@ -67,9 +74,10 @@ def main(argv=None):
                       random_state=args.seed)
         ours, theirs = (MLPClassifier, SkClassifier) if task == "classify" else (MLPRegressor, SkRegressor)
         warm = dict(common, max_iter=1)
-        run(lambda: ours(**warm, backend=args.backend), X_tr[:400], y_tr[:400], X_te[:50], y_te[:50])  # JIT warm-up
-        f_score, f_sec, f_it = run(lambda: ours(**common, backend=args.backend), X_tr, y_tr, X_te, y_te)
-        s_score, s_sec, s_it = run(lambda: theirs(**common), X_tr, y_tr, X_te, y_te)
+        mine = dict(backend=args.backend, threads=threads)
+        run(lambda: ours(**warm, **mine), X_tr[:400], y_tr[:400], X_te[:50], y_te[:50], threads)  # JIT warm-up
+        f_score, f_sec, f_it = run(lambda: ours(**common, **mine), X_tr, y_tr, X_te, y_te, threads)
+        s_score, s_sec, s_it = run(lambda: theirs(**common), X_tr, y_tr, X_te, y_te, threads)
         assert f_it == s_it == epochs, (f_it, s_it, epochs)
         metric = "accuracy" if task == "classify" else "R²"
         n_out = len(np.unique(y)) if task == "classify" else 1
@@ -80,8 +88,10 @@ def main(argv=None):
     import sklearn
 
     print(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.processor() or platform.machine()}"
-          f", Python {platform.python_version()}, fastgd {fastgd.__version__}, scikit-learn {sklearn.__version__}; "
-          f"`python bench/sklearn_compare.py{' --quick' if args.quick else ''}`. Adam (lr 1e-3, batch 200, "
+          f", Python {platform.python_version()}, fastgd {fastgd.__version__}, scikit-learn {sklearn.__version__}, "
+          f"{threads} thread{'s' if threads > 1 else ''} each; "
+          f"`python bench/sklearn_compare.py{' --quick' if args.quick else ''}"
+          f"{f' --threads {args.threads}' if args.threads else ''}`. Adam (lr 1e-3, batch 200, "
           f"alpha 1e-4), ReLU, StandardScaler in a Pipeline, the same epochs for both; test split 20%; fit wall "
           f"time, fastgd's one-time JIT compilation excluded.\n")
     print("| data | network | epochs | metric | fastgd | scikit-learn | fastgd time | scikit-learn time | speed-up |")
