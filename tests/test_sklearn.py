@@ -381,7 +381,7 @@ def test_pipeline_gridsearch_and_cross_val_score():
     X, y = make_classification(600, 10, n_informative=6, n_classes=3, random_state=0)
     X = X * 50 + 20  # badly scaled on purpose: the pipeline's scaler fixes it
     pipe = Pipeline([("scale", StandardScaler()),
-                     ("mlp", MLPClassifier((16,), max_iter=40, learning_rate_init=0.01, random_state=0, threads=1))])
+                     ("mlp", MLPClassifier((16,), max_iter=40, learning_rate_init=0.01, random_state=0))])
     scores = quiet(cross_val_score, pipe, X, y, cv=3)
     assert scores.shape == (3,) and scores.mean() > 0.7
     grid = GridSearchCV(pipe, {"mlp__hidden_layer_sizes": [(4,), (32,)], "mlp__alpha": [1e-4, 1e-2]}, cv=3, n_jobs=2)
@@ -392,6 +392,18 @@ def test_pipeline_gridsearch_and_cross_val_score():
                     ("mlp", MLPRegressor((16,), max_iter=100, learning_rate_init=0.01, random_state=0, threads=1))])
     Xr, yr = make_regression(400, 6, noise=1.0, random_state=0)
     assert quiet(cross_val_score, reg, Xr, yr, cv=3).mean() > 0.8
+
+
+def test_threads_none_follows_omp_num_threads_as_joblib_workers_set_it(iris, monkeypatch):
+    X, y = iris
+    clf = quiet(MLPClassifier((4,), max_iter=1, random_state=0).fit, X, y)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert clf._trainer(10, 1, seed=0).threads == 1
+    assert clf.set_params(threads=2)._trainer(10, 1, seed=0).threads == 2  # an explicit count wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert clf.set_params(threads=None)._threads() is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert clf._threads() is None
 
 
 def test_clone_gives_an_unfitted_copy(iris):

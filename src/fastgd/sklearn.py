@@ -17,6 +17,7 @@ scikit-learn is an optional extra; ``import fastgd`` never imports this module.
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -33,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError('fastgd.sklearn needs scikit-learn >= 1.6: pip install "fastgd[sklearn]"') from exc
 
 from . import optim
+from ._checks import available_cores
 from .network import Network
 from .trainer import Trainer
 
@@ -287,10 +289,22 @@ class _BaseMLP(BaseEstimator):
         self._optimizer_ = opt
         return opt
 
+    def _threads(self):
+        """threads=None: every core, unless OMP_NUM_THREADS says less. joblib sets it in the workers of
+        GridSearchCV(n_jobs=k) and cross_val_score(n_jobs=k) to cores // k, and threads that wait for
+        a core another worker holds slow training ~10x."""
+        if self.threads is not None:
+            return self.threads
+        try:
+            limit = int(os.environ.get("OMP_NUM_THREADS", ""))
+        except ValueError:
+            return None
+        return max(1, limit) if limit < available_cores() else None
+
     def _trainer(self, batch_size, epochs, seed, incremental=False):
         """The Trainer for one fit/partial_fit call: scikit-learn's names mapped onto fastgd's."""
         return Trainer(self.net_, loss=self._task.loss, batch_size=batch_size, epochs=epochs,
-                       backend=self.backend, threads=self.threads, seed=seed, shuffle=bool(self.shuffle),
+                       backend=self.backend, threads=self._threads(), seed=seed, shuffle=bool(self.shuffle),
                        optimizer=self._optimizer(batch_size, incremental))
 
     # ---- training ----------------------------------------------------------------------------
@@ -385,7 +399,7 @@ class _BaseMLP(BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=self.net_.dtype, accept_sparse=("csr", "csc", "coo"))
         if hasattr(X, "toarray"):
             X = np.ascontiguousarray(X.toarray(), dtype=self.net_.dtype)
-        return self.net_.predict_proba(X, backend=self.backend, threads=self.threads)
+        return self.net_.predict_proba(X, backend=self.backend, threads=self._threads())
 
     # ---- scikit-learn's fitted attributes, read from the network's flat parameter buffer ------
     @property
@@ -423,7 +437,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Parameters follow `sklearn.neural_network.MLPClassifier` (solver "sgd", "adam" or "adamw";
     no "lbfgs" and no learning-rate schedule), plus fastgd's `backend` ("auto", "numpy",
-    "cython", "numba"), `threads` (None: every core) and `dtype` ("float32" or "float64").
+    "cython", "numba"), `threads` (None: every core, or OMP_NUM_THREADS if that is lower, as in
+    joblib's workers) and `dtype` ("float32" or "float64").
 
     Labels may be of any type (sorted as np.unique does, like LabelEncoder). Two classes train one
     sigmoid unit with binary cross-entropy, more classes a softmax with cross-entropy; a 2-D 0/1
@@ -456,7 +471,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._task.encode_labels(y)
 
     def _validation_score(self, X, y):
-        pred = self._task.labels(self.net_.predict_proba(X, self.backend, self.threads))
+        pred = self._task.labels(self.net_.predict_proba(X, self.backend, self._threads()))
         return float(np.mean(np.all(pred == y, axis=1) if y.ndim == 2 else pred == y))  # subset accuracy
 
     def partial_fit(self, X, y, classes=None):
@@ -512,7 +527,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._task.encode_targets(y)
 
     def _validation_score(self, X, y):
-        return float(r2_score(y, self._task.values(self.net_.predict_proba(X, self.backend, self.threads))))
+        return float(r2_score(y, self._task.values(self.net_.predict_proba(X, self.backend, self._threads()))))
 
     def partial_fit(self, X, y):
         """One epoch over (X, y); the first call fixes the target standardisation."""
