@@ -289,8 +289,8 @@ def load_spec_file(path):
             try:
                 import yaml
             except ImportError as exc:
-                raise ImportError('reading a YAML sweep spec needs PyYAML: pip install "fastgd[sweep]" '
-                                  '(or use a .json or .toml spec)') from exc
+                raise ImportError("reading a YAML sweep spec needs PyYAML: pip install pyyaml "
+                                  "(or use a .json or .toml spec)") from exc
             data = yaml.safe_load(text)
         elif suffix == ".json":
             data = json.loads(text)
@@ -301,8 +301,8 @@ def load_spec_file(path):
                 try:
                     import tomli as tomllib
                 except ImportError as exc:
-                    raise ImportError('reading a TOML sweep spec on Python 3.10 needs tomli: '
-                                      'pip install "fastgd[sweep]"') from exc
+                    raise ImportError("reading a TOML sweep spec on Python 3.10 needs tomli: "
+                                      "pip install tomli") from exc
             data = tomllib.loads(text)
     except ImportError:
         raise
