@@ -242,16 +242,17 @@ class _Driver:
         for r in self.store.records.values():
             if r.get("sweep_id") == self.sweep_id:
                 earlier.setdefault(json.dumps(r["point"], sort_keys=True, default=str), []).append(r)
-        complete = 0
+        finished, unfinished = [], []
         for group in earlier.values():
             point = group[0]["point"]
             tasks = [self._task(point, s) for s in seeds]
             if all(self._done(t.trial_id) for t in tasks):
-                search.add_finished(point, self._mean([self.store.records[t.trial_id] for t in tasks]))
-                complete += 1
+                finished.append((point, self._mean([self.store.records[t.trial_id] for t in tasks])))
                 self.skipped += len(tasks)
             else:
-                search.enqueue(point)
+                unfinished.append(point)
+        search.open(finished, unfinished)
+        complete = len(finished)
         self._init_best()
         total = max(self.spec.trials, complete) * len(seeds)
         self._open_bar(total, self.skipped)

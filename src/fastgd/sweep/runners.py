@@ -125,7 +125,6 @@ class LocalPoolRunner:
         if executor is None:
             return
         if cancel:
-            executor.shutdown(wait=False, cancel_futures=True)
             _terminate_workers(executor)
         else:
             executor.shutdown(wait=True)
@@ -137,9 +136,11 @@ def _terminate_workers(executor):
     if hasattr(executor, "terminate_workers"):  # Python 3.14+
         executor.terminate_workers()
         return
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # shutdown() forgets them
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
         process.terminate()
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    for process in processes:
         process.join(timeout=5)
 
 

@@ -60,9 +60,21 @@ class OptunaSearch:
             raise ImportError('search "optuna" needs Optuna: pip install "fastgd[optuna]"') from exc
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._optuna = optuna
-        self.space = space
-        self.study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
+        self.space, self.direction, self.seed = space, direction, seed
         self.distributions = {name: self._distribution(dim) for name, dim in space.items()}
+        self.study = None
+
+    def open(self, finished=(), unfinished=()):
+        """Start the study: `finished` is [(point, value or None)] from an earlier run of this sweep,
+        told first; `unfinished` points (some seeds missing) are asked first. The sampler's seed moves
+        on with the number of finished points, so a resumed search does not repeat its first samples."""
+        finished = list(finished)
+        sampler = self._optuna.samplers.TPESampler(seed=self.seed + 1_000_003 * len(finished))
+        self.study = self._optuna.create_study(direction=self.direction, sampler=sampler)
+        for point, value in finished:
+            self._add_finished(point, value)
+        for point in unfinished:
+            self._enqueue(point)
 
     def _distribution(self, dim):
         d = self._optuna.distributions
@@ -78,14 +90,14 @@ class OptunaSearch:
             return dim.values[[_categorical(v) for v in dim.values].index(value)]
         return value
 
-    def add_finished(self, point, value):
+    def _add_finished(self, point, value):
         """Tell the study about a point that finished in an earlier run (value None: it failed)."""
         params = {name: _categorical(v) if isinstance(self.space[name], Choice) else v for name, v in point.items()}
         state = self._optuna.trial.TrialState.COMPLETE if value is not None else self._optuna.trial.TrialState.FAIL
         self.study.add_trial(self._optuna.trial.create_trial(
             params=params, distributions=self.distributions, value=value, state=state))
 
-    def enqueue(self, point):
+    def _enqueue(self, point):
         """Ask this point next (an unfinished point of an earlier run)."""
         self.study.enqueue_trial({name: _categorical(v) if isinstance(self.space[name], Choice) else v
                                   for name, v in point.items()})
