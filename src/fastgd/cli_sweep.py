@@ -8,7 +8,6 @@ the flags add to and override the file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 

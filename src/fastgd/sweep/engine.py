@@ -6,6 +6,7 @@ first trial starts. Trials then run on the chosen runner; each finished one is a
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -88,7 +89,7 @@ def run_sweep(spec=None, *, data=None, out="sweep", workers=None, scheduler=None
     on_result(record): called after each finished trial is on disk.
     """
     started = time.perf_counter()
-    spec = parse_spec(_raw_spec(spec, spec_keys))
+    spec = copy.deepcopy(parse_spec(_raw_spec(spec, spec_keys)))  # (a SweepSpec passed in stays as it was)
     runner = make_runner(workers, scheduler, dask_client)
     if on_result is not None and not callable(on_result):
         raise TypeError("on_result must be a callable taking a record")
@@ -180,7 +181,16 @@ class _Driver:
 
     def start(self, progress):
         self.progress = progress
-        self.runner.start(self.data)
+        self.started = False
+
+    def _ensure_started(self):
+        if not self.started:  # no pool or cluster connection when every trial is already on disk
+            self.runner.start(self.data)
+            self.started = True
+
+    def _submit(self, task):
+        self._ensure_started()
+        self.runner.submit(task)
 
     def _open_bar(self, total, initial):
         if self.progress and self.bar is None:
@@ -230,8 +240,8 @@ class _Driver:
         self._init_best()
         self._open_bar(len(todo) + self.skipped, self.skipped)
         for task in todo:
-            self.runner.submit(task)
-        while self.runner.pending():
+            self._submit(task)
+        while todo and self.runner.pending():
             for task, record, params in self.runner.wait():
                 self._record(task, record, params)
 
@@ -259,7 +269,9 @@ class _Driver:
         in_flight = {}  # trial id -> point key;  point key -> [handle, remaining, records]
         points = {}
         asked = complete
-        capacity = max(1, math.ceil(self.runner.slots / len(seeds)))
+        if asked < self.spec.trials:
+            self._ensure_started()
+        capacity = max(1, math.ceil(getattr(self.runner, "slots", 1) / len(seeds)))
         while asked < self.spec.trials or points:
             while asked < self.spec.trials and len(points) < capacity:
                 handle, point = search.ask()
@@ -276,7 +288,7 @@ class _Driver:
                     else:
                         entry[1] += 1
                         in_flight[task.trial_id] = key
-                        self.runner.submit(task)
+                        self._submit(task)
                 if entry[1] == 0:
                     search.tell(handle, self._mean(entry[2]))
                     del points[key]

@@ -44,7 +44,7 @@ class SequentialRunner:
         return [(task, *run_trial(self._data, task))]
 
     def close(self, cancel=False):
-        self._queue.clear()
+        self._queue = deque()
 
 
 # ---- local process pool --------------------------------------------------------------------
@@ -167,6 +167,8 @@ class DaskRunner:
             raise ValueError("give a scheduler address or a dask client, not both or neither")
         self._address, self._client, self._own_client = address, client, client is None
         self.retries = retries
+        self.slots = 1
+        self.description = f"dask {address or 'client'}"
 
     def start(self, data):
         distributed = import_distributed()

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .spec import Choice, Uniform
+from .spec import Choice
 
 
 def grid_points(grid):
