@@ -271,7 +271,7 @@ def test_resume_after_an_interrupted_sweep(tmp_path):
     assert set(multiprocessing.active_children()) - before == set()  # the pool's workers were stopped
     on_disk = results_lines(tmp_path)
     assert [r["trial_id"] for r in on_disk] == seen
-    resumed = fastgd.sweep(spec, out=tmp_path, workers=2, progress=False)
+    resumed = fastgd.sweep(spec, out=tmp_path, workers=1, progress=False)
     assert (resumed.skipped, resumed.ran) == (3, 6)
     lines = results_lines(tmp_path)
     assert len(lines) == 9 and len({r["trial_id"] for r in lines}) == 9
@@ -319,7 +319,7 @@ def test_random_search_and_its_extension(tmp_path):
 def test_optuna_search_asks_and_resumes(tmp_path):
     pytest.importorskip("optuna")  # in the test extra
     space = {"lr": {"low": 0.01, "high": 0.5, "log": True}, "batch_size": [16, 32]}
-    first = fastgd.sweep(tiny_spec(random=space, search="optuna", trials=4, seeds=2), out=tmp_path, workers=2,
+    first = fastgd.sweep(tiny_spec(random=space, search="optuna", trials=4, seeds=2), out=tmp_path, workers=1,
                          progress=False)
     assert len(first.records) == 8 and len(first.rows) == 4 and all(row["n"] == 2 for row in first.rows)
     for r in first.records:

@@ -151,7 +151,7 @@ def plot(records, swept, metric, path):
 
     ok = [r for r in records if r.get("status") == "ok" and r.get(metric) is not None]
     names = swept or ["seed"]
-    cols = min(3, len(names))
+    cols = 2 if len(names) == 4 else min(3, len(names))
     rows_n = math.ceil(len(names) / cols)
     fig = _figure(4.2 * cols, 3.4 * rows_n)
     scale = 100 if metric.endswith("accuracy") else 1
@@ -163,7 +163,7 @@ def plot(records, swept, metric, path):
         if numeric:
             xs = [float(v) for v in values]
             positive = [x for x in xs if x > 0]
-            if positive and len(positive) == len(xs) and max(xs) / min(xs) >= 20:
+            if positive and len(positive) == len(xs) and max(xs) / min(xs) >= 50:  # wide positive ranges (lr, l2)
                 ax.set_xscale("log")
         else:
             labels = sorted({_fmt_value(v) for v in values})
@@ -173,9 +173,10 @@ def plot(records, swept, metric, path):
         means = {}
         for x, y in zip(xs, ys):
             means.setdefault(x, []).append(y)
-        mx = sorted(means)
-        ax.plot(mx, [np.mean(means[x]) for x in mx], color="tab:orange", marker="o", ms=3,
-                label="mean over seeds" if len(swept) <= 1 else "mean")
+        if all(len(v) > 1 for v in means.values()):  # a grid or seeds: join the means; random samples stay dots
+            mx = sorted(means)
+            ax.plot(mx, [np.mean(means[x]) for x in mx], color="tab:orange", marker="o", ms=3,
+                    label="mean over seeds" if len(swept) <= 1 else "mean")
         ax.set_xlabel(name)
         ax.set_ylabel(metric + (" (%)" if scale == 100 else ""))
         ax.grid(alpha=0.3)

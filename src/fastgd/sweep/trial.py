@@ -14,6 +14,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Task:
@@ -32,7 +34,9 @@ def trial_id(settings, seed, data_token):
 
 
 def finite_or_none(value):
-    """JSON has no NaN or infinity; write them as null."""
+    """JSON has no NaN or infinity; write them as null (and NumPy scalars as plain numbers)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
