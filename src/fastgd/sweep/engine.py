@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import sys
@@ -91,6 +92,8 @@ def run_sweep(spec=None, *, data=None, out="sweep", workers=None, scheduler=None
     started = time.perf_counter()
     spec = copy.deepcopy(parse_spec(_raw_spec(spec, spec_keys)))  # (a SweepSpec passed in stays as it was)
     runner = make_runner(workers, scheduler, dask_client)
+    if plot and importlib.util.find_spec("matplotlib") is None:  # say so before the trials, not after
+        raise ImportError('--plot needs matplotlib, which is not installed: pip install "fastgd[plot]"')
     if on_result is not None and not callable(on_result):
         raise TypeError("on_result must be a callable taking a record")
     sweep_data = load_data(data if data is not None else spec.data, spec.train_size, spec.test_size)
