@@ -88,7 +88,7 @@ def spec_from_args(args):
     if args.seeds is not None:
         seeds = [parse_value(s) for s in split_top_level(args.seeds)]
         spec["seeds"] = seeds[0] if len(seeds) == 1 and "," not in args.seeds else seeds
-    for key in ("recipe", "search", "trials", "search_seed", "metric", "data", "train_size", "test_size"):
+    for key in ("recipe", "search", "trials", "search_seed", "metric", "data", "target", "train_size", "test_size"):
         value = getattr(args, key)
         if value is not None:
             spec[key] = value
@@ -114,7 +114,8 @@ def add_arguments(p):
     g.add_argument("--search-seed", type=int, default=None, help="seed of the random/optuna sampler (0)")
     g.add_argument("--metric", default=None, help="what 'best' means (default test_accuracy)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default=None, metavar="DIR|FILE", help="an IDX folder or a data file; default: the shipped MNIST")
+    d.add_argument("--data", default=None, metavar="DIR|FILE", help="an IDX folder, or what `fastgd train --data` reads; default: the shipped MNIST")
+    d.add_argument("--target", default=None, metavar="COLUMN", help="the target column of a --data table")
     d.add_argument("--train-size", type=int, default=None, metavar="N", help="train on the first N samples only")
     d.add_argument("--test-size", type=int, default=None, metavar="N", help="test on the first N samples only")
     r = p.add_argument_group("where and output")

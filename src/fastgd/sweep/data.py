@@ -37,33 +37,48 @@ def _token(arrays):
     return h.hexdigest()[:16]
 
 
-def _load_data_file(path):
-    """The one hook into `fastgd.data_files` (the formats `fastgd train --data` reads)."""
-    try:
-        from .. import data_files
-    except ImportError:
-        raise ValueError(f"{path} is a file; this fastgd reads an IDX folder or the shipped MNIST "
-                         f"(data files need fastgd.data_files)") from None
-    return data_files.load(path)
+TEST_SPLIT = 0.2  # as `fastgd train`: data without a test set gives a seeded fifth to testing
 
 
-def load_data(source=None, train_size=None, test_size=None):
+def _load_data_file(path, target):
+    """The one hook into `fastgd.data_files` (what `fastgd train --data` reads: IDX or .npy folders,
+    .npz, 'X.npy,y.npy', .csv/.parquet tables with a target column)."""
+    from .. import data_files
+
+    ds = data_files.load_training_data(path, target)
+    if ds.X_test is None:
+        rest, test = data_files.split(len(ds.X_train), TEST_SPLIT, 0)
+        y = np.asarray(ds.y_train)
+        return ds.X_train[rest], y[rest], ds.X_train[test], y[test]
+    return ds.X_train, ds.y_train, ds.X_test, ds.y_test
+
+
+def _has_data_files():
+    import importlib.util
+
+    return importlib.util.find_spec("fastgd.data_files") is not None
+
+
+def load_data(source=None, train_size=None, test_size=None, target=None):
     """A `SweepData` from a source: None/"mnist", an IDX folder, a data file, or 4 arrays.
 
-    train_size / test_size keep the first n rows (quick sweeps, tests).
+    train_size / test_size keep the first n rows (quick sweeps, tests); target names the target
+    column of a table.
     """
     from ..datasets import load_idx, load_mnist
 
     if source is None or (isinstance(source, str) and source.lower() == "mnist"):
         arrays, name = load_mnist(), "mnist"
     elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if path.is_dir():
-            arrays, name = load_idx(path), str(path)
-        elif path.is_file():
-            arrays, name = _load_data_file(path), str(path)
+        name = str(source)
+        if _has_data_files():
+            arrays = _load_data_file(source, target)
+        elif Path(source).is_dir():
+            arrays = load_idx(source)
+        elif Path(source).exists():
+            raise ValueError(f"data {name} is a file; this fastgd reads an IDX folder or the shipped MNIST")
         else:
-            raise ValueError(f"data {str(source)!r} is neither 'mnist', a folder of IDX files, nor a data file")
+            raise ValueError(f"data {name!r} is neither 'mnist' nor a folder of IDX files")
     elif isinstance(source, (tuple, list)) and len(source) == 4:
         arrays, name = source, "arrays"
     else:

@@ -96,7 +96,7 @@ def run_sweep(spec=None, *, data=None, out="sweep", workers=None, scheduler=None
         raise ImportError('--plot needs matplotlib, which is not installed: pip install "fastgd[plot]"')
     if on_result is not None and not callable(on_result):
         raise TypeError("on_result must be a callable taking a record")
-    sweep_data = load_data(data if data is not None else spec.data, spec.train_size, spec.test_size)
+    sweep_data = load_data(data if data is not None else spec.data, spec.train_size, spec.test_size, spec.target)
     if "sizes" not in spec.settings and "sizes" not in spec.swept:
         spec.settings["sizes"] = [sweep_data.n_features, 16, 16, 10]  # as `fastgd train` without --sizes
 

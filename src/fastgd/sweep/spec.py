@@ -12,7 +12,7 @@ A spec is a plain dict (from Python, or a YAML/JSON/TOML file, or the CLI flags)
      "trials": 30,                # points to sample (random/optuna)
      "seeds": 3,                  # 3 means seeds 0, 1, 2; or a list [0, 7, 42]
      "metric": "test_accuracy",   # what "best" means
-     "data": "mnist", "train_size": None, "test_size": None}
+     "data": "mnist", "target": None, "train_size": None, "test_size": None}
 
 Setting names are the keyword arguments of `fastgd.Network` and `fastgd.Trainer`, read from
 their signatures, so a new Trainer option (e.g. ``optimizer="adam"``) is sweepable without any
@@ -32,7 +32,7 @@ from pathlib import Path
 
 SEARCHES = ("grid", "random", "optuna")
 SPEC_KEYS = ("recipe", "settings", "grid", "random", "search", "trials", "seeds", "search_seed", "metric", "data",
-             "train_size", "test_size")
+             "target", "train_size", "test_size")
 # Set by the sweep itself, or meaningless per trial.
 RESERVED = {
     "seed": "the sweep sets each trial's seed: use 'seeds' (a count or a list)",
@@ -151,6 +151,7 @@ class SweepSpec:
     search_seed: int = 0
     metric: str | None = None
     data: object = None
+    target: str | None = None
     train_size: int | None = None
     test_size: int | None = None
 
@@ -270,6 +271,9 @@ def parse_spec(spec):
         raise TypeError(f"metric must be a name like 'test_accuracy', got {metric!r}")
     out.metric = metric
     out.data = spec.get("data")
+    out.target = spec.get("target")
+    if out.target is not None and not isinstance(out.target, str):
+        raise TypeError(f"target must be a column name, got {out.target!r}")
     out.train_size = _positive_int(spec.get("train_size"), "train_size", allow_none=True)
     out.test_size = _positive_int(spec.get("test_size"), "test_size", allow_none=True)
     return out
