@@ -83,7 +83,7 @@ def random_search(n_trials, workdir, plot):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=20, help="trials of the throughput part (seeds 0..N-1)")
-    p.add_argument("--search-trials", type=int, default=30, help="points of the random search")
+    p.add_argument("--search-trials", type=int, default=30, help="points of the random search (0: skip it)")
     p.add_argument("--plot", default=None, help="write the random search's picture here")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args()
@@ -92,7 +92,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         rows, cluster_seconds = throughput(args.trials, workdir)
-        search = random_search(args.search_trials, workdir, args.plot)
+        search = random_search(args.search_trials, workdir, args.plot) if args.search_trials else None
     print(f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load average "
           f"{load:.2f} at the start, Python {sys.version.split()[0]}, fastgd {fastgd.__version__}, backend "
           f"{rows[0]['backend']}.\n")
@@ -105,7 +105,12 @@ def main():
     same = all(r["accuracies"] == rows[0]["accuracies"] for r in rows if "1 thread" in r["mode"])
     print(f"\nLocalCluster start-up (not counted above): {cluster_seconds:.1f} s. "
           f"One-thread runs give identical accuracies per seed in every mode: {'yes' if same else 'NO'}.\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"throughput": rows, "cluster_seconds": cluster_seconds,
+                                               "search": search}, indent=1, default=str))
     s = search
+    if s is None:
+        return
     point = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["best_point"].items())
     print(f"Random search, {s['trials']} trials over lr, batch size, momentum and L2 (784-16-16-10, other settings "
           f"from `best`, chosen by validation accuracy on a 10% hold-out), {s['seconds']:.0f} s in the local pool; "
@@ -113,9 +118,6 @@ def main():
           f"all 60,000 images with seeds 0-2: test accuracy {100 * s['test_accuracy_mean']:.2f}% "
           f"({100 * s['test_accuracy_min']:.2f}-{100 * s['test_accuracy_max']:.2f}).\n")
     print(s["table_top5"])
-    if args.json:
-        Path(args.json).write_text(json.dumps({"throughput": rows, "cluster_seconds": cluster_seconds,
-                                               "search": s}, indent=1, default=str))
 
 
 if __name__ == "__main__":
