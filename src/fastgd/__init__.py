@@ -6,11 +6,11 @@
     fastgd.Trainer(net, loss="mse", lr=3.0, batch_size=10, epochs=30).fit(X_train, y_train)
     print((net.predict(X_test) == y_test).mean())
 """
-from . import datasets, ops, optim, schedules
+from . import datasets, ops, optim, schedules, sweep  # fastgd.sweep(...) runs a sweep (the module is callable)
 from .backends import BackendUnavailable, available_backends, get_backend
 from .network import Network
 from .trainer import History, Trainer
 
 __version__ = "0.1.0"
-__all__ = ["Network", "Trainer", "History", "datasets", "ops", "optim", "schedules", "BackendUnavailable",
+__all__ = ["Network", "Trainer", "History", "datasets", "ops", "optim", "schedules", "sweep", "BackendUnavailable",
            "available_backends", "get_backend", "__version__"]

@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     ("bench", "fastgd.cli_bench", "time training epochs and inference per backend; table, JSON, plot"),
     ("inspect", "fastgd.cli_inspect", "pictures of a saved model: first-layer weights, confusion matrix, errors, curves"),
     ("experiment", "fastgd.cli_experiment", "the lesson's experiments: noise over-confidence, random-label memorisation"),
+    ("sweep", "fastgd.cli_sweep", "many runs over settings and seeds: grid/random/Optuna, local pool or Dask cluster"),
 ]
 
 
