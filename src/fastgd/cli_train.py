@@ -228,6 +228,11 @@ def build_network(args, settings, ds, task, seed):
         n_out = (y_train.shape[1] if task == "regress" else 1 if n_classes == 2 and output == "sigmoid"
                  else n_classes)
         sizes = [n_in, 16, 16, n_out]
+    try:
+        sizes = _checks.check_sizes(sizes)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--sizes: {exc}") from exc
+    _checks.check_loss_output(settings["loss"], output)
     if sizes[0] != n_in:
         raise ValueError(f"--sizes starts with {sizes[0]} inputs but the data has {n_in} features per sample")
     if task == "regress":
