@@ -17,9 +17,10 @@ float pixel / 255. Class names and feature names are in the model's metadata.
 def add_arguments(p):
     p.add_argument("model", metavar="MODEL.npz", help="a network saved by `fastgd train --save` or Network.save")
     p.add_argument("--onnx", required=True, metavar="PATH", help="write the ONNX model here (required)")
-    p.add_argument("--check", action="store_true",
-                   help="run the exported model in onnxruntime on random inputs and report the largest "
-                        "difference from fastgd (default: off)")
+    p.add_argument("--check", nargs="?", const=True, default=None, metavar="DATA",
+                   help="run the exported model in onnxruntime on DATA (any `fastgd predict` data; uint8 images "
+                        "as pixel / 255) or, without DATA, on 256 random inputs, and report the largest "
+                        "difference from Network.predict_proba (default: off)")
 
 
 def run(args):
@@ -38,12 +39,23 @@ def run(args):
         except ImportError as exc:
             raise ImportError('--check needs onnxruntime: pip install onnxruntime') from exc
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        X = np.random.default_rng(0).standard_normal((256, net.sizes[0])).astype(net.dtype)
-        if net.x_std is not None:
-            X = X * net.x_std + (0 if net.x_mean is None else net.x_mean)
-        X = X.astype(net.dtype)
-        got = session.run(None, {"input": X})[0]
-        want = net.predict_proba(X, backend="numpy")
-        print(f"onnxruntime vs fastgd on 256 random inputs: largest difference "
-              f"{float(np.max(np.abs(got.astype(np.float64) - want))):.3g}", file=sys.stdout)
+        if args.check is True:
+            X = np.random.default_rng(0).standard_normal((256, net.sizes[0]))
+            if net.x_std is not None:
+                X = X * net.x_std + (0 if net.x_mean is None else net.x_mean)
+            what = "256 random inputs"
+        else:
+            from .data_files import load_inputs
+
+            X, _, what = load_inputs(args.check, None, net.feature_names)
+            if X.dtype == np.uint8:
+                X = X / 255.0
+            what = f"{len(X)} samples of {what}"
+        X = np.ascontiguousarray(X, dtype=net.dtype)
+        got = session.run(None, {"input": X})[0].astype(np.float64)
+        want = net.predict_proba(X, backend="numpy").astype(np.float64)
+        diff = np.abs(got - want)
+        rel = float(np.max(diff / np.maximum(np.abs(want), 1.0)))
+        print(f"onnxruntime vs fastgd on {what}: largest difference {float(diff.max()):.3g} "
+              f"(relative to max(|value|, 1): {rel:.3g})", file=sys.stdout)
     return 0
