@@ -274,3 +274,22 @@ def test_ctrl_c_saves_the_model_and_checkpoint_and_exits_130(tmp_path):
     assert net.sizes == [50, 64, 3] and np.isfinite(net.params).all()
     assert Network.load(tmp_path / "run.npz").sizes == [50, 64, 3]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_optimizer_flags(tmp_path, capsys):
+    df = _frame()
+    df.drop(columns=["price", "spam"]).to_csv(tmp_path / "iris.csv", index=False)
+    base = ["train", "--data", str(tmp_path / "iris.csv"), "--target", "species", "--epochs", "3",
+            "--backend", "numpy", "--seed", "0", "--output", "softmax", "--loss", "cross_entropy"]
+    assert main(base + ["--optimizer", "adam", "--beta2", "0.99", "--json"]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert summary["optimizer"]["name"] == "adam" and summary["settings"]["lr"] == pytest.approx(1e-3)
+    assert main(base + ["--optimizer", "adamw", "--lr", "0.01", "--json"]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert summary["optimizer"]["name"] == "adamw" and summary["settings"]["lr"] == 0.01
+    assert summary["settings"]["l2"] == pytest.approx(0.01)  # AdamW's default decoupled weight decay
+    for extra, message in ((["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd"),
+                           (["--beta1", "0.8"], "--beta1, --beta2 and --eps apply to --optimizer adam"),
+                           (["--l2", "0.1", "--weight-decay", "0.1"], "--weight-decay or --l2")):
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err

@@ -156,3 +156,12 @@ def test_split_is_seeded_and_disjoint():
     np.testing.assert_array_equal(split(100, 0.2, seed=3)[1], b)
     with pytest.raises(ValueError):
         split(3, 0.01, seed=0)
+
+
+def test_integer_features_are_numbers_and_uint8_are_pixels(tmp_path):
+    X = np.arange(12, dtype=np.int64).reshape(6, 2) * 40
+    np.savez(tmp_path / "d.npz", X_train=X, y_train=np.array([0, 1] * 3), X_test=X.astype(np.uint8) // 2,
+             y_test=np.array([1, 0] * 3))
+    ds = load_training_data(tmp_path / "d.npz")
+    assert ds.X_train.dtype == np.float64 and ds.X_test.dtype == np.uint8
+    np.testing.assert_array_equal(ds.X_train, X)

@@ -57,7 +57,7 @@ def add_arguments(p):
                    help="output activation (default: sigmoid; linear for --task regress)")
     p.add_argument("--loss", default=None, choices=_checks.LOSSES, help="cost function (default: mse)")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 3.0; 0.01 for --task regress)")
+                   help="learning rate (default: 3.0; 0.01 for --task regress; 0.001 for --optimizer adam/adamw)")
     p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: 10)")
     p.add_argument("--epochs", type=int, default=None, help="passes over the training data (default: 30)")
     p.add_argument("--backend", default="auto", choices=backend_names(),
@@ -91,6 +91,15 @@ def add_arguments(p):
                         "data; the scaler is saved in the model and predict applies it (default: off)")
 
     g = p.add_argument_group("training recipe")
+    g.add_argument("--optimizer", default=None, choices=("sgd", "adam", "adamw"),
+                   help="sgd (PyTorch's SGD, with --momentum/--nesterov), adam or adamw (PyTorch's Adam/AdamW) "
+                        "(default: sgd)")
+    g.add_argument("--beta1", type=float, default=None, help="adam/adamw: first-moment decay (default: 0.9)")
+    g.add_argument("--beta2", type=float, default=None, help="adam/adamw: second-moment decay (default: 0.999)")
+    g.add_argument("--eps", type=float, default=None, help="adam/adamw: denominator epsilon (default: 1e-8)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay on weights, not biases: L2 in the gradient for sgd/adam, decoupled for "
+                        "adamw (default: 0; 0.01 for adamw); --l2 is its older name")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: 0)")
     g.add_argument("--nesterov", action="store_const", const=True, default=None,
                    help="Nesterov momentum (default: off)")
@@ -129,6 +138,9 @@ def add_arguments(p):
 TRAINER_OPTIONS = ("loss", "lr", "batch_size", "epochs", "momentum", "nesterov", "l2", "l1", "dropout", "lr_schedule",
                    "warmup_epochs", "lr_step_size", "lr_gamma", "min_lr", "augment_shift", "validation_split",
                    "early_stopping")
+#: Passed to the Trainer only when given (its defaults depend on the optimiser).
+OPTIMIZER_OPTIONS = ("optimizer", "beta1", "beta2", "eps", "weight_decay")
+SGD_ONLY = ("momentum", "nesterov")
 
 
 def resolve_settings(args, task="classify"):
@@ -139,7 +151,22 @@ def resolve_settings(args, task="classify"):
     if task == "regress":
         settings.update(REGRESSION_DEFAULTS)
     settings.update(RECIPES.get(args.recipe) or {})
-    for key in ("sizes", "activation", "output") + TRAINER_OPTIONS:
+    optimizer = getattr(args, "optimizer", None) or "sgd"
+    if optimizer != "sgd":
+        for key in SGD_ONLY:  # a recipe's SGD momentum does not carry over to Adam
+            settings.pop(key, None)
+        for key in SGD_ONLY:
+            if getattr(args, key, None):
+                raise ValueError(f"--{key} applies to --optimizer sgd, not {optimizer}")
+        if getattr(args, "lr", None) is None:
+            settings.pop("lr", None)  # the Trainer's default for the optimiser (1e-3)
+    elif any(getattr(args, k, None) is not None for k in ("beta1", "beta2", "eps")):
+        raise ValueError("--beta1, --beta2 and --eps apply to --optimizer adam or adamw")
+    if getattr(args, "weight_decay", None) is not None and getattr(args, "l2", None) is not None:
+        raise ValueError("pass --weight-decay or --l2 (its older name), not both")
+    if getattr(args, "weight_decay", None) is not None:
+        settings.pop("l2", None)
+    for key in ("sizes", "activation", "output") + TRAINER_OPTIONS + OPTIMIZER_OPTIONS:
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
@@ -316,7 +343,7 @@ def run(args):
                         f"validation (choose the fraction with --validation-split); the test set is never used "
                         f"to stop or to choose weights")
     net, y_train, y_test = build_network(args, settings, ds, task, seed)
-    trainer_kw = {k: settings[k] for k in TRAINER_OPTIONS if k in settings}
+    trainer_kw = {k: settings[k] for k in TRAINER_OPTIONS + OPTIMIZER_OPTIONS if k in settings}
     trainer = Trainer(net, backend=args.backend, threads=args.threads, seed=seed, deterministic=not args.hogwild,
                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, **trainer_kw)
 
@@ -357,6 +384,11 @@ def run(args):
             bar.close()
         _save_after_interrupt(args, net, trainer, log)
         return 130
+    except FloatingPointError as exc:
+        if not args.standardize and ds.X_train.dtype != np.uint8:
+            raise FloatingPointError(f"{exc} (or pass --standardize: unscaled features"
+                                     f"{' and targets' if task == 'regress' else ''} often diverge)") from exc
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -394,6 +426,7 @@ def run(args):
             "loss": trainer.loss,
             "recipe": args.recipe or "lesson",
             "settings": {k: _jsonable(getattr(trainer, k, None)) for k in TRAINER_OPTIONS},
+            "optimizer": _optimizer_summary(trainer),
             "dtype": net.dtype.name,
             "seed": seed,
             "standardize": bool(args.standardize),
@@ -408,7 +441,20 @@ def run(args):
     return 0
 
 
+def _optimizer_summary(trainer):
+    opt = getattr(trainer, "optimizer", None)
+    if opt is None or isinstance(opt, str):
+        return {"name": opt or "sgd"}
+    out = {"name": getattr(opt, "name", type(opt).__name__)}
+    hyper = getattr(opt, "hyperparameters", None)
+    if callable(hyper):
+        out.update({k: _jsonable(v) for k, v in hyper().items()})
+    return out
+
+
 def _jsonable(v):
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, Path):

@@ -215,6 +215,10 @@ def _features(X, where):
         X = X[:, None]
     if X.ndim != 2:
         raise DatasetError(f"{where}: features must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.dtype.kind in "iu" and X.dtype != np.uint8:
+        # Integer features in a data file are quantities: used as given. (Only uint8 means pixels,
+        # which the network reads as value / 255.)
+        X = X.astype(np.float64)
     return X
 
 
