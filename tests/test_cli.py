@@ -138,7 +138,8 @@ def test_string_labels_from_parquet_predict_the_original_names(tmp_path, capsys)
     assert pred.dtype.kind == "U" and set(pred) <= {"setosa", "versicolor", "virginica"}
     assert np.mean(pred == df["species"].to_numpy()) > 0.8
     proba = tmp_path / "proba.csv"
-    assert main(["predict", str(model), str(tmp_path / "iris.parquet"), "--proba", "--out", str(proba)]) == 0
+    assert main(["predict", str(model), str(tmp_path / "iris.parquet"), "--proba", "--out", str(proba),
+                 "--backend", "numpy"]) == 0
     assert proba.read_text().splitlines()[0] == "proba_setosa,proba_versicolor,proba_virginica"
 
 
@@ -153,7 +154,7 @@ def test_binary_labels_with_one_sigmoid_unit(tmp_path, capsys):
     assert summary["sizes"] == [4, 16, 16, 1] and summary["output"] == "sigmoid" and summary["n_test"] == 60
     assert summary["test_accuracy"] > 0.9
     net = Network.load(model)
-    assert net.task == "binary" and set(net.predict(X)) <= {0, 1}
+    assert net.task == "binary" and set(net.predict(X, backend="numpy")) <= {0, 1}
 
 
 def test_labels_one_to_k_and_npy_pair(tmp_path, capsys):
@@ -168,7 +169,7 @@ def test_labels_one_to_k_and_npy_pair(tmp_path, capsys):
     summary = _summary(capsys.readouterr().out)
     assert summary["classes"] == [1, 2, 3] and summary["n_test"] == 50
     assert isinstance(summary["seed"], int)  # no --seed: a random one, reported
-    assert set(Network.load(model).predict(X)) <= {1, 2, 3}
+    assert set(Network.load(model).predict(X, backend="numpy")) <= {1, 2, 3}
 
 
 def test_early_stopping_holds_out_validation_data_not_the_test_set(tmp_path, capsys):
@@ -265,13 +266,17 @@ def test_ctrl_c_saves_the_model_and_checkpoint_and_exits_130(tmp_path):
                              "--backend", "numpy", "--seed", "0", "--save", str(tmp_path / "m.npz"),
                              "--checkpoint", str(tmp_path / "run")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
-    time.sleep(4)  # mid-epoch: an epoch of 16,000 one-row steps takes far longer on numpy
+    for line in proc.stdout:  # the last line before fit() starts
+        if line.startswith("fastgd: network"):
+            break
+    time.sleep(1.5)  # mid-epoch: an epoch of 16,000 one-row steps takes far longer on numpy
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err and "interrupted" in err
     net = Network.load(tmp_path / "m.npz")
     assert net.sizes == [50, 64, 3] and np.isfinite(net.params).all()
+    assert not np.array_equal(net.params, Network([50, 64, 3], seed=0).params)  # it trained before the interrupt
     assert Network.load(tmp_path / "run.npz").sizes == [50, 64, 3]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

@@ -205,13 +205,13 @@ def test_predict_regression_returns_values_with_scalers_undone():
     net.set_scalers(x_mean=[5, 4, 6], x_std=[3, 2, 1], y_mean=[100.0], y_std=[20.0])
     expected = _reference_forward(net, (X - [5, 4, 6]) / [3, 2, 1]) * 20 + 100
     pred = net.predict(X, backend="numpy")
-    assert pred.shape == (7,) and net.task == "regress"
+    assert pred.shape == (7,) and net.task == "regression"
     np.testing.assert_allclose(pred, expected[:, 0], rtol=1e-12)
     np.testing.assert_allclose(net.predict_proba(X, backend="numpy"), expected, rtol=1e-12)
     np.testing.assert_allclose(net.scale_targets(np.array([120.0, 80.0])), [1.0, -1.0])
     np.testing.assert_allclose(net.scale_inputs(X), (X - [5, 4, 6]) / [3, 2, 1])
     two = Network([3, 2], output="linear", seed=0)
-    assert two.predict(X).shape == (7, 2)
+    assert two.predict(X, backend="numpy").shape == (7, 2)
 
 
 def test_scalers_are_identity_when_unset_and_validated():
@@ -235,12 +235,12 @@ def test_predict_binary_and_class_labels():
     net.biases[0] = [0.0]
     X = np.array([[-2.0, 0], [3.0, 0], [0.5, 1]])
     assert net.task == "binary"
-    np.testing.assert_array_equal(net.predict(X), [0, 1, 1])
+    np.testing.assert_array_equal(net.predict(X, backend="numpy"), [0, 1, 1])
     net.classes = ["no", "yes"]
-    np.testing.assert_array_equal(net.predict(X), ["no", "yes", "yes"])
+    np.testing.assert_array_equal(net.predict(X, backend="numpy"), ["no", "yes", "yes"])
     multi = Network([2, 3], output="softmax", seed=0)
     multi.classes = [10, 20, 30]
-    assert set(multi.predict(X)) <= {10, 20, 30}
+    assert set(multi.predict(X, backend="numpy")) <= {10, 20, 30}
     with pytest.raises(ValueError, match="3 classes"):
         multi.classes = [1, 2]
     with pytest.raises(ValueError, match="no classes"):
@@ -258,7 +258,7 @@ def test_predict_accepts_sparse_and_pandas_nullable_input():
     np.testing.assert_array_equal(net.predict_proba(df, backend="numpy"), dense)
     df.iloc[1, 2] = pd.NA
     with pytest.raises(ValueError, match="NaN"):
-        net.predict(df)
+        net.predict(df, backend="numpy")
 
 
 def test_save_load_keeps_scalers_classes_and_feature_names(tmp_path):

@@ -176,17 +176,18 @@ class Network:
     # ---- task, scalers and class labels -------------------------------------------------------
     @property
     def task(self):
-        """"regress" (linear output), "binary" (one sigmoid unit) or "classify"."""
+        """What `predict` answers: "regression" (linear output), "binary" (one sigmoid unit) or
+        "classification" (the largest output). The Trainer's task names are the same."""
         if self.output == "linear":
-            return "regress"
+            return "regression"
         if self.output == "sigmoid" and self.sizes[-1] == 1:
             return "binary"
-        return "classify"
+        return "classification"
 
     @property
     def n_classes(self):
         """Classes `predict` can answer (None for regression)."""
-        return {"regress": None, "binary": 2, "classify": self.sizes[-1]}[self.task]
+        return {"regression": None, "binary": 2, "classification": self.sizes[-1]}[self.task]
 
     @property
     def classes(self):
@@ -198,7 +199,7 @@ class Network:
         self._classes = None if classes is None else self._check_classes(np.asarray(classes))
 
     def _check_classes(self, classes):
-        if self.task == "regress":
+        if self.task == "regression":
             raise ValueError("a regression network (linear output) has no classes")
         if classes.ndim != 1 or classes.dtype.kind not in "biufU":
             raise TypeError(f"classes must be a 1-D array of numbers or strings, got {classes.dtype} {classes.shape}")
@@ -218,7 +219,7 @@ class Network:
         n_in, n_out = self.sizes[0], self.sizes[-1]
         x_mean, x_std = _scaler(x_mean, n_in, "x_mean"), _scaler(x_std, n_in, "x_std", positive=True)
         y_mean, y_std = _scaler(y_mean, n_out, "y_mean"), _scaler(y_std, n_out, "y_std", positive=True)
-        if (y_mean is not None or y_std is not None) and self.task != "regress":
+        if (y_mean is not None or y_std is not None) and self.task != "regression":
             raise ValueError("target scalers (y_mean, y_std) apply to regression networks (output='linear') only")
         self.x_mean, self.x_std, self.y_mean, self.y_std = x_mean, x_std, y_mean, y_std
         return self
@@ -298,7 +299,7 @@ class Network:
         """
         out = self.predict_proba(X, backend=backend, threads=threads)
         task = self.task
-        if task == "regress":
+        if task == "regression":
             return out[:, 0] if out.shape[1] == 1 else out
         index = (out[:, 0] >= 0.5).astype(np.int64) if task == "binary" else np.argmax(out, axis=1)
         return index if self._classes is None else self._classes[index]
@@ -633,7 +634,7 @@ def atomic_write(path, write):
                 mode = os.stat(path).st_mode
             except FileNotFoundError:
                 mode = None
-            if mode is not None and stat.S_ISREG(mode):
+            if mode is not None and stat.S_ISREG(mode) and hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), stat.S_IMODE(mode))  # replacing keeps the file's own permissions
             write(f)
             f.flush()
