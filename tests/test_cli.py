@@ -298,3 +298,12 @@ def test_optimizer_flags(tmp_path, capsys):
                            (["--l2", "0.1", "--weight-decay", "0.1"], "--weight-decay or --l2")):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
+
+
+def test_inspect_and_noise_refuse_models_they_cannot_draw(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    Network([4, 3, 1], output="linear", seed=0).save(tmp_path / "reg.npz")
+    assert main(["inspect", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "pics")]) == 2
+    assert "regression model" in capsys.readouterr().err
+    assert main(["experiment", "noise", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "noise")]) == 2
+    assert "regression model" in capsys.readouterr().err
