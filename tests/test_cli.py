@@ -307,3 +307,12 @@ def test_inspect_and_noise_refuse_models_they_cannot_draw(tmp_path, capsys):
     assert "regression model" in capsys.readouterr().err
     assert main(["experiment", "noise", str(tmp_path / "reg.npz"), "--out", str(tmp_path / "noise")]) == 2
     assert "regression model" in capsys.readouterr().err
+
+
+def test_a_recipe_on_other_data_keeps_its_hidden_layers(tmp_path, capsys):
+    df = _frame()
+    df.drop(columns=["price", "spam"]).to_csv(tmp_path / "iris.csv", index=False)
+    assert main(["train", "--data", str(tmp_path / "iris.csv"), "--target", "species", "--recipe", "mlp",
+                 "--augment-shift", "0", "--epochs", "1", "--backend", "numpy", "--json"]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert summary["sizes"] == [4, 256, 3] and summary["activation"] == "relu" and summary["recipe"] == "mlp"

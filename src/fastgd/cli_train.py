@@ -249,11 +249,12 @@ def build_network(args, settings, ds, task, seed):
         y_test = None if ds.y_test is None else np.asarray(ds.y_test, dtype=np.float64).reshape(len(ds.y_test), -1)
         n_classes = None
     output = settings["output"]
-    if args.sizes is not None or args.recipe is not None:
+    n_out = y_train.shape[1] if task == "regress" else 1 if n_classes == 2 and output == "sigmoid" else n_classes
+    if args.sizes is not None:
         sizes = list(settings["sizes"])
+    elif args.recipe is not None:  # the recipe's hidden layers between this data's input and output widths
+        sizes = [n_in] + list(settings["sizes"][1:-1]) + [n_out]
     else:
-        n_out = (y_train.shape[1] if task == "regress" else 1 if n_classes == 2 and output == "sigmoid"
-                 else n_classes)
         sizes = [n_in, 16, 16, n_out]
     try:
         sizes = _checks.check_sizes(sizes)
