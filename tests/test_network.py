@@ -504,3 +504,40 @@ def test_a_later_save_removes_temp_files_of_killed_saves(tmp_path):
     Network([4, 2], seed=3).save(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name])
     np.testing.assert_array_equal(Network.load(target).params, Network([4, 2], seed=3).params)
+
+
+# ---- fuzz: any damage to a model file gives a ValueError, never another exception ---------------
+def test_damaged_model_files_only_raise_value_error(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    net = Network([5, 4, 3], output="softmax", seed=0)
+    net.set_scalers(x_mean=np.arange(5.0), x_std=np.ones(5))
+    net.classes = ["a", "b", "c"]
+    net.history = [{"epoch": 1, "train_loss": 0.5}]
+    good = net.save(tmp_path / "good.npz").read_bytes()
+    deflated = tmp_path / "deflated.npz"
+    with zipfile.ZipFile(tmp_path / "good.npz") as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    originals = [good, deflated.read_bytes()]
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(which=st.integers(0, 1), edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)),
+                                                      max_size=8), cut=st.none() | st.integers(0, 10 ** 6))
+    def check(which, edits, cut):
+        data = bytearray(originals[which])
+        for pos, value in edits:
+            data[pos % len(data)] = value
+        if cut is not None:
+            data = data[: cut % (len(data) + 1)]
+        path = tmp_path / "damaged.npz"
+        path.write_bytes(bytes(data))
+        try:
+            back = Network.load(path)
+        except ValueError:
+            return
+        assert back.params.shape == (back.n_params,) and np.isfinite(back.params).all()
+
+    check()

@@ -15,7 +15,9 @@ import os
 import re
 import secrets
 import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -529,7 +531,7 @@ class _ModelReader:
             raise
         except IsADirectoryError as exc:
             raise ValueError(f"{path} is a folder, not a fastgd model file") from exc
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, struct.error, zlib.error, NotImplementedError) as exc:
             raise ValueError(f"{path} is not a readable fastgd model file ({type(exc).__name__}: {exc})") from exc
         self.file_size = os.path.getsize(path)
         self.members = {}
@@ -573,7 +575,8 @@ class _ModelReader:
                     raise ValueError(f"'{key}' has data beyond its header's shape")
         except FileNotFoundError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error, zlib.error,
+                SyntaxError) as exc:  # SyntaxError: a damaged .npy header dict
             raise ValueError(f"{path} is corrupt or not a fastgd model file: {exc}") from exc
         a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
         if dtype.kind in "fiu" and not dtype.isnative:
