@@ -165,3 +165,15 @@ def test_integer_features_are_numbers_and_uint8_are_pixels(tmp_path):
     ds = load_training_data(tmp_path / "d.npz")
     assert ds.X_train.dtype == np.float64 and ds.X_test.dtype == np.uint8
     np.testing.assert_array_equal(ds.X_train, X)
+
+
+def test_damaged_array_files_are_dataset_errors(tmp_path):
+    np.savez(tmp_path / "d.npz", X_train=np.zeros((4, 2)), y_train=np.arange(4))
+    data = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="not a readable .npz"):
+        load_training_data(tmp_path / "cut.npz")
+    np.save(tmp_path / "X.npy", np.zeros((4, 2)))
+    (tmp_path / "bad.npy").write_bytes((tmp_path / "X.npy").read_bytes()[:20])
+    with pytest.raises(DatasetError, match="not a readable .npy"):
+        load_inputs(tmp_path / "bad.npy")

@@ -12,6 +12,9 @@ Nothing here unpickles: .npy/.npz are read with allow_pickle=False.
 """
 from __future__ import annotations
 
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +178,7 @@ def _npz_arrays(path):
             raise DatasetError(f"{path} holds Python objects (a pickled array); fastgd does not unpickle data "
                                f"files: save numbers or strings (np.savez with numeric/str arrays)") from exc
         raise DatasetError(f"{path} is not a readable .npz file: {exc}") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error, SyntaxError) as exc:
         raise DatasetError(f"{path} is not a readable .npz file: {exc}") from exc
 
 
@@ -194,7 +197,7 @@ def _load_npy(path, what):
             raise DatasetError(f"{path} holds Python objects (a pickled array); fastgd does not unpickle data "
                                f"files") from exc
         raise DatasetError(f"{path} is not a readable .npy file: {exc}") from exc
-    except OSError as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, struct.error, SyntaxError) as exc:
         raise DatasetError(f"{path} is not a readable .npy file: {exc}") from exc
     if isinstance(a, np.lib.npyio.NpzFile):
         a.close()
