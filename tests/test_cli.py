@@ -316,3 +316,22 @@ def test_a_recipe_on_other_data_keeps_its_hidden_layers(tmp_path, capsys):
                  "--augment-shift", "0", "--epochs", "1", "--backend", "numpy", "--json"]) == 0
     summary = _summary(capsys.readouterr().out)
     assert summary["sizes"] == [4, 256, 3] and summary["activation"] == "relu" and summary["recipe"] == "mlp"
+
+
+def test_predict_on_an_idx_folder_scores_its_test_set(tmp_path, capsys):
+    from test_datasets import write_idx_folder
+
+    arrays = write_idx_folder(tmp_path, n_train=60, n_test=20, rows=4, cols=3)
+    model = tmp_path / "m.npz"
+    assert main(["train", "--data", str(tmp_path), "--sizes", "12,8,10", "--epochs", "1", "--backend", "numpy",
+                 "--seed", "0", "--save", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), str(tmp_path), "--backend", "numpy", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = _summary(out)
+    net = Network.load(model)
+    pred = net.predict(arrays["test_images"].reshape(20, 12).astype(np.uint8), backend="numpy")
+    assert summary["n"] == 20 and summary["accuracy"] == pytest.approx(np.mean(pred == arrays["test_labels"]))
+    assert main(["predict", str(model), str(tmp_path), "--backend", "numpy"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [int(v) for v in printed] == list(pred)
