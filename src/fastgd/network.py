@@ -440,6 +440,7 @@ _MAX_LAYERS = 10_000
 _MAX_HISTORY_BYTES = 64 << 20  # a history of a million epochs is ~200 MB; 64 MB is plenty
 _MAX_HISTORY_DEPTH = 4  # list of records of scalars (depth 2); a little slack for future fields
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032x
+_READ_CHUNK = 4 << 20
 
 
 def _n_params(sizes):
@@ -568,9 +569,15 @@ class _ModelReader:
                 limit = info.compress_size * (_DEFLATE_MAX_RATIO if info.compress_type != zipfile.ZIP_STORED else 1)
                 if nbytes > limit or info.compress_size > self.file_size:
                     raise ValueError(f"'{key}' claims {nbytes} bytes of data but its zip entry can hold at most {limit}")
-                data = f.read(nbytes)
-                if len(data) != nbytes:
-                    raise ValueError(f"'{key}' is truncated: {len(data)} of {nbytes} bytes")
+                # Straight into one buffer of the validated size, a chunk at a time (no second copy).
+                data = bytearray(nbytes)
+                view, got = memoryview(data), 0
+                while got < nbytes:
+                    chunk = f.read(min(_READ_CHUNK, nbytes - got))
+                    if not chunk:
+                        raise ValueError(f"'{key}' is truncated: {got} of {nbytes} bytes")
+                    view[got:got + len(chunk)] = chunk
+                    got += len(chunk)
                 if f.read(1):
                     raise ValueError(f"'{key}' has data beyond its header's shape")
         except FileNotFoundError:
@@ -578,7 +585,7 @@ class _ModelReader:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error, zlib.error,
                 SyntaxError) as exc:  # SyntaxError: a damaged .npy header dict
             raise ValueError(f"{path} is corrupt or not a fastgd model file: {exc}") from exc
-        a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")  # writable: a bytearray
         if dtype.kind in "fiu" and not dtype.isnative:
             a = a.astype(dtype.newbyteorder("="))
         if kind is str:
@@ -586,7 +593,7 @@ class _ModelReader:
         if kind is int:
             return int(a[()])
         if isinstance(kind, np.dtype) or kind is np.float64:
-            return np.array(a, dtype=kind)  # a writable, aligned copy of our own
+            return np.require(a, dtype=kind, requirements=["C", "A", "W"])  # copies only if it must
         return a.copy()
 
     def _check_header(self, key, kind, ndim, max_items, exact_items, shape, dtype, what):
