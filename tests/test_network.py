@@ -541,3 +541,19 @@ def test_damaged_model_files_only_raise_value_error(tmp_path):
         assert back.params.shape == (back.n_params,) and np.isfinite(back.params).all()
 
     check()
+
+
+def test_load_does_not_copy_the_parameters_twice(tmp_path):
+    import tracemalloc
+
+    net = Network([1000, 2000, 1000], seed=0)  # 16 MB of parameters
+    path = net.save(tmp_path / "big.npz")
+    tracemalloc.start()
+    try:
+        back = Network.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(back.params, net.params)
+    assert back.params.flags.writeable and back.params.flags.c_contiguous
+    assert peak < 1.6 * net.params.nbytes
