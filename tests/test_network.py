@@ -557,3 +557,15 @@ def test_load_does_not_copy_the_parameters_twice(tmp_path):
     np.testing.assert_array_equal(back.params, net.params)
     assert back.params.flags.writeable and back.params.flags.c_contiguous
     assert peak < 1.6 * net.params.nbytes
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+def test_predict_refuses_a_network_with_nan_parameters():
+    net = Network([3, 4, 2], seed=0)
+    net.params[2] = np.nan
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        net.predict(np.ones((2, 3)), backend="numpy")
+    big = Network([1, 1], output="linear", dtype=np.float32, seed=0)
+    big.weights[0] = [[1e30]]
+    with pytest.raises(FloatingPointError, match="overflow float32"):
+        big.predict(np.array([[1e30]]), backend="numpy")

@@ -288,8 +288,14 @@ class Network:
 
         X = self.scale_inputs(_as_input(X))
         X, scale = _checks.check_X(X, self.sizes[0], self.dtype)
-        out = get_backend(backend).forward(self, X, scale, _checks.check_threads(threads))
-        return self._unscale_outputs(out)
+        out = self._unscale_outputs(get_backend(backend).forward(self, X, scale, _checks.check_threads(threads)))
+        if not np.isfinite(out).all():  # never a quiet argmax over NaN
+            if not np.isfinite(self.params).all():
+                raise FloatingPointError("the network's parameters contain NaN or inf (did training diverge?); "
+                                         "its outputs are meaningless")
+            raise FloatingPointError(f"the network's outputs overflow {self.dtype.name} for these inputs; "
+                                     f"use dtype float64 or scale the inputs")
+        return out
 
     def predict(self, X, backend="auto", threads=None):
         """Predictions for each row of X.
