@@ -390,6 +390,7 @@ def test_load_refuses_a_plain_npy_file(tmp_path):
     (dict(x_mean=np.zeros(5)), "x_mean"),
     (dict(x_std=np.array([1.0, 1, 0, 1])), "x_std"),
     (dict(history=np.array('{"epoch": 1}')), "history"),
+    (dict(activation=np.array("sigmoid" + " " * 5000)), "more than the 4096 allowed"),
 ])
 def test_load_validates_every_key(tmp_path, override, match):
     path = tmp_path / "bad.npz"

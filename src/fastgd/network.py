@@ -444,6 +444,7 @@ class Network:
 _SCALER_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
 _MAX_LAYERS = 10_000
 _MAX_HISTORY_BYTES = 64 << 20  # a history of a million epochs is ~200 MB; 64 MB is plenty
+_MAX_NAME_BYTES = 4096  # format, activation, output, dtype, init: short names
 _MAX_HISTORY_DEPTH = 4  # list of records of scalars (depth 2); a little slack for future fields
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032x
 _READ_CHUNK = 4 << 20
@@ -566,8 +567,8 @@ class _ModelReader:
                 self._check_header(key, kind, ndim, max_items, exact_items, shape, dtype, what)
                 n = int(np.prod(shape, dtype=object))
                 nbytes = n * dtype.itemsize
-                cap = max_bytes if max_bytes is not None else _MAX_HISTORY_BYTES if kind in (str, "U", "label") \
-                    else None
+                cap = max_bytes if max_bytes is not None else _MAX_NAME_BYTES if kind is str \
+                    else _MAX_HISTORY_BYTES if kind in ("U", "label") else None
                 if cap is not None and nbytes > cap:
                     raise ValueError(f"'{key}' is {nbytes} bytes, more than the {cap} allowed")
                 # A stored member cannot hold more than the file; a deflated one at most ~1032x its
