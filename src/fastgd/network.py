@@ -249,12 +249,13 @@ class Network:
         X = _as_real(X, "X")
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise ValueError(f"X must have shape (n, {self.sizes[0]}) for this network, got {X.shape}")
-        out = X.astype(np.float64)
-        if self.x_mean is not None:
-            out -= self.x_mean
-        if self.x_std is not None:
-            out /= self.x_std
-        return out.astype(self.dtype, copy=False)
+        mean = 0.0 if self.x_mean is None else self.x_mean
+        std = 1.0 if self.x_std is None else self.x_std
+        out = np.empty(X.shape, dtype=self.dtype)
+        rows = max(1, (8 << 20) // (8 * max(1, X.shape[1])))  # float64 arithmetic, 8 MB at a time
+        for i in range(0, len(X), rows):
+            out[i:i + rows] = (X[i:i + rows].astype(np.float64) - mean) / std
+        return out
 
     def scale_targets(self, y):
         """Regression targets as the network is trained on them: (y - y_mean) / y_std; y itself when unset."""
