@@ -570,3 +570,12 @@ def test_predict_refuses_a_network_with_nan_parameters():
     big.weights[0] = [[1e30]]
     with pytest.raises(FloatingPointError, match="overflow float32"):
         big.predict(np.array([[1e30]]), backend="numpy")
+
+
+def test_scale_inputs_over_several_chunks_matches_the_formula():
+    rng = np.random.default_rng(0)
+    X = rng.normal(3, 2, (3000, 500))  # 12 MB of float64: more than one 8 MB chunk
+    net = Network([500, 2], dtype=np.float64, seed=0).fit_scalers(X)
+    np.testing.assert_allclose(net.scale_inputs(X), (X - X.mean(axis=0)) / X.std(axis=0), rtol=1e-12, atol=1e-12)
+    net32 = Network([500, 2], dtype=np.float32, seed=0).fit_scalers(X)
+    assert net32.scale_inputs(X).dtype == np.float32
