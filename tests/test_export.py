@@ -72,6 +72,8 @@ def test_cli_export_round_trip(tmp_path, capsys):
     np.testing.assert_allclose(got, net.predict_proba(X, backend="numpy"), atol=1e-5)
     assert main(["export", str(tmp_path / "missing.npz"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "m.npz"), "--onnx", str(tmp_path / "nowhere" / "x.onnx")]) == 2
+    assert "--onnx" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("activation,output", CASES)

@@ -29,6 +29,10 @@ def run(args):
     from .export import to_onnx
     from .network import Network
 
+    from pathlib import Path
+
+    if not Path(args.onnx).parent.is_dir():
+        raise ValueError(f"--onnx {args.onnx}: the folder {str(Path(args.onnx).parent)!r} does not exist")
     net = Network.load(args.model)
     model = to_onnx(net, args.onnx)
     print(f"fastgd export: wrote {args.onnx} ({len(model.graph.node)} nodes, opset "
