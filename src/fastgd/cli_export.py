@@ -10,7 +10,8 @@ EPILOG = """examples:
 
 The ONNX model has one input "input" (n, features; float32, or float64 for a float64 network) and
 one output "output" (n, outputs) equal to Network.predict_proba, scalers included. Feed images as
-float pixel / 255. Class names and feature names are in the model's metadata.
+float pixel / 255, unless the model has an input scaler (--standardize): then the raw values.
+Class names and feature names are in the model's metadata.
 """
 
 
@@ -19,7 +20,7 @@ def add_arguments(p):
     p.add_argument("--onnx", required=True, metavar="PATH", help="write the ONNX model here (required)")
     p.add_argument("--check", nargs="?", const=True, default=None, metavar="DATA",
                    help="run the exported model in onnxruntime on DATA (any `fastgd predict` data; uint8 images "
-                        "as pixel / 255) or, without DATA, on 256 random inputs, and report the largest "
+                        "as pixel / 255 unless the model has an input scaler) or, without DATA, on 256 random inputs, and report the largest "
                         "difference from Network.predict_proba (default: off)")
 
 
@@ -52,8 +53,8 @@ def run(args):
             from .data_files import load_inputs
 
             X, _, what = load_inputs(args.check, None, net.feature_names)
-            if X.dtype == np.uint8:
-                X = X / 255.0
+            if X.dtype == np.uint8 and net.x_mean is None and net.x_std is None:
+                X = X / 255.0  # what fastgd feeds the network for uint8 pixels (a scaler takes raw values)
             what = f"{len(X)} samples of {what}"
         X = np.ascontiguousarray(X, dtype=net.dtype)
         got = session.run(None, {"input": X})[0].astype(np.float64)

@@ -1,8 +1,9 @@
 """A trained network in other frameworks: ONNX (`to_onnx`, fastgd[onnx]) and PyTorch (`to_torch`).
 
 Both compute `net.predict_proba` on float inputs: the input scaler and, for regression, the
-target scaler are part of the exported model. (fastgd's uint8 shortcut is not: feed uint8 images
-to them as float pixel / 255, as the network saw them.)
+target scaler are part of the exported model. fastgd's uint8 shortcut (pixel / 255) is not: feed
+uint8 images to them as float pixel / 255, or, when the network has an input scaler (fitted on
+the raw values), as the raw values in float.
 """
 from __future__ import annotations
 
