@@ -224,11 +224,10 @@ def load_data(args, seed, log):
                             f"the test set (--test-split)")
     elif args.test_split is not None:
         raise ValueError(f"--test-split: {args.data} already has a test set")
-    task_flag = args.task
     try:
-        task = data_files.infer_task(ds.y_train, task_flag)
+        task = data_files.infer_task(ds.y_train, args.task)
     except ValueError as exc:
-        raise ValueError(f"--task: {exc}" if task_flag else f"{exc} (--task)") from exc
+        raise ValueError(str(exc) if "--task" in str(exc) else f"{exc} (--task)") from exc
     return ds, task
 
 
