@@ -444,7 +444,7 @@ class Network:
 
 _SCALER_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
 _MAX_LAYERS = 10_000
-_MAX_HISTORY_BYTES = 64 << 20  # a history of a million epochs is ~200 MB; 64 MB is plenty
+_MAX_HISTORY_BYTES = 64 << 20  # ~1 KB of UTF-32 text per epoch record: room for ~60,000 epochs
 _MAX_NAME_BYTES = 4096  # format, activation, output, dtype, init: short names
 _MAX_HISTORY_DEPTH = 4  # list of records of scalars (depth 2); a little slack for future fields
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032x
