@@ -56,6 +56,9 @@ def test_train_on_an_idx_folder_with_options(tmp_path, capsys):
     (["--save", "/nonexistent/folder/m.npz"], "--save"),
     (["--checkpoint", "/nonexistent/folder/run"], "--checkpoint"),
     (["--resume", "/nonexistent/run"], "--resume"),
+    (["--dropout", "1.5"], "--dropout: dropout must"),
+    (["--momentum", "-1"], "--momentum: momentum must"),
+    (["--warmup-epochs", "-2"], "--warmup-epochs: warmup_epochs must"),
     (["--sizes", "784"], "at least 2 entries"),
     (["--output", "linear", "--loss", "cross_entropy"], "cross_entropy"),
     (["--data", "/nonexistent/folder"], "no such file or folder"),
@@ -248,7 +251,7 @@ def test_divergence_is_an_error_without_traceback(tmp_path):
                    "--save", str(tmp_path / "m.npz"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "fastgd train: error:" in proc.stderr and "Traceback" not in proc.stderr
-    assert "learning rate" in proc.stderr
+    assert "learning rate" in proc.stderr and "--lr (now 1e+30)" in proc.stderr
     assert not (tmp_path / "m.npz").exists()
 
 

@@ -344,8 +344,11 @@ def run(args):
                         f"to stop or to choose weights")
     net, y_train, y_test = build_network(args, settings, ds, task, seed)
     trainer_kw = {k: settings[k] for k in TRAINER_OPTIONS + OPTIMIZER_OPTIONS if k in settings}
-    trainer = Trainer(net, backend=args.backend, threads=args.threads, seed=seed, deterministic=not args.hogwild,
-                      checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, **trainer_kw)
+    try:
+        trainer = Trainer(net, backend=args.backend, threads=args.threads, seed=seed, deterministic=not args.hogwild,
+                          checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, **trainer_kw)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(_name_the_flag(str(exc))) from exc
 
     n_test = 0 if ds.X_test is None else len(ds.X_test)
     print(f"fastgd: {ds.source}: {len(ds.X_train)} training and {n_test} test samples, task "
@@ -385,10 +388,11 @@ def run(args):
         _save_after_interrupt(args, net, trainer, log)
         return 130
     except FloatingPointError as exc:
+        hint = f"; lower --lr (now {trainer.lr:g})"
         if not args.standardize and ds.X_train.dtype != np.uint8:
-            raise FloatingPointError(f"{exc} (or pass --standardize: unscaled features"
-                                     f"{' and targets' if task == 'regress' else ''} often diverge)") from exc
-        raise
+            hint += (f" or pass --standardize (unscaled features{' and targets' if task == 'regress' else ''} "
+                     f"often diverge)")
+        raise FloatingPointError(f"{exc}{hint}") from exc
     finally:
         if bar is not None:
             bar.close()
@@ -439,6 +443,23 @@ def run(args):
             summary.update(test_r2=test["r2"], test_mae=test["mae"])
         print(json.dumps(summary))
     return 0
+
+
+def _name_the_flag(message):
+    """The Trainer names its keyword ("dropout must lie in ..."); the user typed --dropout."""
+    import re
+
+    if message.startswith("--"):
+        return message
+    names = TRAINER_OPTIONS + OPTIMIZER_OPTIONS + ("threads", "checkpoint_every", "checkpoint", "augment_shift")
+    m = re.match(r"(?:unknown )?([a-z_0-9]+)", message)
+    for name in sorted(names, key=len, reverse=True):
+        if m and m.group(1) == name:
+            return f"--{name.replace('_', '-')}: {message}"
+    for name in sorted(names, key=len, reverse=True):
+        if re.search(rf"\b{name}\b", message):
+            return f"--{name.replace('_', '-')}: {message}"
+    return message
 
 
 def _optimizer_summary(trainer):
