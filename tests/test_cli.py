@@ -338,3 +338,19 @@ def test_predict_on_an_idx_folder_scores_its_test_set(tmp_path, capsys):
     assert main(["predict", str(model), str(tmp_path), "--backend", "numpy"]) == 0
     printed = capsys.readouterr().out.split()
     assert [int(v) for v in printed] == list(pred)
+
+
+def test_resume_finds_the_checkpoint_that_checkpoint_wrote(tmp_path, capsys):
+    from test_datasets import write_idx_folder
+
+    write_idx_folder(tmp_path, n_train=60, n_test=20, rows=4, cols=3)
+    common = ["train", "--data", str(tmp_path), "--sizes", "12,8,10", "--backend", "numpy", "--seed", "0", "--json"]
+    assert main(common + ["--epochs", "1", "--checkpoint", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run.npz").exists()
+    capsys.readouterr()
+    assert main(common + ["--epochs", "2", "--resume", str(tmp_path / "run")]) == 0
+    summary = _summary(capsys.readouterr().out)
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    straight = main(common + ["--epochs", "2"])
+    assert straight == 0
+    assert _summary(capsys.readouterr().out)["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-12)
