@@ -154,6 +154,10 @@ def _npy_pair(text, target):
 
 def _npz(path):
     arrays = _npz_arrays(path)
+    if set(arrays) == {"X"} and hasattr(arrays["X"], "tocsr"):
+        raise DatasetError(f"--data {path} is a scipy.sparse matrix (scipy.sparse.save_npz): it holds features but "
+                           f"no targets; for training write np.savez(path, X_train=X.toarray(), y_train=y) "
+                           f"(`fastgd predict` reads it as it is)")
     missing = {"X_train", "y_train"} - set(arrays)
     if missing:
         raise DatasetError(f"--data {path} needs the keys X_train and y_train (and optionally X_test, y_test); "
