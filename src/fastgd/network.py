@@ -135,7 +135,7 @@ class Network:
         rng = np.random.default_rng(seed)
         scheme = self.init
         if scheme == "auto":
-            scheme = "he" if self.activation in ("relu", "leaky_relu") else "xavier"
+            scheme = "he" if self.activation == "relu" else "xavier"
         for W, b in zip(self.weights, self.biases):
             n_in, n_out = W.shape
             if scheme == "he":
