@@ -25,153 +25,15 @@ with a barrier after each phase ("sync", deterministic), or one whole minibatch 
 """
 cimport cython
 from cython.parallel cimport parallel
-from libc.math cimport exp, log, logf, log1p, tanh, fabs
+from libc.math cimport exp, log, logf, log1p, tanh, fabs, sqrt, pow
 from libc.string cimport memcpy
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #include <math.h>
-    #include <string.h>
-    #ifdef FASTGD_OPENMP
-    #include <omp.h>
-    static inline int fgd_thread_num(void) { return omp_get_thread_num(); }
-    static inline int fgd_num_threads(void) { return omp_get_num_threads(); }
-    static inline void fgd_barrier(void) {
-    #pragma omp barrier
-    }
-    #else
-    static inline int fgd_thread_num(void) { return 0; }
-    static inline int fgd_num_threads(void) { return 1; }
-    static inline void fgd_barrier(void) { }
-    #endif
-
-    /* Ask for the cache lines of [p, p + nbytes) ahead of use. */
-    static inline void fgd_prefetch(const void* p, long nbytes) {
-        const char* c = (const char*)p;
-        for (long k = 0; k < nbytes; k += 64) __builtin_prefetch(c + k, 0, 3);
-    }
-
-    /* t[0:16] += x * d[0:16] as whole vectors (GCC vector extensions): written out because
-       gcc unrolls the equivalent 16-iteration loop into scalar code when the row stride is a
-       compile-time constant. memcpy keeps the loads and stores unaligned-safe. */
-    typedef float fgd_v16f __attribute__((vector_size(64)));
-    typedef double fgd_v16d __attribute__((vector_size(128)));
-    static inline void fgd_axpy16f(float* t, float x, const float* d) {
-        fgd_v16f tv, dv;
-        memcpy(&tv, t, sizeof tv); memcpy(&dv, d, sizeof dv);
-        tv += x * dv;
-        memcpy(t, &tv, sizeof tv);
-    }
-    static inline void fgd_axpy16d(double* t, double x, const double* d) {
-        fgd_v16d tv, dv;
-        memcpy(&tv, t, sizeof tv); memcpy(&dv, d, sizeof dv);
-        tv += x * dv;
-        memcpy(t, &tv, sizeof tv);
-    }
-
-    /* The sparse first layer when its width pads to exactly 16 lanes (one weight row = one
-       vector), written with vector types: the generic loops are not inlined at their pad == 16
-       call sites, so they index rows with a runtime multiply and spill. Same arithmetic and
-       order as sparse_forward_row / sparse_update_row; the update's lut holds the step's
-       coef * value products (built once per step), so a pixel costs no multiply of its own. */
-    #define FGD_SPARSE16(T, V, SUFFIX)                                                        \
-    static inline void fgd_sparse_forward16##SUFFIX(                                          \
-            const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
-            const T* W, const T* b, T* z) {                                                   \
-        V a0, a1, a2, a3, w0, w1, w2, w3;                                                     \
-        memcpy(&a0, b, sizeof a0);                                                            \
-        a1 = a0 - a0; a2 = a1; a3 = a1;                                                       \
-        long k = 0;                                                                           \
-        for (; k + 4 <= nnz; k += 4) {                                                        \
-            memcpy(&w0, W + ((long)idx[k] << 4), sizeof w0);                                  \
-            memcpy(&w1, W + ((long)idx[k + 1] << 4), sizeof w1);                              \
-            memcpy(&w2, W + ((long)idx[k + 2] << 4), sizeof w2);                              \
-            memcpy(&w3, W + ((long)idx[k + 3] << 4), sizeof w3);                              \
-            a0 += lut[val[k]] * w0;                                                           \
-            a1 += lut[val[k + 1]] * w1;                                                       \
-            a2 += lut[val[k + 2]] * w2;                                                       \
-            a3 += lut[val[k + 3]] * w3;                                                       \
-        }                                                                                     \
-        for (; k < nnz; k++) {                                                                \
-            memcpy(&w0, W + ((long)idx[k] << 4), sizeof w0);                                  \
-            a0 += lut[val[k]] * w0;                                                           \
-        }                                                                                     \
-        a0 = (a0 + a1) + (a2 + a3);                                                           \
-        memcpy(z, &a0, sizeof a0);                                                            \
-    }                                                                                         \
-    static inline void fgd_sparse_update16##SUFFIX(                                           \
-            const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
-            const T* d, long i0, long i1, T* Tw) {                                            \
-        V dv, t;                                                                              \
-        long k = 0;                                                                           \
-        memcpy(&dv, d, sizeof dv);                                                            \
-        while (k < nnz && idx[k] < i0) k++;                                                   \
-        if (i1 > 65535) {  /* every remaining pixel is in range: no bound test */             \
-            for (; k < nnz; k++) {                                                            \
-                T x = lut[val[k]];                                                            \
-                memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                               \
-                t += x * dv;                                                                  \
-                memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                               \
-            }                                                                                 \
-            return;                                                                           \
-        }                                                                                     \
-        for (; k < nnz && idx[k] < i1; k++) {                                                 \
-            T x = lut[val[k]];                                                                \
-            memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                                   \
-            t += x * dv;                                                                      \
-            memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                                   \
-        }                                                                                     \
-    }
-    FGD_SPARSE16(float, fgd_v16f, f)
-    FGD_SPARSE16(double, fgd_v16d, d)
-
-    /* fastgd._random's counter-based uniform numbers (SplitMix64 finaliser), bit for bit. */
-    static inline unsigned long long fgd_mix64(unsigned long long z) {
-        z += 0x9E3779B97F4A7C15ULL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
-    static inline double fgd_uniform(unsigned long long seed, unsigned long long pos,
-                                     unsigned long long unit) {
-        unsigned long long r = fgd_mix64(seed ^ fgd_mix64(pos * 1048576ULL + unit));
-        return (double)(r >> 40) * 5.9604644775390625e-08;  /* 24 bits times 2**-24 */
-    }
-
-    /* fastgd._random.shifts: the (dx, dy) of the sample at position pos, each in [-k, k]. */
-    static inline void fgd_shift(unsigned long long seed, unsigned long long pos, long long k,
-                                 long long* dx, long long* dy) {
-        unsigned long long r = fgd_mix64(seed ^ fgd_mix64(pos * 1048576ULL + 1048575ULL));
-        unsigned long long span = (unsigned long long)(2 * k + 1);
-        *dx = (long long)((r & 0xFFFFFFFFULL) % span) - k;
-        *dy = (long long)((r >> 32) % span) - k;
-    }
-
-    /* exp(x) in float32 without a libm call, so loops over 16 lanes vectorise: Cody-Waite
-       range reduction and the Cephes expf polynomial (relative error ~1e-7). The clamp keeps
-       2^k a normal float; sigmoid and softmax only need the limits, which it preserves. */
-    static inline float fgd_expf(float x) {
-        x = x < -87.3f ? -87.3f : x;
-        x = x > 88.3f ? 88.3f : x;
-        float fk = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round to nearest */
-        float r = x - fk * 0.693359375f + fk * 2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        float y = p * r * r + r + 1.0f;
-        int bits = ((int)fk + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, sizeof scale);
-        return y * scale;
-    }
-    """
+cdef extern from "fastgd_simd.h":
+    int FGD_DEBUG_BUILD
     int fgd_thread_num() noexcept nogil
     int fgd_num_threads() noexcept nogil
     void fgd_barrier() noexcept nogil
@@ -192,6 +54,8 @@ cdef extern from *:
     void fgd_sparse_update16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
                               const double* d, long i0, long i1, double* Tw) noexcept nogil
 
+include "ops_codes.pxi"
+
 ctypedef fused floating:
     float
     double
@@ -207,15 +71,6 @@ cdef enum:
     L_PAD = 4
     L_ACT = 5
     L_BLAS = 6
-    # activation codes (must match cython_backend.ACT_CODES)
-    ACT_SIGMOID = 0
-    ACT_RELU = 1
-    ACT_TANH = 2
-    ACT_LINEAR = 3
-    ACT_SOFTMAX = 4
-    # loss codes
-    LOSS_MSE = 0
-    LOSS_CE = 1
     # scratch table `soff`: offsets of the per-thread blocks
     S_XBUF = 0
     S_ACTS = 1
@@ -224,6 +79,10 @@ cdef enum:
     S_INP = 4          # dropout: masked hidden activations (the next layer's input)
     S_MASK = 5         # dropout: the multipliers (0 or 1/(1 - rate))
     S_SIZE = 6
+    # optimiser kinds (fastgd.backends.base.OPTIMIZER_CODES; checked at import by cython_backend)
+    OPT_SGD = 0
+    OPT_ADAM = 1
+    OPT_ADAMW = 2
     # epoch modes
     MODE_SERIAL = 0
     MODE_SYNC = 1
@@ -235,13 +94,14 @@ cdef enum:
     ROWS_AHEAD = 20
     PTR_AHEAD = 40
 
-ACT_CODES = {"sigmoid": ACT_SIGMOID, "relu": ACT_RELU, "tanh": ACT_TANH, "linear": ACT_LINEAR,
-             "softmax": ACT_SOFTMAX}
-LOSS_CODES = {"mse": LOSS_MSE, "cross_entropy": LOSS_CE}
+# ACT_CODES, LOSS_CODES, LEAKY_SLOPE: the codes this module was compiled with, from ops_codes.pxi;
+# cython_backend checks at import that they still equal fastgd.ops's (a stale build fails loudly).
+DEBUG_BUILD = bool(FGD_DEBUG_BUILD)  # built with FASTGD_DEBUG_BUILD=1 (bounds checks on)
 LANES = VL
 LAYOUT_COLUMNS = LAY_COLS
 SCRATCH_FIELDS = S_SIZE + 1
 MODES = {"serial": MODE_SERIAL, "sync": MODE_SYNC, "hogwild": MODE_HOGWILD}
+OPTIMIZER_CODES = {"sgd": OPT_SGD, "adam": OPT_ADAM, "adamw": OPT_ADAMW}
 
 
 # ---- what one call sees: network, input, targets (plain C, shared by all threads) ------------
@@ -270,17 +130,23 @@ cdef struct Ctx:
     int64_t shift               # max image shift in pixels; 0: off (dense input path only)
     int64_t img_rows
     int64_t img_cols
+    int64_t first_position      # epoch position of order[0] (keys dropout and shifts)
 
 
-cdef struct Recipe:
-    # the optimiser beyond plain SGD (see base.py): g = grad + l2 W + l1 sign(W) on weights,
-    # v = momentum v + g, step = g + momentum v (Nesterov) or v, params -= lr step
-    void* grad                  # padded gradient accumulator (zeros between steps), or NULL
-    void* velocity              # padded momentum buffer, or NULL
+cdef struct Rule:
+    # the optimiser step (base.StepRule; formulas in fastgd/backends/base.py)
+    int kind                    # OPT_SGD | OPT_ADAM | OPT_ADAMW
     double momentum
     bint nesterov
-    double l2
+    double weight_decay         # sgd/adam: in the gradient; adamw: decoupled. Weights only.
     double l1
+    double beta1
+    double beta2
+    double eps
+    int64_t step                # steps already taken: the call's k-th step is step + k + 1
+    void* grad                  # padded gradient accumulator (zeros between steps), or NULL
+    void* state1                # padded velocity (sgd) or first moment m (adam), or NULL
+    void* state2                # padded second moment v (adam), or NULL
 
 
 # ---- elementwise pieces ----------------------------------------------------------------------
@@ -303,6 +169,9 @@ cdef inline void activation_forward(floating* z, int64_t n, int kind) noexcept n
     elif kind == ACT_TANH:
         for j in range(n):
             z[j] = tanh(z[j])
+    elif kind == ACT_LEAKY_RELU:
+        for j in range(n):
+            z[j] = z[j] if z[j] > 0 else z[j] * <floating>FGD_LEAKY_SLOPE
 
 
 cdef inline void activation_backward_row(const floating* a, floating* d, int64_t n,
@@ -319,6 +188,9 @@ cdef inline void activation_backward_row(const floating* a, floating* d, int64_t
     elif kind == ACT_TANH:
         for i in range(n):
             d[i] = d[i] * ((<floating>1) - a[i] * a[i])
+    elif kind == ACT_LEAKY_RELU:  # a > 0 exactly where z > 0 (the slope is positive)
+        for i in range(n):
+            d[i] = d[i] if a[i] > 0 else d[i] * <floating>FGD_LEAKY_SLOPE
 
 
 cdef inline floating softplus(floating z) noexcept nogil:
@@ -678,25 +550,29 @@ cdef void shifted_row(const Ctx* c, int64_t row, int64_t pos, const floating* lu
                 out[r * cols + col] = sf[(r - dy) * cols + col - dx]
 
 
-# ---- one minibatch, phase A: forward, loss, deltas for rows s0..s1 --------------------------
-cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* S,
-                                     const int64_t* rows, int64_t first_row, int64_t B,
-                                     int64_t s0, int64_t s1, bint deltas, double* loss_sum,
-                                     int64_t* correct, int64_t pos0) noexcept nogil:
-    """Forward every layer for minibatch rows s0..s1 (sample s is input row rows[s], or
-    first_row + s when rows is NULL), then the output delta, loss and accuracy, then the hidden
-    deltas back to layer 1, all with the current (pre-update) weights P. Scratch S holds this
-    minibatch's activations and deltas (B rows each). With dropout, sample s sits at epoch
-    position pos0 + s, which keys its masks."""
+# ---- one minibatch, phase A: forward, loss, deltas for samples s0..s1 ------------------------
+# Scratch S of one minibatch of B samples (offsets in Ctx.soff; pad_l = layer l's padded width):
+#   xbuf   (B, n_in)       the gathered input rows (dense input path)
+#   acts   (B, pad_l)      per layer l: its activations (the output layer's block holds a)
+#   deltas (B, pad_l)      per layer l: dL/dz_l
+#   zout   (B, pad_last)   the output layer's pre-activations z
+#   inp    (B, pad_l)      dropout: the masked hidden activations the next layer reads
+#   mask   (B, pad_l)      dropout: 0 or 1/(1 - rate) per unit
+cdef void network_forward(const Ctx* c, const floating* P, floating* S, const int64_t* rows,
+                          int64_t first_row, int64_t s0, int64_t s1, bint training,
+                          int64_t pos0) noexcept nogil:
+    """acts/zout of samples s0..s1 (sample s is input row rows[s], or first_row + s when rows is
+    NULL) with the current weights P: every layer's z = x W + b, hidden activations applied in
+    the same pass (the output activation is output_delta's). When training with dropout, sample
+    s sits at epoch position pos0 + s, which keys its masks."""
     cdef const int64_t* lay = c.lay
     cdef int L = c.n_layers
     cdef int l, act
-    cdef int64_t s, row, i, j, jb, jj, k0, k1, n_in, pad, n_out, lda
+    cdef int64_t s, row, i, k0, k1, n_in, pad, n_out, lda
     cdef floating scale = <floating>c.x_scale
     cdef const floating* lut = <const floating*>c.lut
     cdef floating* xbuf = S + c.soff[S_XBUF]
     cdef floating* acts = S + c.soff[S_ACTS]
-    cdef floating* dlt = S + c.soff[S_DELTAS]
     cdef floating* zout = S + c.soff[S_ZOUT]
     cdef floating* inp = S + c.soff[S_INP]
     cdef floating* mask = S + c.soff[S_MASK]
@@ -706,18 +582,10 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
     cdef const floating* A
     cdef const floating* W
     cdef const floating* xf = <const floating*>c.xf
-    cdef const floating* tg = <const floating*>c.targets
     cdef floating* Z
-    cdef floating* D
-    cdef floating* Din
-    cdef floating* Ain
-    cdef floating* Min
-    cdef floating acc[VL]
-    cdef floating wt[WT_MAX]  # a small layer's weights, transposed (hidden_deltas_small)
     cdef const uint8_t* src
     cdef bint blas
-    cdef double row_losses = 0  # summed here and added once: threads' slots share a cache line
-    cdef int64_t n_correct = 0
+    cdef bint deltas = training
 
     for l in range(L):
         n_in = lay[l * LAY_COLS + L_NIN]
@@ -780,6 +648,27 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     inp[lay[l * LAY_COLS + L_ACT] + s * pad + i] = Z[s * pad + i] * m
             first_unit += n_out
 
+
+
+cdef void output_delta(const Ctx* c, floating* S, const int64_t* rows, int64_t first_row,
+                       int64_t s0, int64_t s1, bint training, double* loss_sum,
+                       int64_t* correct) noexcept nogil:
+    """The output layer for samples s0..s1: a = out_act(zout) into its acts block; with targets
+    (training, or evaluate), dL/dz into its deltas block, the per-sample loss from the
+    pre-activations added to loss_sum and the correct argmax predictions to correct."""
+    cdef const int64_t* lay = c.lay
+    cdef int L = c.n_layers
+    cdef int64_t s, row, n_out, pad
+    cdef floating* acts = S + c.soff[S_ACTS]
+    cdef floating* dlt = S + c.soff[S_DELTAS]
+    cdef floating* zout = S + c.soff[S_ZOUT]
+    cdef const floating* tg = <const floating*>c.targets
+    cdef floating* Z
+    cdef floating* D
+    cdef double row_losses = 0  # summed here and added once: threads' slots share a cache line
+    cdef int64_t n_correct = 0
+    cdef bint deltas = training
+
     # output layer: activation, loss, delta, accuracy
     n_out = lay[(L - 1) * LAY_COLS + L_NOUT]
     pad = lay[(L - 1) * LAY_COLS + L_PAD]
@@ -790,12 +679,30 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
         output_row(zout + s * pad, Z + s * pad, tg + row * n_out if deltas else NULL, n_out,
                    c.out_act, c.loss, D + s * pad, &row_losses, &n_correct,
                    c.labels[row] if deltas else -1)
-    loss_sum[0] += row_losses
-    correct[0] += n_correct
-    if not deltas:
-        return
+    if deltas:
+        loss_sum[0] += row_losses
+        correct[0] += n_correct
 
-    # hidden deltas with pre-update weights: D_{l-1} = (D_l @ W_l^T) * f'(a_{l-1})
+
+cdef void hidden_deltas(const Ctx* c, const floating* P, floating* S, int64_t s0,
+                        int64_t s1) noexcept nogil:
+    """deltas of every hidden layer for samples s0..s1, from the output layer's down, with the
+    pre-update weights P: D_{l-1} = (D_l W_l^T) * f'(a_{l-1}) (times the dropout mask)."""
+    cdef const int64_t* lay = c.lay
+    cdef int L = c.n_layers
+    cdef int l
+    cdef int64_t s, i, jb, jj, n_in, pad, lda
+    cdef floating* acts = S + c.soff[S_ACTS]
+    cdef floating* dlt = S + c.soff[S_DELTAS]
+    cdef floating* mask = S + c.soff[S_MASK]
+    cdef const floating* W
+    cdef floating* D
+    cdef floating* Din
+    cdef floating* Ain
+    cdef floating* Min
+    cdef floating acc[VL]
+    cdef floating wt[WT_MAX]  # a small layer's weights, transposed (hidden_deltas_small)
+
     for l in range(L - 1, 0, -1):
         n_in = lay[l * LAY_COLS + L_NIN]
         pad = lay[l * LAY_COLS + L_PAD]
@@ -839,6 +746,20 @@ cdef void minibatch_forward_backward(const Ctx* c, const floating* P, floating* 
                     for i in range(n_in):
                         Din[s * lda + i] = Din[s * lda + i] * Min[s * lda + i]
                 activation_backward_row(Ain + s * lda, Din + s * lda, n_in, c.hidden_act)
+
+
+
+cdef inline void minibatch_forward_backward(const Ctx* c, const floating* P, floating* S,
+                                            const int64_t* rows, int64_t first_row,
+                                            int64_t s0, int64_t s1, bint training,
+                                            double* loss_sum, int64_t* correct,
+                                            int64_t pos0) noexcept nogil:
+    """Phase A for samples s0..s1: forward, output delta (loss, accuracy), hidden deltas (only
+    when training), all with the pre-update weights P."""
+    network_forward(c, P, S, rows, first_row, s0, s1, training, pos0)
+    output_delta(c, S, rows, first_row, s0, s1, training or c.targets != NULL, loss_sum, correct)
+    if training:
+        hidden_deltas(c, P, S, s0, s1)
 
 
 cdef void hidden_deltas_small(const floating* D, int64_t pad, int64_t n_out, const floating* W,
@@ -1036,22 +957,21 @@ cdef void weight_update_rows(const floating* A, int64_t lda, const floating* D, 
             i += 1
 
 
-# ---- one minibatch, the optimiser step with a training recipe ---------------------------------
-cdef void optimizer_range(floating* W, floating* G, floating* V, int64_t n, floating lr,
-                          const Recipe* r, bint decay) noexcept nogil:
-    """The recipe's update of n parameters from their mean gradient G, in the reference's
-    order of operations; G is zeroed for the next step. `decay`: weights (l2/l1 apply), not
-    biases."""
+# ---- one minibatch, the optimiser step (StepRule; formulas in fastgd/backends/base.py) ------
+cdef void sgd_range(floating* W, floating* G, floating* V, int64_t n, floating lr,
+                    const Rule* r, bint decay) noexcept nogil:
+    """SGD with momentum/Nesterov/weight decay/L1 on n parameters from their mean gradient G;
+    G is zeroed for the next step. `decay`: weights (weight decay, l1 apply), not biases."""
     cdef int64_t k
     cdef floating g, v, step, w
     cdef floating mu = <floating>r.momentum
-    cdef floating l2 = <floating>r.l2
+    cdef floating wd = <floating>r.weight_decay
     cdef floating l1 = <floating>r.l1
     for k in range(n):
         w = W[k]
         g = G[k]
-        if decay and r.l2 > 0:
-            g = g + l2 * w
+        if decay and r.weight_decay > 0:
+            g = g + wd * w
         if decay and r.l1 > 0:
             g = g + l1 * ((<floating>(w > 0)) - (<floating>(w < 0)))
         if V != NULL:
@@ -1064,19 +984,64 @@ cdef void optimizer_range(floating* W, floating* G, floating* V, int64_t n, floa
         G[k] = 0
 
 
+cdef void adam_range(floating* W, floating* G, floating* M, floating* V, int64_t n, double lr,
+                     const Rule* r, bint decay, double bc1, double bc2) noexcept nogil:
+    """Adam / AdamW (PyTorch semantics) on n parameters from their mean gradient G, with this
+    step's bias corrections bc1 = 1 - beta1^t, bc2 = 1 - beta2^t (double); G is zeroed.
+    `decay`: weights (weight decay, l1 apply), not biases."""
+    cdef int64_t k
+    cdef floating g, w, m, v
+    cdef floating b1 = <floating>r.beta1
+    cdef floating b2 = <floating>r.beta2
+    cdef floating c1 = <floating>(1.0 - r.beta1)
+    cdef floating c2 = <floating>(1.0 - r.beta2)
+    cdef floating fbc1 = <floating>bc1
+    cdef floating fbc2 = <floating>bc2
+    cdef floating eps = <floating>r.eps
+    cdef floating flr = <floating>lr
+    cdef floating l1 = <floating>r.l1 if decay else 0
+    cdef floating wd = <floating>r.weight_decay if decay and r.kind == OPT_ADAM else 0
+    cdef floating decoupled = <floating>(lr * r.weight_decay) if decay and r.kind == OPT_ADAMW else 0
+    for k in range(n):
+        w = W[k]
+        g = G[k] + wd * w
+        g = g + l1 * ((<floating>(w > 0)) - (<floating>(w < 0)))
+        w = w - decoupled * w  # AdamW: W -= lr * wd * W before the Adam step
+        m = M[k] * b1 + c1 * g
+        v = V[k] * b2 + c2 * (g * g)
+        M[k] = m
+        V[k] = v
+        W[k] = w - flr * (m / fbc1) / (sqrt(v / fbc2) + eps)
+        G[k] = 0
+
+
+cdef void optimizer_range(floating* W, floating* G, floating* S1, floating* S2, int64_t n,
+                          double lr, const Rule* r, bint decay, double bc1,
+                          double bc2) noexcept nogil:
+    if r.kind == OPT_SGD:
+        sgd_range(W, G, S1, n, <floating>lr, r, decay)
+    else:
+        adam_range(W, G, S1, S2, n, lr, r, decay, bc1, bc2)
+
+
 cdef void apply_step(const Ctx* c, floating* P, const floating* S, floating* G,
-                     const int64_t* rows, int64_t B, double lr, int part, int parts,
-                     const Recipe* r) noexcept nogil:
+                     const int64_t* rows, int64_t B, double lr, int64_t t, int part, int parts,
+                     const Rule* r) noexcept nogil:
     """The parameter update of one minibatch for weight rows of part `part` of `parts`: plain
-    SGD fused into the gradient pass, or (G not NULL) the gradient into G and then the recipe's
-    optimiser over the same rows, so no extra barrier is needed."""
+    SGD fused into the gradient pass, or (G not NULL) the gradient into G and then the
+    optimiser step (the t-th, 1-based) over the same rows, so no extra barrier is needed."""
     cdef const int64_t* lay = c.lay
     cdef int l
-    cdef int64_t n_in, pad, i0, i1, w_off
-    cdef floating* V = <floating*>r.velocity
+    cdef int64_t n_in, pad, i0, i1, w_off, o
+    cdef floating* S1 = <floating*>r.state1
+    cdef floating* S2 = <floating*>r.state2
+    cdef double bc1, bc2
     if G == NULL:
         minibatch_update(c, P, S, rows, B, <floating>(-lr / B), part, parts)
         return
+    # Adam's bias corrections of step t, in double (plain SGD above never pays for the pow)
+    bc1 = 1.0 - pow(r.beta1, <double>t)
+    bc2 = 1.0 - pow(r.beta2, <double>t)
     minibatch_update(c, G, S, rows, B, (<floating>1) / B, part, parts)
     for l in range(c.n_layers):
         n_in = lay[l * LAY_COLS + L_NIN]
@@ -1084,83 +1049,157 @@ cdef void apply_step(const Ctx* c, floating* P, const floating* S, floating* G,
         w_off = lay[l * LAY_COLS + L_W]
         i0 = n_in * part // parts
         i1 = n_in * (part + 1) // parts
-        optimizer_range(P + w_off + i0 * pad, G + w_off + i0 * pad,
-                        V + w_off + i0 * pad if V != NULL else NULL, (i1 - i0) * pad,
-                        <floating>lr, r, True)
+        o = w_off + i0 * pad
+        optimizer_range(P + o, G + o, S1 + o if S1 != NULL else NULL,
+                        S2 + o if S2 != NULL else NULL, (i1 - i0) * pad, lr, r, True, bc1, bc2)
         if part == parts - 1:
-            optimizer_range(P + w_off + n_in * pad, G + w_off + n_in * pad,
-                            V + w_off + n_in * pad if V != NULL else NULL, pad, <floating>lr, r,
-                            False)
+            o = w_off + n_in * pad
+            optimizer_range(P + o, G + o, S1 + o if S1 != NULL else NULL,
+                            S2 + o if S2 != NULL else NULL, pad, lr, r, False, bc1, bc2)
 
 
 # ---- Python entry points (called by cython_backend after validation) ------------------------
-cdef void fill_ctx(Ctx* c, int64_t[:, ::1] lay, int hidden_act, int out_act, int loss,
-                   const uint8_t[:, ::1] Xu8, const void* xf, int64_t x_itemsize, int64_t n_in,
-                   double x_scale,
-                   const int64_t[::1] csr_ptr, const uint16_t[::1] csr_idx,
-                   const uint8_t[::1] csr_val, const void* targets, const int32_t[::1] labels,
-                   const int64_t[::1] soff):
-    c.n_layers = <int>lay.shape[0]
-    c.hidden_act = hidden_act
-    c.out_act = out_act
-    c.loss = loss
-    c.lay = &lay[0, 0]
-    c.xu8 = &Xu8[0, 0] if Xu8 is not None else NULL
-    c.xf = xf
-    c.n_in = n_in
-    c.x_itemsize = x_itemsize
-    c.x_scale = x_scale
-    if csr_ptr is not None:
-        c.csr_ptr = &csr_ptr[0]
-        c.csr_idx = &csr_idx[0] if csr_idx.shape[0] > 0 else NULL
-        c.csr_val = &csr_val[0] if csr_val.shape[0] > 0 else NULL
-        if c.csr_idx == NULL:  # no non-zero pixel at all: pointers are never read
-            c.csr_idx = <const uint16_t*>c.csr_ptr
-            c.csr_val = <const uint8_t*>c.csr_ptr
-    else:
+cdef class Problem:
+    """What the kernels read besides the parameters: the padded layout table, the scratch
+    offsets, activation and loss codes, the input (uint8 or floating rows, optionally the CSR
+    of its non-zero pixels), targets and labels, and dropout / image-shift settings. Holds the
+    arrays (so their memory outlives the call) and raw pointers to them in a C struct.
+
+    Built by cython_backend after EpochPlan.validate: dtypes and shapes are trusted here, except
+    that each entry point checks the floating type against the parameters'."""
+    cdef Ctx c
+    cdef object keep
+    cdef readonly int itemsize       # bytes per floating element of X (float input), targets
+
+    def __init__(self, int64_t[:, ::1] lay, const int64_t[::1] soff, int hidden_act, int out_act,
+                 int loss, X, double x_scale, csr=None, targets=None, labels=None,
+                 double dropout=0, unsigned long long seed=0, int64_t first_position=0,
+                 int64_t shift=0, int64_t image_rows=0, int64_t image_cols=0):
+        cdef const int64_t[::1] ptr
+        cdef const uint16_t[::1] idx
+        cdef const uint8_t[::1] val
+        cdef const int32_t[::1] lab
+        cdef Py_ssize_t address
+        if not isinstance(X, np.ndarray) or X.ndim != 2 or not X.flags.c_contiguous:
+            raise ValueError("X must be a C-contiguous 2-D array")
+        if X.dtype != np.uint8 and X.dtype != np.float32 and X.dtype != np.float64:
+            raise TypeError(f"X must be uint8, float32 or float64, got {X.dtype}")
+        if X.shape[1] != lay[0, L_NIN]:
+            raise ValueError("X does not have the network's input width")
+        self.keep = (lay, soff, X, csr, targets, labels)
+        self.itemsize = 0 if X.dtype == np.uint8 else X.dtype.itemsize
+        c = &self.c
+        c.n_layers = <int>lay.shape[0]
+        c.hidden_act = hidden_act
+        c.out_act = out_act
+        c.loss = loss
+        c.lay = &lay[0, 0]
+        c.soff = &soff[0]
+        c.n_in = X.shape[1]
+        c.n_out = lay[lay.shape[0] - 1, L_NOUT]
+        c.x_scale = x_scale
+        address = X.ctypes.data
+        c.xu8 = <const uint8_t*>address if X.dtype == np.uint8 else NULL
+        c.xf = NULL if X.dtype == np.uint8 else <const void*>address
+        c.x_itemsize = X.dtype.itemsize
         c.csr_ptr = NULL
         c.csr_idx = NULL
         c.csr_val = NULL
-    c.lut = NULL
-    c.dropout = 0
-    c.drop_scale = 1
-    c.drop_seed = 0
-    c.shift = 0
-    c.img_rows = 0
-    c.img_cols = 0
-    c.targets = targets
-    c.n_out = lay[lay.shape[0] - 1, L_NOUT]
-    c.labels = &labels[0] if labels is not None else NULL
-    c.soff = &soff[0]
+        if csr is not None:
+            ptr, idx, val = csr
+            if ptr.shape[0] < 1:  # its rows may be a permuted copy: X's rows are then unused
+                raise ValueError("the CSR index has no row pointers")
+            c.csr_ptr = &ptr[0]
+            c.csr_idx = &idx[0] if idx.shape[0] > 0 else NULL
+            c.csr_val = &val[0] if val.shape[0] > 0 else NULL
+            if c.csr_idx == NULL:  # no non-zero pixel at all: pointers are never read
+                c.csr_idx = <const uint16_t*>c.csr_ptr
+                c.csr_val = <const uint8_t*>c.csr_ptr
+        c.targets = NULL
+        c.labels = NULL
+        if targets is not None:
+            if (not isinstance(targets, np.ndarray) or targets.ndim != 2 or targets.shape[1] != c.n_out
+                    or not targets.flags.c_contiguous or targets.dtype not in (np.float32, np.float64)):
+                raise ValueError("targets must be a C-contiguous float array of shape (rows, n_out)")
+            address = targets.ctypes.data
+            c.targets = <const void*>address
+            self.itemsize = targets.dtype.itemsize
+            lab = labels
+            if lab.shape[0] != targets.shape[0]:
+                raise ValueError("labels must hold one label per target row")
+            c.labels = &lab[0] if lab.shape[0] > 0 else NULL
+        c.lut = NULL
+        c.dropout = dropout
+        c.drop_scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
+        c.drop_seed = seed
+        c.first_position = first_position
+        c.shift = shift
+        c.img_rows = image_rows
+        c.img_cols = image_cols
+        if shift > 0 and (image_rows * image_cols != c.n_in or c.csr_ptr != NULL):
+            raise ValueError("image shifts need image_rows * image_cols == n_in and dense input")
 
 
-def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int out_act,
-                int loss, const uint8_t[:, ::1] Xu8, const floating[:, ::1] Xf, double x_scale,
-                const int64_t[::1] csr_ptr, const uint16_t[::1] csr_idx,
-                const uint8_t[::1] csr_val, const floating[:, ::1] targets,
-                const int32_t[::1] labels, const int64_t[::1] order, const double[::1] lrs,
-                int64_t batch_size, floating[:, ::1] scratch, const int64_t[::1] soff,
-                int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out,
-                floating[:, ::1] grad=None, floating[::1] velocity=None, double momentum=0,
-                bint nesterov=False, double l2=0, double l1=0, double dropout=0,
-                unsigned long long seed=0, int64_t first_position=0, int64_t shift=0,
-                int64_t image_rows=0, int64_t image_cols=0):
-    """Every minibatch of one epoch in nogil code; per-thread loss sums and correct counts go
-    to loss_out[t], correct_out[t]. Modes: serial (one thread; BLAS layers allowed), sync
-    (deterministic: each step's samples split across threads for forward/deltas, then the
-    weight rows split for the update; identical to serial), hogwild (each thread runs its own
-    minibatches, lock-free on the shared weights). With a training recipe, `grad` (zeros,
-    one padded row per thread in hogwild mode, else one) accumulates each step's gradient and
-    `velocity` is the padded momentum buffer. Dropout masks are keyed by (seed, first_position
-    + index in order, unit), as in fastgd._random."""
-    cdef Ctx c
-    cdef Recipe r
-    cdef floating* G0 = &grad[0, 0] if grad is not None else NULL
-    cdef int64_t gstride = grad.shape[1] if grad is not None else 0
+cdef class StepConfig:
+    """The optimiser step of `train_epoch` (base.StepRule without its state arrays, which the
+    entry point takes as a 2-D array): kind, momentum, nesterov, weight_decay, l1, beta1, beta2,
+    eps, and `step`, the optimiser steps already taken (the call's k-th step is step + k + 1)."""
+    cdef Rule r
+    cdef readonly bint plain          # plain SGD: updated in place, no gradient buffer
+
+    def __init__(self, int kind=OPT_SGD, double momentum=0, bint nesterov=False,
+                 double weight_decay=0, double l1=0, double beta1=0.9, double beta2=0.999,
+                 double eps=1e-8, int64_t step=0):
+        if kind != OPT_SGD and kind != OPT_ADAM and kind != OPT_ADAMW:
+            raise ValueError(f"unknown optimiser kind {kind}")
+        self.r.kind = kind
+        self.r.momentum = momentum
+        self.r.nesterov = nesterov
+        self.r.weight_decay = weight_decay
+        self.r.l1 = l1
+        self.r.beta1 = beta1
+        self.r.beta2 = beta2
+        self.r.eps = eps
+        self.r.step = step
+        self.r.grad = NULL
+        self.r.state1 = NULL
+        self.r.state2 = NULL
+        self.plain = kind == OPT_SGD and momentum == 0 and weight_decay == 0 and l1 == 0
+
+    @property
+    def n_state(self):
+        if self.r.kind == OPT_SGD:
+            return 1 if self.r.momentum > 0 else 0
+        return 2
+
+
+cdef void set_lut(Ctx* c, floating* lut) noexcept nogil:
+    """lut[v] = (floating)v * (floating)x_scale: exactly the reference's uint8 -> float."""
+    cdef int v
+    for v in range(256):
+        lut[v] = (<floating>v) * (<floating>c.x_scale)
+    c.lut = lut
+
+
+def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
+                const double[::1] lrs, int64_t batch_size, StepConfig rule,
+                floating[:, ::1] state, floating[:, ::1] grad, floating[:, ::1] scratch,
+                int mode, int threads, double[::1] loss_out, int64_t[::1] correct_out):
+    """Every minibatch of `order` (rows of problem's X) in nogil code; per-thread loss sums and
+    correct counts go to loss_out[t], correct_out[t]. Modes: serial (one thread; BLAS layers
+    allowed), sync (deterministic: each step's samples split across threads for forward/deltas,
+    then the weight rows split for the update; bitwise identical to serial), hogwild (each thread
+    runs its own minibatches, lock-free on the shared weights).
+
+    Buffers (padded like params, see _Layout): state (rule.n_state, size) the optimiser state,
+    updated in place; grad (copies, size) zeros, the gradient accumulator of a non-plain rule
+    (one row per thread in hogwild mode, else one); scratch (copies, scratch_size)."""
+    cdef Ctx c = problem.c
+    cdef Rule r = rule.r
+    cdef floating* G0 = NULL
+    cdef int64_t gstride = 0
     cdef int64_t m = order.shape[0]
     cdef int64_t n_steps = (m + batch_size - 1) // batch_size
-    cdef int64_t n_in = lay[0, L_NIN]
-    cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
     cdef floating* P = &params[0]
     cdef floating* S0 = &scratch[0, 0]
     cdef int64_t sstride = scratch.shape[1]
@@ -1168,38 +1207,37 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
     cdef const double* lr = &lrs[0]
     cdef double* lo = &loss_out[0]
     cdef int64_t* co = &correct_out[0]
+    cdef int64_t t0 = r.step + 1
+    cdef int64_t pos0 = c.first_position
     cdef int tid, nt
     cdef int64_t step, B, B1, s0, s1
     cdef floating lut[256]
-    cdef int v
-    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, sizeof(floating), n_in, x_scale, csr_ptr, csr_idx,
-             csr_val, &targets[0, 0], labels, soff)
-    for v in range(256):  # exactly the reference's uint8 -> float: (floating)pixel * scale
-        lut[v] = (<floating>v) * (<floating>x_scale)
-    c.lut = lut
-    c.dropout = dropout
-    c.drop_scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
-    c.drop_seed = seed
-    c.shift = shift
-    c.img_rows = image_rows
-    c.img_cols = image_cols
-    if shift > 0 and (image_rows * image_cols != n_in or c.csr_ptr != NULL):
-        raise ValueError("image shifts need image_rows * image_cols == n_in and dense input")
-    r.grad = G0
-    r.velocity = &velocity[0] if velocity is not None else NULL
-    r.momentum = momentum
-    r.nesterov = nesterov
-    r.l2 = l2
-    r.l1 = l1
+    if problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating):
+        raise TypeError("X/targets and params have different float types")
+    if m == 0 or lrs.shape[0] < n_steps or loss_out.shape[0] < threads or correct_out.shape[0] < threads:
+        raise ValueError("train_epoch: empty order, or too few learning rates or output slots")
+    if not rule.plain:
+        if grad is None or grad.shape[1] != params.shape[0] or grad.shape[0] < (threads if mode == MODE_HOGWILD else 1):
+            raise ValueError("a non-plain step rule needs a gradient buffer per thread shaped like params")
+        G0 = &grad[0, 0]
+        gstride = grad.shape[1]
+        if rule.n_state > 0:
+            if state is None or state.shape[0] < rule.n_state or state.shape[1] != params.shape[0]:
+                raise ValueError("the step rule's state must be (n_state, params.size)")
+            r.state1 = &state[0, 0]
+            r.state2 = &state[1, 0] if rule.n_state > 1 else NULL
+    if mode == MODE_HOGWILD and not rule.plain and r.kind != OPT_SGD:
+        raise ValueError("hogwild mode runs plain SGD and SGD with momentum/decay only")
+    set_lut(&c, lut)
     if mode == MODE_SERIAL:
         with nogil:
             for step in range(n_steps):
                 B = min(batch_size, m - step * batch_size)
                 prefetch_input(&c, od, m, step * batch_size + ROWS_AHEAD,
                                (step + 1) * batch_size + ROWS_AHEAD)
-                minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, 0, B, True,
-                                           lo, co, first_position + step * batch_size)
-                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], 0, 1, &r)
+                minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, 0, B, True,
+                                           lo, co, pos0 + step * batch_size)
+                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r)
         return
     with nogil, parallel(num_threads=threads):
         tid = fgd_thread_num()
@@ -1211,10 +1249,10 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                 prefetch_input(&c, od, m, (step + nt) * batch_size,
                                (step + nt + 1) * batch_size)
                 minibatch_forward_backward(&c, P, S0 + tid * sstride, od + step * batch_size, 0,
-                                           B, 0, B, True, lo + tid, co + tid,
-                                           first_position + step * batch_size)
+                                           0, B, True, lo + tid, co + tid,
+                                           pos0 + step * batch_size)
                 apply_step(&c, P, S0 + tid * sstride, G0 + tid * gstride if G0 != NULL else NULL,
-                           od + step * batch_size, B, lr[step], 0, 1, &r)
+                           od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r)
                 step = step + nt
         else:
             for step in range(n_steps):
@@ -1225,71 +1263,78 @@ def train_epoch(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int o
                     B1 = min(batch_size, m - (step + 1) * batch_size)
                     prefetch_input(&c, od, m, (step + 1) * batch_size + B1 * tid // nt,
                                    (step + 1) * batch_size + B1 * (tid + 1) // nt)
-                minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, B, s0, s1, True,
-                                           lo + tid, co + tid, first_position + step * batch_size)
+                minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, s0, s1, True,
+                                           lo + tid, co + tid, pos0 + step * batch_size)
                 fgd_barrier()  # every delta is computed from the pre-update weights
-                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], tid, nt, &r)
+                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], t0 + step, tid, nt,
+                           &r)
                 fgd_barrier()  # the next step reads the updated weights
 
 
-def loss_and_grad(floating[::1] params, floating[::1] grad, int64_t[:, ::1] lay,
-                  int hidden_act, int out_act, int loss, const uint8_t[:, ::1] Xu8,
-                  const floating[:, ::1] Xf, double x_scale, const floating[:, ::1] targets,
-                  const int32_t[::1] labels, const int64_t[::1] order,
-                  floating[:, ::1] scratch, const int64_t[::1] soff):
-    """Loss summed over the rows in `order` (one minibatch) and its mean gradient added into
-    the zeroed padded buffer `grad`. Returns the loss sum."""
-    cdef Ctx c
-    cdef int64_t B = order.shape[0]
-    cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
+def loss_and_grad(floating[::1] params, floating[::1] grad, Problem problem,
+                  floating[:, ::1] scratch):
+    """Loss summed over every row of problem's X (one minibatch) and its mean gradient added
+    into the zeroed padded buffer `grad`. Returns the loss sum."""
+    cdef Ctx c = problem.c
+    cdef int64_t B = problem.keep[2].shape[0]
     cdef double loss_sum = 0
     cdef int64_t correct = 0
-    fill_ctx(&c, lay, hidden_act, out_act, loss, Xu8, xf, sizeof(floating), lay[0, L_NIN], x_scale, None, None,
-             None, &targets[0, 0], labels, soff)
+    cdef floating lut[256]
+    order_arr = np.arange(B, dtype=np.int64)
+    cdef const int64_t[::1] order = order_arr
+    if (problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating)) or c.targets == NULL:
+        raise TypeError("loss_and_grad needs targets of the parameters' float type")
+    set_lut(&c, lut)
     with nogil:
-        minibatch_forward_backward(&c, &params[0], &scratch[0, 0], &order[0], 0, B, 0, B, True,
+        minibatch_forward_backward(&c, &params[0], &scratch[0, 0], &order[0], 0, 0, B, True,
                                    &loss_sum, &correct, 0)
         minibatch_update(&c, &grad[0], &scratch[0, 0], &order[0], B, (<floating>1) / B, 0, 1)
     return loss_sum
 
 
-def forward(floating[::1] params, int64_t[:, ::1] lay, int hidden_act, int out_act,
-            const uint8_t[:, ::1] Xu8, const floating[:, ::1] Xf, double x_scale,
-            int64_t chunk, floating[:, ::1] scratch, const int64_t[::1] soff,
-            floating[:, ::1] out, int threads):
-    """Output activations of every input row into out (n x n_out), `chunk` rows at a time;
-    chunks run on `threads` threads, each with its own scratch row (rows are independent, so
-    the result does not depend on the thread count)."""
-    cdef Ctx c
+def forward(floating[::1] params, Problem problem, int64_t chunk, floating[:, ::1] scratch,
+            floating[:, ::1] out, double[::1] losses=None, int64_t[::1] corrects=None):
+    """Output activations of every input row into out (n x n_out), `chunk` rows at a time, on
+    one thread (callers run several calls on row ranges in parallel). With targets in `problem`,
+    also each chunk's loss sum (from the pre-activations, the training formula) and correct
+    count into losses[ch], corrects[ch] (evaluate)."""
+    cdef Ctx c = problem.c
     cdef int64_t n = out.shape[0]
     cdef int64_t n_out = out.shape[1]
     cdef int64_t n_chunks = (n + chunk - 1) // chunk
-    cdef const void* xf = &Xf[0, 0] if Xf is not None else NULL
     cdef floating* S0 = &scratch[0, 0]
     cdef floating* O = &out[0, 0]
-    cdef int64_t sstride = scratch.shape[1]
-    cdef int L = <int>lay.shape[0]
-    cdef int64_t pad = lay[L - 1, L_PAD]
-    cdef int64_t act_off = lay[L - 1, L_ACT] + soff[S_ACTS]
-    cdef int tid, nt
+    cdef int L = c.n_layers
+    cdef int64_t pad = c.lay[(L - 1) * LAY_COLS + L_PAD]
+    cdef int64_t act_off = c.lay[(L - 1) * LAY_COLS + L_ACT] + c.soff[S_ACTS]
     cdef int64_t ch, B, s, j
-    cdef double dummy_loss = 0
-    cdef int64_t dummy_correct = 0
-    fill_ctx(&c, lay, hidden_act, out_act, LOSS_MSE, Xu8, xf, sizeof(floating), lay[0, L_NIN], x_scale, None,
-             None, None, NULL, None, soff)
-    with nogil, parallel(num_threads=threads):
-        tid = fgd_thread_num()
-        nt = fgd_num_threads()
-        ch = tid
-        while ch < n_chunks:
+    cdef bint scored = c.targets != NULL
+    cdef double* ls = NULL
+    cdef int64_t* cs = NULL
+    cdef floating lut[256]
+    if problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating):
+        raise TypeError("X/targets and params have different float types")
+    if problem.keep[2].shape[0] != n:
+        raise ValueError("out must have one row per input row")
+    if scored:
+        if losses is None or corrects is None or losses.shape[0] < n_chunks or corrects.shape[0] < n_chunks:
+            raise ValueError("evaluate needs one loss and one count slot per chunk")
+        ls = &losses[0]
+        cs = &corrects[0]
+    set_lut(&c, lut)
+    with nogil:
+        for ch in range(n_chunks):
             B = min(chunk, n - ch * chunk)
-            minibatch_forward_backward(&c, <const floating*>&params[0], S0 + tid * sstride,
-                                       NULL, ch * chunk, B, 0, B, False, &dummy_loss,
-                                       &dummy_correct, 0)
+            network_forward(&c, <const floating*>&params[0], S0, NULL, ch * chunk, 0, B, False, 0)
+            if scored:
+                ls[ch] = 0
+                cs[ch] = 0
+                output_delta(&c, S0, NULL, ch * chunk, 0, B, True, ls + ch, cs + ch)
+            else:
+                output_delta(&c, S0, NULL, ch * chunk, 0, B, False, NULL, NULL)
             for s in range(B):
                 for j in range(n_out):
-                    O[(ch * chunk + s) * n_out + j] = S0[tid * sstride + act_off + s * pad + j]
-            ch = ch + nt
+                    O[(ch * chunk + s) * n_out + j] = S0[act_off + s * pad + j]
 
 
 def build_csr(const uint8_t[:, ::1] X):
