@@ -205,13 +205,13 @@ def test_predict_regression_returns_values_with_scalers_undone():
     net.set_scalers(x_mean=[5, 4, 6], x_std=[3, 2, 1], y_mean=[100.0], y_std=[20.0])
     expected = _reference_forward(net, (X - [5, 4, 6]) / [3, 2, 1]) * 20 + 100
     pred = net.predict(X, backend="numpy")
-    assert pred.shape == (7,) and net.task == "regress"
+    assert pred.shape == (7,) and net.task == "regression"
     np.testing.assert_allclose(pred, expected[:, 0], rtol=1e-12)
     np.testing.assert_allclose(net.predict_proba(X, backend="numpy"), expected, rtol=1e-12)
     np.testing.assert_allclose(net.scale_targets(np.array([120.0, 80.0])), [1.0, -1.0])
     np.testing.assert_allclose(net.scale_inputs(X), (X - [5, 4, 6]) / [3, 2, 1])
     two = Network([3, 2], output="linear", seed=0)
-    assert two.predict(X).shape == (7, 2)
+    assert two.predict(X, backend="numpy").shape == (7, 2)
 
 
 def test_scalers_are_identity_when_unset_and_validated():
@@ -235,12 +235,12 @@ def test_predict_binary_and_class_labels():
     net.biases[0] = [0.0]
     X = np.array([[-2.0, 0], [3.0, 0], [0.5, 1]])
     assert net.task == "binary"
-    np.testing.assert_array_equal(net.predict(X), [0, 1, 1])
+    np.testing.assert_array_equal(net.predict(X, backend="numpy"), [0, 1, 1])
     net.classes = ["no", "yes"]
-    np.testing.assert_array_equal(net.predict(X), ["no", "yes", "yes"])
+    np.testing.assert_array_equal(net.predict(X, backend="numpy"), ["no", "yes", "yes"])
     multi = Network([2, 3], output="softmax", seed=0)
     multi.classes = [10, 20, 30]
-    assert set(multi.predict(X)) <= {10, 20, 30}
+    assert set(multi.predict(X, backend="numpy")) <= {10, 20, 30}
     with pytest.raises(ValueError, match="3 classes"):
         multi.classes = [1, 2]
     with pytest.raises(ValueError, match="no classes"):
@@ -258,7 +258,7 @@ def test_predict_accepts_sparse_and_pandas_nullable_input():
     np.testing.assert_array_equal(net.predict_proba(df, backend="numpy"), dense)
     df.iloc[1, 2] = pd.NA
     with pytest.raises(ValueError, match="NaN"):
-        net.predict(df)
+        net.predict(df, backend="numpy")
 
 
 def test_save_load_keeps_scalers_classes_and_feature_names(tmp_path):
@@ -390,6 +390,7 @@ def test_load_refuses_a_plain_npy_file(tmp_path):
     (dict(x_mean=np.zeros(5)), "x_mean"),
     (dict(x_std=np.array([1.0, 1, 0, 1])), "x_std"),
     (dict(history=np.array('{"epoch": 1}')), "history"),
+    (dict(activation=np.array("sigmoid" + " " * 5000)), "more than the 4096 allowed"),
 ])
 def test_load_validates_every_key(tmp_path, override, match):
     path = tmp_path / "bad.npz"
@@ -504,3 +505,77 @@ def test_a_later_save_removes_temp_files_of_killed_saves(tmp_path):
     Network([4, 2], seed=3).save(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.npz", live.name])
     np.testing.assert_array_equal(Network.load(target).params, Network([4, 2], seed=3).params)
+
+
+# ---- fuzz: any damage to a model file gives a ValueError, never another exception ---------------
+def test_damaged_model_files_only_raise_value_error(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    net = Network([5, 4, 3], output="softmax", seed=0)
+    net.set_scalers(x_mean=np.arange(5.0), x_std=np.ones(5))
+    net.classes = ["a", "b", "c"]
+    net.history = [{"epoch": 1, "train_loss": 0.5}]
+    good = net.save(tmp_path / "good.npz").read_bytes()
+    deflated = tmp_path / "deflated.npz"
+    with zipfile.ZipFile(tmp_path / "good.npz") as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    originals = [good, deflated.read_bytes()]
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(which=st.integers(0, 1), edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)),
+                                                      max_size=8), cut=st.none() | st.integers(0, 10 ** 6))
+    def check(which, edits, cut):
+        data = bytearray(originals[which])
+        for pos, value in edits:
+            data[pos % len(data)] = value
+        if cut is not None:
+            data = data[: cut % (len(data) + 1)]
+        path = tmp_path / "damaged.npz"
+        path.write_bytes(bytes(data))
+        try:
+            back = Network.load(path)
+        except ValueError:
+            return
+        assert back.params.shape == (back.n_params,) and np.isfinite(back.params).all()
+
+    check()
+
+
+def test_load_does_not_copy_the_parameters_twice(tmp_path):
+    import tracemalloc
+
+    net = Network([1000, 2000, 1000], seed=0)  # 16 MB of parameters
+    path = net.save(tmp_path / "big.npz")
+    tracemalloc.start()
+    try:
+        back = Network.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(back.params, net.params)
+    assert back.params.flags.writeable and back.params.flags.c_contiguous
+    assert peak < 1.6 * net.params.nbytes
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+def test_predict_refuses_a_network_with_nan_parameters():
+    net = Network([3, 4, 2], seed=0)
+    net.params[2] = np.nan
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        net.predict(np.ones((2, 3)), backend="numpy")
+    big = Network([1, 1], output="linear", dtype=np.float32, seed=0)
+    big.weights[0] = [[1e30]]
+    with pytest.raises(FloatingPointError, match="overflow float32"):
+        big.predict(np.array([[1e30]]), backend="numpy")
+
+
+def test_scale_inputs_over_several_chunks_matches_the_formula():
+    rng = np.random.default_rng(0)
+    X = rng.normal(3, 2, (3000, 500))  # 12 MB of float64: more than one 8 MB chunk
+    net = Network([500, 2], dtype=np.float64, seed=0).fit_scalers(X)
+    np.testing.assert_allclose(net.scale_inputs(X), (X - X.mean(axis=0)) / X.std(axis=0), rtol=1e-12, atol=1e-12)
+    net32 = Network([500, 2], dtype=np.float32, seed=0).fit_scalers(X)
+    assert net32.scale_inputs(X).dtype == np.float32

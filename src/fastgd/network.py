@@ -15,7 +15,9 @@ import os
 import re
 import secrets
 import stat
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +135,7 @@ class Network:
         rng = np.random.default_rng(seed)
         scheme = self.init
         if scheme == "auto":
-            scheme = "he" if self.activation in ("relu", "leaky_relu") else "xavier"
+            scheme = "he" if self.activation == "relu" else "xavier"
         for W, b in zip(self.weights, self.biases):
             n_in, n_out = W.shape
             if scheme == "he":
@@ -176,17 +178,18 @@ class Network:
     # ---- task, scalers and class labels -------------------------------------------------------
     @property
     def task(self):
-        """"regress" (linear output), "binary" (one sigmoid unit) or "classify"."""
+        """What `predict` answers: "regression" (linear output), "binary" (one sigmoid unit) or
+        "classification" (the largest output). The Trainer's task names are the same."""
         if self.output == "linear":
-            return "regress"
+            return "regression"
         if self.output == "sigmoid" and self.sizes[-1] == 1:
             return "binary"
-        return "classify"
+        return "classification"
 
     @property
     def n_classes(self):
         """Classes `predict` can answer (None for regression)."""
-        return {"regress": None, "binary": 2, "classify": self.sizes[-1]}[self.task]
+        return {"regression": None, "binary": 2, "classification": self.sizes[-1]}[self.task]
 
     @property
     def classes(self):
@@ -198,7 +201,7 @@ class Network:
         self._classes = None if classes is None else self._check_classes(np.asarray(classes))
 
     def _check_classes(self, classes):
-        if self.task == "regress":
+        if self.task == "regression":
             raise ValueError("a regression network (linear output) has no classes")
         if classes.ndim != 1 or classes.dtype.kind not in "biufU":
             raise TypeError(f"classes must be a 1-D array of numbers or strings, got {classes.dtype} {classes.shape}")
@@ -218,7 +221,7 @@ class Network:
         n_in, n_out = self.sizes[0], self.sizes[-1]
         x_mean, x_std = _scaler(x_mean, n_in, "x_mean"), _scaler(x_std, n_in, "x_std", positive=True)
         y_mean, y_std = _scaler(y_mean, n_out, "y_mean"), _scaler(y_std, n_out, "y_std", positive=True)
-        if (y_mean is not None or y_std is not None) and self.task != "regress":
+        if (y_mean is not None or y_std is not None) and self.task != "regression":
             raise ValueError("target scalers (y_mean, y_std) apply to regression networks (output='linear') only")
         self.x_mean, self.x_std, self.y_mean, self.y_std = x_mean, x_std, y_mean, y_std
         return self
@@ -246,12 +249,13 @@ class Network:
         X = _as_real(X, "X")
         if X.ndim != 2 or X.shape[1] != self.sizes[0]:
             raise ValueError(f"X must have shape (n, {self.sizes[0]}) for this network, got {X.shape}")
-        out = X.astype(np.float64)
-        if self.x_mean is not None:
-            out -= self.x_mean
-        if self.x_std is not None:
-            out /= self.x_std
-        return out.astype(self.dtype, copy=False)
+        mean = 0.0 if self.x_mean is None else self.x_mean
+        std = 1.0 if self.x_std is None else self.x_std
+        out = np.empty(X.shape, dtype=self.dtype)
+        rows = max(1, (8 << 20) // (8 * max(1, X.shape[1])))  # float64 arithmetic, 8 MB at a time
+        for i in range(0, len(X), rows):
+            out[i:i + rows] = (X[i:i + rows].astype(np.float64) - mean) / std
+        return out
 
     def scale_targets(self, y):
         """Regression targets as the network is trained on them: (y - y_mean) / y_std; y itself when unset."""
@@ -285,8 +289,14 @@ class Network:
 
         X = self.scale_inputs(_as_input(X))
         X, scale = _checks.check_X(X, self.sizes[0], self.dtype)
-        out = get_backend(backend).forward(self, X, scale, _checks.check_threads(threads))
-        return self._unscale_outputs(out)
+        out = self._unscale_outputs(get_backend(backend).forward(self, X, scale, _checks.check_threads(threads)))
+        if not np.isfinite(out).all():  # never a quiet argmax over NaN
+            if not np.isfinite(self.params).all():
+                raise FloatingPointError("the network's parameters contain NaN or inf (did training diverge?); "
+                                         "its outputs are meaningless")
+            raise FloatingPointError(f"the network's outputs overflow {self.dtype.name} for these inputs; "
+                                     f"use dtype float64 or scale the inputs")
+        return out
 
     def predict(self, X, backend="auto", threads=None):
         """Predictions for each row of X.
@@ -298,7 +308,7 @@ class Network:
         """
         out = self.predict_proba(X, backend=backend, threads=threads)
         task = self.task
-        if task == "regress":
+        if task == "regression":
             return out[:, 0] if out.shape[1] == 1 else out
         index = (out[:, 0] >= 0.5).astype(np.int64) if task == "binary" else np.argmax(out, axis=1)
         return index if self._classes is None else self._classes[index]
@@ -434,9 +444,11 @@ class Network:
 
 _SCALER_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
 _MAX_LAYERS = 10_000
-_MAX_HISTORY_BYTES = 64 << 20  # a history of a million epochs is ~200 MB; 64 MB is plenty
+_MAX_HISTORY_BYTES = 64 << 20  # ~1 KB of UTF-32 text per epoch record: room for ~60,000 epochs
+_MAX_NAME_BYTES = 4096  # format, activation, output, dtype, init: short names
 _MAX_HISTORY_DEPTH = 4  # list of records of scalars (depth 2); a little slack for future fields
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032x
+_READ_CHUNK = 4 << 20
 
 
 def _n_params(sizes):
@@ -528,7 +540,7 @@ class _ModelReader:
             raise
         except IsADirectoryError as exc:
             raise ValueError(f"{path} is a folder, not a fastgd model file") from exc
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, struct.error, zlib.error, NotImplementedError) as exc:
             raise ValueError(f"{path} is not a readable fastgd model file ({type(exc).__name__}: {exc})") from exc
         self.file_size = os.path.getsize(path)
         self.members = {}
@@ -556,8 +568,8 @@ class _ModelReader:
                 self._check_header(key, kind, ndim, max_items, exact_items, shape, dtype, what)
                 n = int(np.prod(shape, dtype=object))
                 nbytes = n * dtype.itemsize
-                cap = max_bytes if max_bytes is not None else _MAX_HISTORY_BYTES if kind in (str, "U", "label") \
-                    else None
+                cap = max_bytes if max_bytes is not None else _MAX_NAME_BYTES if kind is str \
+                    else _MAX_HISTORY_BYTES if kind in ("U", "label") else None
                 if cap is not None and nbytes > cap:
                     raise ValueError(f"'{key}' is {nbytes} bytes, more than the {cap} allowed")
                 # A stored member cannot hold more than the file; a deflated one at most ~1032x its
@@ -565,16 +577,23 @@ class _ModelReader:
                 limit = info.compress_size * (_DEFLATE_MAX_RATIO if info.compress_type != zipfile.ZIP_STORED else 1)
                 if nbytes > limit or info.compress_size > self.file_size:
                     raise ValueError(f"'{key}' claims {nbytes} bytes of data but its zip entry can hold at most {limit}")
-                data = f.read(nbytes)
-                if len(data) != nbytes:
-                    raise ValueError(f"'{key}' is truncated: {len(data)} of {nbytes} bytes")
+                # Straight into one buffer of the validated size, a chunk at a time (no second copy).
+                data = bytearray(nbytes)
+                view, got = memoryview(data), 0
+                while got < nbytes:
+                    chunk = f.read(min(_READ_CHUNK, nbytes - got))
+                    if not chunk:
+                        raise ValueError(f"'{key}' is truncated: {got} of {nbytes} bytes")
+                    view[got:got + len(chunk)] = chunk
+                    got += len(chunk)
                 if f.read(1):
                     raise ValueError(f"'{key}' has data beyond its header's shape")
         except FileNotFoundError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error, zlib.error,
+                SyntaxError) as exc:  # SyntaxError: a damaged .npy header dict
             raise ValueError(f"{path} is corrupt or not a fastgd model file: {exc}") from exc
-        a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")  # writable: a bytearray
         if dtype.kind in "fiu" and not dtype.isnative:
             a = a.astype(dtype.newbyteorder("="))
         if kind is str:
@@ -582,7 +601,7 @@ class _ModelReader:
         if kind is int:
             return int(a[()])
         if isinstance(kind, np.dtype) or kind is np.float64:
-            return np.array(a, dtype=kind)  # a writable, aligned copy of our own
+            return np.require(a, dtype=kind, requirements=["C", "A", "W"])  # copies only if it must
         return a.copy()
 
     def _check_header(self, key, kind, ndim, max_items, exact_items, shape, dtype, what):
@@ -633,7 +652,7 @@ def atomic_write(path, write):
                 mode = os.stat(path).st_mode
             except FileNotFoundError:
                 mode = None
-            if mode is not None and stat.S_ISREG(mode):
+            if mode is not None and stat.S_ISREG(mode) and hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), stat.S_IMODE(mode))  # replacing keeps the file's own permissions
             write(f)
             f.flush()
