@@ -137,11 +137,17 @@ def _terminate_workers(executor):
         executor.terminate_workers()
         return
     processes = list((getattr(executor, "_processes", None) or {}).values())  # shutdown() forgets them
+    manager = getattr(executor, "_executor_manager_thread", None)  # likewise
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
         process.join(timeout=5)
+    # Let the pool's manager thread see its dead workers and close its wake-up pipe now: left
+    # running, it races the interpreter's exit hook, which then writes to the closed pipe and
+    # prints an OSError traceback after our clean "stopped" message.
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 # ---- Dask ----------------------------------------------------------------------------------
