@@ -39,3 +39,21 @@ def mnist():
 def tol(dtype):
     """(rtol, atol) for comparing a backend with the reference: float64 tight, float32 loose."""
     return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (1e-4, 1e-5)
+
+
+# ---- hypothesis profiles (tests/test_fuzz.py) -------------------------------------------------
+# "ci": derandomized (the same examples every run, no example database), so CI is repeatable and
+# its time bounded; "dev" (the default): random examples, remembered failures.
+# Pick one with HYPOTHESIS_PROFILE=ci; .ci/run does.
+try:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                              suppress_health_check=_slow_ok)
+    settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=_slow_ok)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+except ImportError:  # hypothesis comes with the test extra; only test_fuzz.py needs it
+    pass
