@@ -83,6 +83,7 @@ STATS = {
     "hostile": defaultdict(Counter),             # backend -> {exception type: count} for hostile input
     "knobs": defaultdict(lambda: defaultdict(Counter)),  # backend -> knob -> value -> count
     "layouts": Counter(), "y_forms": Counter(), "threads": Counter(), "batch_vs_n": Counter(),
+    "model_files": Counter(),                    # corrupted model files: how, and what load did
 }
 
 
@@ -474,3 +475,88 @@ def test_divergence_raises_and_keeps_finite_usable_weights(backend, activation, 
     assert net.predict(X[:5], backend=backend).shape == (5,)
     loaded = fastgd.Network.load(net.save(tmp_path / "after.npz"))
     np.testing.assert_array_equal(loaded.params, net.params)
+
+
+# ---- hostile model files ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory):
+    """A small saved network with a history and a checkpoint's extra keys, as bytes."""
+    net = fastgd.Network([12, 7, 3], seed=0)
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("model") / "ck.npz"
+    trainer = fastgd.Trainer(net, epochs=2, backend="numpy", seed=0, momentum=0.5, checkpoint=path)
+    trainer.fit(rng.standard_normal((20, 12)), rng.integers(0, 3, 20))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@settings(max_examples=max(EXAMPLES, 20), deadline=None)
+@given(data=st.data())
+def test_corrupted_model_files_fail_cleanly_and_small(data, model_bytes, tmp_path_factory):
+    """Byte flips, truncations and splices of a saved model: `Network.load` either returns a finite
+    network of a consistent shape or raises ValueError, never another exception, and never
+    allocates much (a flipped header byte may claim gigabytes)."""
+    import tracemalloc
+
+    raw = bytearray(model_bytes)
+    how = data.draw(st.sampled_from(["flip", "flip", "truncate", "splice", "zero-run"]), label="how")
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "truncate":
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1), label="length")]
+    elif how == "splice":
+        a = data.draw(st.integers(0, len(raw) - 1))
+        b = data.draw(st.integers(a, len(raw)))
+        raw = raw[:a] + raw[b:] + raw[a:b]
+    else:
+        a = data.draw(st.integers(0, len(raw) - 1))
+        b = a + data.draw(st.integers(1, 64))
+        raw[a:b] = bytes(len(raw[a:b]))
+    fd, path = tempfile.mkstemp(suffix=".npz", dir=tmp_path_factory.getbasetemp())
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    STATS["model_files"][how] += 1
+    tracemalloc.start()
+    try:
+        net = fastgd.Network.load(path)
+    except ValueError:
+        STATS["model_files"]["ValueError"] += 1
+    except Exception as exc:
+        raise AssertionError(f"load of a {how} file raised {type(exc).__name__}: {exc}") from exc
+    else:
+        STATS["model_files"]["loaded"] += 1
+        assert net.params.shape == (net.n_params,) and np.isfinite(net.params).all()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        os.unlink(path)
+    assert peak < 32 << 20, f"loading a {len(raw)}-byte {how} file allocated {peak / 2**20:.0f} MB"
+
+
+def test_load_never_unpickles(tmp_path):
+    """An object array in a model file is refused, and its pickle never runs."""
+    marker = tmp_path / "pickle-ran"
+    net = fastgd.Network([3, 2], seed=0)
+    path = net.save(tmp_path / "m.npz")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    for key in ("params", "history", "extra"):
+        evil = dict(arrays)
+        evil[key] = np.array([_Marker(str(marker))], dtype=object)
+        bad = tmp_path / f"evil-{key}.npz"
+        np.savez(bad, **evil)
+        try:
+            fastgd.Network.load(bad)
+        except ValueError:
+            pass
+        assert not marker.exists(), f"an object array in {key!r} was unpickled"
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
