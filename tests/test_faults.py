@@ -100,8 +100,9 @@ def test_kill_9_never_leaves_an_unusable_checkpoint(tmp_path, small_idx, tmp_pat
 def test_divergence_is_a_clean_cli_error(tmp_path, small_idx):
     """Issue 12 item 3: `fastgd train: error: ...` naming the learning rate, no traceback."""
     proc = subprocess.run(fastgd_train_command("--data", small_idx, "--sizes", "784,16,10", "--activation", "relu",
-                                               "--output", "linear", "--loss", "mse", "--lr", "1e6", "--epochs", "3",
-                                               "--backend", "numpy", "--no-progress", "--save", "m.npz"),
+                                               "--output", "softmax", "--loss", "cross_entropy", "--lr", "1e12",
+                                               "--epochs", "3", "--seed", "0", "--backend", "numpy", "--no-progress",
+                                               "--save", "m.npz"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode not in (0, 130), proc.stderr
     assert "fastgd train: error:" in proc.stderr and "learning rate" in proc.stderr, proc.stderr
@@ -159,10 +160,13 @@ CONFIGS = [  # varied on purpose: each thread runs a different network, dtype, i
     dict(sizes=[784, 17, 10], activation="tanh", output="softmax", loss="mse", dtype=np.float64,
          lr=0.5, batch_size=1, threads=2, uint8=False, recipe=dict(l2=1e-3, dropout=0.2)),
     dict(sizes=[784, 64, 10], activation="relu", output="softmax", loss="cross_entropy", dtype=np.float32,
-         lr=0.05, batch_size=64, threads=2, uint8=True, recipe=dict(augment_shift=1, l1=1e-4)),
+         lr=0.05, batch_size=64, threads=2, uint8=True, recipe=dict(augment_shift=1, l1=1e-4), blas=True),
     dict(sizes=[784, 200, 10], activation="relu", output="softmax", loss="cross_entropy", dtype=np.float32,
-         lr=0.05, batch_size=128, threads=2, uint8=True, recipe=dict(momentum=0.5)),
+         lr=0.05, batch_size=128, threads=2, uint8=True, recipe=dict(momentum=0.5), blas=True),
 ]
+# blas=True: layers big enough for BLAS gemm with 2 threads. OpenBLAS's thread count is
+# process-wide (threadpoolctl), so a concurrent trainer setting it changes how this one's gemms
+# split their sums: such configurations are compared within float32 rounding, the others bitwise.
 
 
 def run_config(backend, c, X, y, seed):
@@ -196,10 +200,17 @@ def run_all_in_threads(jobs, X, y):
     return results
 
 
-def assert_same(got, want, what):
-    np.testing.assert_array_equal(got[0], want[0], err_msg=f"{what}: weights")
-    assert got[1] == want[1], f"{what}: losses {got[1]} vs {want[1]}"
-    np.testing.assert_array_equal(got[2], want[2], err_msg=f"{what}: predictions")
+def assert_same(got, want, what, exact=True):
+    """Weights and predictions bitwise (exact) or within float32 rounding; the reported losses to
+    the last bits only, because the Trainer sizes its Ctrl-C slices from timings and the per-slice
+    loss sums are added in float64."""
+    if exact:
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"{what}: weights")
+        np.testing.assert_array_equal(got[2], want[2], err_msg=f"{what}: predictions")
+    else:
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-6, err_msg=f"{what}: weights")
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-6, err_msg=f"{what}: predictions")
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12 if exact else 1e-5, atol=0, err_msg=f"{what}: losses")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -211,7 +222,7 @@ def test_many_trainers_in_threads_match_sequential_runs(backend, mnist):
     for round_ in range(2):
         together = run_all_in_threads(jobs, X, y)
         for (b, c, s), got, want in zip(jobs, together, alone):
-            assert_same(got, want, f"round {round_}, {b} {c['sizes']} seed {s}")
+            assert_same(got, want, f"round {round_}, {b} {c['sizes']} seed {s}", exact=not c.get("blas"))
 
 
 def test_every_backend_at_once_matches_sequential_runs(mnist):
@@ -220,4 +231,4 @@ def test_every_backend_at_once_matches_sequential_runs(mnist):
     alone = [run_config(b, c, X, y, s) for b, c, s in jobs]
     together = run_all_in_threads(jobs, X, y)
     for (b, c, s), got, want in zip(jobs, together, alone):
-        assert_same(got, want, f"{b} {c['sizes']} alongside the other backends")
+        assert_same(got, want, f"{b} {c['sizes']} alongside the other backends", exact=not c.get("blas"))

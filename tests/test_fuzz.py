@@ -117,13 +117,22 @@ def knobs_set(backend, values):
             setattr(obj, k, v)
 
 
-def test_fuzzed_knobs_exist():
-    """The knobs this file turns still exist under these names (a rename would otherwise quietly
-    stop the fuzz from reaching the sync, BLAS and sparse paths)."""
+def test_fuzzed_knobs_exist_and_are_read():
+    """The knobs this file turns still exist under these names and the backend reads them (a
+    rename, or an attribute left behind that nothing reads, would otherwise quietly stop the fuzz
+    from reaching the sync, BLAS and sparse paths)."""
+    import inspect
+    import re
+    import sys
+
     for backend in COMPILED_BACKENDS:
         obj = get_backend(backend)
         missing = [k for k in KNOBS[backend] if not hasattr(obj, k)]
         assert not missing, f"{backend} backend has no {missing}; update tests/test_fuzz.py KNOBS"
+        source = inspect.getsource(sys.modules[type(obj).__module__])
+        unread = [k for k in KNOBS[backend]
+                  if len(re.findall(rf"\.{k}\b(?!\s*=[^=])", source)) == 0]
+        assert not unread, f"{backend} backend never reads {unread}; update tests/test_fuzz.py KNOBS"
 
 
 # ---- strategies ------------------------------------------------------------------------------
@@ -378,6 +387,8 @@ HOSTILE = ["nan-X", "inf-X", "beyond-float32-X", "label-too-big", "label-negativ
 @given(data=st.data())
 def test_hostile_input_is_refused_before_training(backend, data):
     c = data.draw(cases(backend), label="case")
+    # at least two classes: with one sigmoid output, labels {0, 1} are a binary task, not out of range
+    c["sizes"][-1] = max(2, c["sizes"][-1])
     kind = data.draw(st.sampled_from(HOSTILE), label="hostile")
     X, y = make_data(c)
     X, y, over = _hostile(kind, X, y, c)
@@ -472,7 +483,8 @@ def test_divergence_raises_and_keeps_finite_usable_weights(backend, activation, 
     with pytest.raises(FloatingPointError, match=r"(?i)epoch.*learning rate|learning rate.*epoch"):
         trainer.fit(X, y)
     assert np.isfinite(net.params).all(), "FloatingPointError left non-finite weights"
-    assert net.predict(X[:5], backend=backend).shape == (5,)
+    predicted = np.asarray(net.predict(X[:5], backend=backend))
+    assert predicted.shape[0] == 5 and np.isfinite(predicted).all()
     loaded = fastgd.Network.load(net.save(tmp_path / "after.npz"))
     np.testing.assert_array_equal(loaded.params, net.params)
 
