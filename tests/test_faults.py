@@ -42,14 +42,15 @@ def temp_files(folder):
 
 
 def test_kill_9_never_leaves_an_unusable_checkpoint(tmp_path, small_idx, tmp_path_factory):
-    # float64 784-128-10 with momentum: a 1.6 MB checkpoint (weights + velocity) written every
-    # epoch of 6 steps, so most of the run is spent saving and the kills land inside saves too.
-    common = ["--data", small_idx, "--sizes", "784,128,10", "--dtype", "float64", "--batch-size", "50",
+    # float64 784-512-10 with momentum: a 6.5 MB checkpoint (weights + velocity) written every
+    # epoch of 6 steps, so much of the run is spent saving; every other kill waits for a save's
+    # temporary file to appear, so some kills surely land inside a save.
+    common = ["--data", small_idx, "--sizes", "784,512,10", "--dtype", "float64", "--batch-size", "50",
               "--momentum", "0.9", "--lr", "0.1", "--seed", "3", "--backend", "numpy", "--no-progress",
               "--checkpoint", "ck", "--checkpoint-every", "1"]
     ck = tmp_path / "ck.npz"
     rng = np.random.default_rng(KILL_SEED)
-    figures = {"seed": KILL_SEED, "kills": 0, "checkpoint_present": 0, "loaded": 0, "resumed": 0,
+    figures = {"seed": KILL_SEED, "kills": 0, "kills_inside_a_save": 0, "checkpoint_present": 0, "loaded": 0, "resumed": 0,
                "temp_files_after_kill": 0, "temp_files_after_next_save": 0, "epochs_at_kill": [],
                "kill_delays": []}
     started = time.monotonic()
@@ -60,7 +61,14 @@ def test_kill_9_never_leaves_an_unusable_checkpoint(tmp_path, small_idx, tmp_pat
         proc = subprocess.Popen(fastgd_train_command(*common, *resume, "--epochs", "100000"), cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
         delay = float(rng.uniform(0.8, 3.5))  # interpreter start-up is ~1 s of it
-        time.sleep(delay)
+        if i % 2 == 0:  # at a random moment
+            time.sleep(delay)
+        else:  # after the delay, the moment a save's temporary file appears: inside a save
+            time.sleep(delay / 2)
+            deadline = time.monotonic() + 10
+            while not temp_files(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.0005)
+            figures["kills_inside_a_save"] += bool(temp_files(tmp_path))
         alive = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         err = proc.communicate(timeout=60)[1].decode()
@@ -94,6 +102,7 @@ def test_kill_9_never_leaves_an_unusable_checkpoint(tmp_path, small_idx, tmp_pat
     print(f"\n=== kill -9 figures (also in {path}): {json.dumps(figures)}")
     assert figures["kills"] >= min(KILLS, 3)
     assert figures["checkpoint_present"] > 0, "no kill landed after a checkpoint: the test proved nothing"
+    assert figures["temp_files_after_kill"] > 0, "no kill left a temporary file: the cleanup was not exercised"
 
 
 # ---- errors on the command line ---------------------------------------------------------------
