@@ -9,12 +9,11 @@ what a user sees (train_seconds counts training only: no start-up, loading or JI
 """
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
+
+from fastgd.benchmarks import machine_info, update_readme
 
 START, END = "<!-- recipe-table:start -->", "<!-- recipe-table:end -->"
 
@@ -26,20 +25,9 @@ def run(recipe, seed, backend):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def table(results, backend):
-    import os
-
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {os.cpu_count()} cores, backend `{backend}` "
+    machine = machine_info()
+    lines = [f"Measured {machine['date'][:10]} on {machine['cpu']}, {machine['cores']} cores, backend `{backend}` "
              f"(`python bench/recipe_accuracy.py`):", "",
              "| recipe | network | test accuracy, mean (min–max) | seeds | training time, median (max) |",
              "|---|---|---|---|---|"]
@@ -73,13 +61,10 @@ def main():
     text = table(results, backend)
     print(text)
     if args.update_readme:
-        path = Path(args.update_readme)
-        readme = path.read_text()
-        if START not in readme or END not in readme:
-            sys.exit(f"{path} has no {START} ... {END} markers")
-        head, rest = readme.split(START, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        try:
+            update_readme(args.update_readme, text, START, END)
+        except ValueError as exc:
+            sys.exit(str(exc))
 
 
 if __name__ == "__main__":

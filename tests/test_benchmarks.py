@@ -276,6 +276,29 @@ def test_peers_run_in_a_worker_or_say_they_are_missing(monkeypatch):
             assert all(len(r.seconds) == 1 and r.seconds[0] > 0 for r in mine)
         else:
             assert not mine and any(m.startswith(f"{peer} is not installed") for m in messages)
-    monkeypatch.setattr(B, "peer_available", lambda name: False)
+    monkeypatch.setattr(B.peers, "peer_available", lambda name: False)  # where measure_peers looks it up
     results, messages = B.measure_peers(configs)
     assert results == [] and len(messages) == len(B.PEERS)
+
+
+def test_recipe_accuracy_reuses_machine_info_and_readme_updating(tmp_path, monkeypatch):
+    """bench/recipe_accuracy.py builds its table from fastgd.benchmarks.machine_info and writes it with
+    update_readme between its own markers, leaving the benchmark block alone."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "recipe_accuracy", Path(__file__).parent.parent / "bench" / "recipe_accuracy.py")
+    ra = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ra)
+    runs = {"best": [{"test_accuracy": 0.9650, "train_seconds": 0.5, "sizes": [784, 16, 16, 10], "activation": "relu",
+                      "output": "softmax"}, {"test_accuracy": 0.9660, "train_seconds": 0.7, "sizes": [784, 16, 16, 10],
+                                             "activation": "relu", "output": "softmax"}]}
+    text = ra.table(runs, "cython")
+    machine = B.machine_info()
+    assert machine["cpu"] in text and f"{machine['cores']} cores" in text
+    assert "| `best` | 784-16-16-10 relu/softmax | 96.55% (96.50–96.60) | 2 | 0.60 s (0.70 s) |" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{B.README_START}\nbench\n{B.README_END}\nb\n{ra.START}\nold\n{ra.END}\nc\n")
+    B.update_readme(readme, text, ra.START, ra.END)
+    assert readme.read_text() == f"a\n{B.README_START}\nbench\n{B.README_END}\nb\n{ra.START}\n{text}\n{ra.END}\nc\n"

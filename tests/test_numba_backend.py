@@ -1,12 +1,17 @@
-"""Numba-specific behaviour: the on-disk cache, thread counts, Hogwild mode, both layer paths.
+"""Numba-specific behaviour: the on-disk cache, thread counts, Hogwild mode, the compile-time
+specialisation, the split gemm with fewer rows than threads (issue 12), interrupts, and the
+layer paths the shared tests do not combine.
 
-Agreement with the NumPy reference and the PyTorch oracle is tested for every backend in
-test_backends.py; this file covers what only the Numba backend has.
+Agreement with the NumPy reference and the PyTorch oracle on every kernel path is tested for
+every backend in test_backends.py; this file covers what only the Numba backend has.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numba
@@ -15,15 +20,18 @@ import pytest
 
 import fastgd
 from fastgd.backends import EpochPlan, get_backend, numba_backend
+from fastgd.backends import numba_kernels as K
+from fastgd.backends.base import ADAM, SGD, StepRule
 from fastgd.backends.numba_backend import NumbaBackend
 
 from conftest import tol
-from test_backends import assert_close, make_problem, plan_for
+from test_backends import advance, assert_close, configure, make_problem, plan_for, state_of, train
 
 # A child process: prepare() on a small uint8 problem, then print what the cache did.
 CHILD = """
 import json, sys, numpy as np, fastgd
 from fastgd.backends import get_backend, EpochPlan
+from fastgd.backends.base import StepRule
 rng = np.random.default_rng(0)
 net = fastgd.Network([20, 8, 4], "sigmoid", "sigmoid", dtype=np.float32, seed=0)
 X = rng.integers(0, 256, size=(12, 20), dtype=np.uint8)
@@ -31,17 +39,17 @@ labels = rng.integers(0, 4, size=12).astype(np.int32)
 targets = np.eye(4, dtype=np.float32)[labels]
 plan = EpochPlan(X=X, x_scale=1 / 255, targets=targets, labels=labels, order=np.arange(12), lrs=np.full(3, 0.5),
                  batch_size=4, loss="mse", threads=1, deterministic=True)
-if sys.argv[1:] == ["recipe"]:  # every feature: the recipe kernel
-    plan.momentum, plan.nesterov, plan.l2, plan.l1, plan.dropout = 0.9, True, 1e-3, 1e-4, 0.1
-    plan.max_shift, plan.image_shape, plan.velocity = 1, (4, 5), np.zeros_like(net.params)
-backend = get_backend("numba")
-seconds = backend.prepare(net, plan)
-print(json.dumps(dict(backend.last_prepare, returned=seconds)))
+if sys.argv[1:] == ["optim"]:  # Adam with every augmentation: the other specialisation
+    plan.rule = StepRule(1, weight_decay=1e-3, l1=1e-4, state=(np.zeros_like(net.params), np.zeros_like(net.params)))
+    plan.dropout, plan.max_shift, plan.image_shape = 0.1, 1, (4, 5)
+ws = get_backend("numba").prepare(net, plan)
+print(json.dumps(dict(ws.info, returned=ws.compile_seconds)))
 """
 
 
 def _run_child(cache_dir, mode):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    env.pop("NUMBA_BOUNDSCHECK", None)  # a bounds-checked run does not use the disk cache
     src = Path(fastgd.__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True, timeout=600)
@@ -49,25 +57,35 @@ def _run_child(cache_dir, mode):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("mode,kernel", [("plain", "train_epoch_serial"), ("recipe", "train_epoch_recipe")])
-def test_second_process_loads_kernels_from_disk_cache(tmp_path, mode, kernel):
+@pytest.mark.parametrize("mode", ["plain", "optim"])
+def test_second_process_loads_kernels_from_disk_cache(tmp_path, mode):
     first = _run_child(tmp_path, mode)
     assert first["compiled"] and first["cache_misses"] > 0 and first["cache_hits"] == 0
-    index_files = list(tmp_path.rglob("*.nbi"))
-    assert any(kernel in p.name for p in index_files)
-    assert any("forward_chunks" in p.name for p in index_files)
+    index_files = [p.name for p in tmp_path.rglob("*.nbi")]
+    assert any("numba_kernels.train_epoch-" in p for p in index_files)
+    assert any("forward_chunks" in p for p in index_files)
     second = _run_child(tmp_path, mode)
     assert not second["compiled"] and second["cache_misses"] == 0 and second["cache_hits"] > 0
     assert first["returned"] == first["seconds"] > 0
     assert second["returned"] == 0.0  # nothing compiled: the Trainer reports no compile time
 
 
-def test_prepare_leaves_the_network_untouched():
+def test_prepare_builds_the_workspace_and_leaves_the_network_untouched():
     net, X, scale, targets, labels = make_problem([30, 9, 4], 25, np.float64, seed=1, uint8=True)
-    before = net.params.copy()
-    seconds = get_backend("numba").prepare(net, plan_for(X, scale, targets, labels, np.arange(25), 5, 0.5, "mse"))
-    assert seconds >= 0.0
+    plan = configure(plan_for(X, scale, targets, labels, np.arange(25), 5, 0.5, "mse"), net, optimizer="adam",
+                     dropout=0.2, state_fill=0.5)
+    before, state = net.params.copy(), state_of(plan)
+    ws = get_backend("numba").prepare(net, plan)
     np.testing.assert_array_equal(net.params, before)
+    for s, s0 in zip(plan.rule.state, state):
+        np.testing.assert_array_equal(s, s0)
+    info = ws.info
+    # the epoch, evaluate and forward kernels for these argument types exist now (compiled, or
+    # loaded: a process that already has them counts neither a cache hit nor a miss)
+    assert K.train_epoch.signatures and K.forward_chunks.signatures and K.csr_fill.signatures
+    assert ws.compile_seconds == (info["seconds"] if info["compiled"] else 0.0)
+    assert ws.csr_of is X and ws.csr[0].shape == (26,)  # the sparse index of this X, built now
+    assert not ws.grad.any()
 
 
 def test_thread_count_is_clipped_to_numbas_pool():
@@ -81,17 +99,17 @@ def test_thread_count_is_clipped_to_numbas_pool():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_hogwild_runs_one_worker_per_thread(threads):
     net, X, scale, targets, labels = make_problem([40, 8, 4], 64, np.float32, seed=2, uint8=True)
-    plan = plan_for(X, scale, targets, labels, np.arange(64), 4, 0.5, "mse", threads)
-    plan.deterministic = False
-    kernel, _, blas_threads, workspace = NumbaBackend(blas_min_work=0)._epoch_call(net, plan)
+    plan = plan_for(X, scale, targets, labels, np.arange(64), 4, 0.5, "mse", threads, deterministic=False)
+    b = NumbaBackend(blas_min_work=0)
+    ws = b.prepare(net, plan)
+    result = b.train_epoch(net, plan, ws)
     workers = min(threads, numba.config.NUMBA_NUM_THREADS)
     if workers > 1:
-        assert kernel is numba_backend.K.train_epoch_hogwild
-        assert workspace.acts.shape[0] == workers  # one scratch row per worker
-        assert numba.get_num_threads() == workers
-        assert blas_threads == 1  # BLAS stays single-threaded inside the parallel region
+        assert (result.mode, result.threads_used) == ("hogwild", workers)
+        assert ws.scratch.acts.shape[0] == workers  # one scratch row per worker
+        assert ws.scratch.n_split is None  # no nested parallel region inside the epoch's
     else:
-        assert kernel is numba_backend.K.train_epoch_serial
+        assert (result.mode, result.threads_used) == ("serial", 1)
 
 
 def _mnist_subset(n):
@@ -108,19 +126,20 @@ def test_hogwild_mode_still_learns():
     backend = get_backend("numba")
     rng = np.random.default_rng(0)
     losses = []
+    ws = None
     for _ in range(3):
-        order = rng.permutation(len(X))
-        plan = EpochPlan(X=X, x_scale=1 / 255, targets=targets, labels=y, order=order, lrs=np.full(600, 3.0),
-                         batch_size=10, loss="mse", threads=2, deterministic=False)
-        loss_sum, correct = backend.train_epoch(net, plan)
-        losses.append(loss_sum / len(X))
-        assert 0 <= correct <= len(X)
+        plan = EpochPlan(X=X, x_scale=1 / 255, targets=targets, labels=y, order=rng.permutation(len(X)),
+                         lrs=np.full(600, 3.0), batch_size=10, loss="mse", threads=2, deterministic=False)
+        ws = ws or backend.prepare(net, plan)
+        result = backend.train_epoch(net, plan, ws)
+        losses.append(result.loss_sum / len(X))
+        assert 0 <= result.n_correct <= len(X)
     assert losses[-1] < losses[0]
     accuracy = np.mean(np.argmax(backend.forward(net, X_test, 1 / 255, 2), axis=1) == y_test)
     assert accuracy > 0.8, accuracy
 
 
-# ---- every layer path (sparse input, loops, BLAS) against the reference ----------------------
+# ---- layer paths the shared tests do not combine ----------------------------------------------
 PATHS = {  # (blas_min_work, sparse_input)
     "sparse_then_loops": (1 << 62, "always"),
     "sparse_then_blas": (0, "always"),
@@ -133,7 +152,8 @@ PATHS = {  # (blas_min_work, sparse_input)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("uint8", [False, True])
 @pytest.mark.parametrize("activation,output,loss", [("sigmoid", "sigmoid", "mse"), ("relu", "softmax", "cross_entropy"),
-                                                    ("tanh", "linear", "mse"), ("relu", "sigmoid", "cross_entropy")])
+                                                    ("tanh", "linear", "mse"),
+                                                    ("leaky_relu", "sigmoid", "cross_entropy")])
 def test_each_layer_path_matches_reference(path, dtype, uint8, activation, output, loss):
     blas_min_work, sparse_input = PATHS[path]
     backend = NumbaBackend(blas_min_work=blas_min_work, sparse_input=sparse_input)
@@ -142,16 +162,18 @@ def test_each_layer_path_matches_reference(path, dtype, uint8, activation, outpu
     net = ref_net.copy()
     order = np.random.default_rng(3).permutation(47)
     lr = 0.3 if output != "linear" else 0.03
-    ref = get_backend("numpy").train_epoch(ref_net, plan_for(X, scale, targets, labels, order, 6, lr, loss))
-    got = backend.train_epoch(net, plan_for(X, scale, targets, labels, order, 6, lr, loss))
+    ref = train("numpy", ref_net, plan_for(X, scale, targets, labels, order, 6, lr, loss))
+    got = train(backend, net, plan_for(X, scale, targets, labels, order, 6, lr, loss))
     assert_close(net.params, ref_net.params, dtype, "params")
-    assert_close(got[0], ref[0], dtype, "loss sum")
+    assert_close(got.loss_sum, ref.loss_sum, dtype, "loss sum")
     ref_out = get_backend("numpy").forward(ref_net, X, scale, 1)
     assert_close(backend.forward(ref_net, X, scale, 2), ref_out, dtype, "forward")
     ref_loss, ref_grad = get_backend("numpy").loss_and_grad(ref_net, X, scale, targets, loss)
     got_loss, got_grad = backend.loss_and_grad(ref_net, X, scale, targets, loss)
     assert_close(got_loss, ref_loss, dtype, "loss")
     assert_close(got_grad, ref_grad, dtype, "gradient")
+    assert_close(backend.evaluate(ref_net, X, scale, targets, labels, loss, 2)[0],
+                 get_backend("numpy").evaluate(ref_net, X, scale, targets, labels, loss, 1)[0], dtype, "evaluate")
 
 
 def test_forward_does_not_depend_on_thread_count():
@@ -168,7 +190,6 @@ def test_counter_generator_is_bit_exact_with_fastgd_random():
     """The kernels' SplitMix64 draws, dropout decisions and shifts equal fastgd._random's on many
     values, including seeds and positions past 2**63 and 2**32 (uint64 arithmetic throughout)."""
     from fastgd import _random
-    from fastgd.backends import numba_kernels as K
 
     rng = np.random.default_rng(7)
     seeds = [0, 1, 12345, 2 ** 63 - 1, 2 ** 63 + 5, 2 ** 64 - 1] + [int(s) for s in rng.integers(0, 2 ** 63, 20)]
@@ -203,98 +224,155 @@ EVERYTHING = dict(momentum=0.9, nesterov=True, l2=0.01, l1=0.002, dropout=0.3, m
     ("dense-float", False, {}),
     ("blas", True, dict(blas_min_work=0)),
 ])
-@pytest.mark.parametrize("settings", [EVERYTHING, dict(momentum=0.5, l2=0.02), dict(dropout=0.5, max_shift=1,
-                                                                                  image_shape=(8, 7))],
-                         ids=["everything", "momentum-l2", "dropout-shift"])
-def test_recipe_matches_reference_on_every_layer_path(dtype, path, uint8, kwargs, settings):
-    """Every recipe feature on the sparse input layer (shifted minibatch CSR), the dense gather
-    (uint8 and float input, shifted in place) and the BLAS path, two epochs like the shared test,
-    with a ragged last batch; the velocity is updated in place and carried over."""
+@pytest.mark.parametrize("settings", [EVERYTHING, dict(optimizer="adam", weight_decay=0.02, dropout=0.5, max_shift=1,
+                                                      image_shape=(8, 7))],
+                         ids=["sgd-everything", "adam-dropout-shift"])
+def test_optimiser_and_augmentation_on_every_layer_path(dtype, path, uint8, kwargs, settings):
+    """The optimiser and augmentation on the sparse input layer (the shifted minibatch CSR), the
+    dense gather (uint8 and float input, shifted in place) and the BLAS path, two epochs with a
+    ragged last batch; the state is updated in place and carried over."""
     backend = NumbaBackend(**kwargs)
     ref_net, X, scale, targets, labels = make_problem([56, 9, 7, 4], 70, dtype, seed=5, uint8=uint8,
                                                       activation="relu", output="softmax")
     net = ref_net.copy()
-    plans = []
-    for _ in range(2):
-        plan = plan_for(X, scale, targets, labels, np.random.default_rng(2).permutation(70), 8, 0.2,
-                        "cross_entropy", 2)
-        plan.seed, plan.first_position = 2 ** 63 + 11, 40
-        for k, v in settings.items():
-            setattr(plan, k, v)
-        plan.velocity = np.zeros_like(net.params)
-        plans.append(plan)
+    plans = [configure(plan_for(X, scale, targets, labels, np.random.default_rng(2).permutation(70), 8,
+                                0.02 if "optimizer" in settings else 0.2, "cross_entropy", 2), net,
+                       seed=2 ** 63 + 11, first_position=40, state_fill=0.01 if "momentum" in settings else 0.0,
+                       **settings) for _ in range(2)]
+    ws = backend.prepare(net, plans[1])
     for epoch in range(2):
         plans[0].seed = plans[1].seed = 2 ** 63 + 11 + epoch
-        ref = get_backend("numpy").train_epoch(ref_net, plans[0])
-        got = backend.train_epoch(net, plans[1])
+        ref = train("numpy", ref_net, plans[0])
+        got = backend.train_epoch(net, plans[1], ws)
+        advance(plans[0])
+        advance(plans[1])
     assert_close(net.params, ref_net.params, dtype, path)
-    assert_close(plans[1].velocity, plans[0].velocity, dtype, path + " velocity")
-    assert_close(got[0], ref[0], dtype, path + " loss")
-    assert got[1] == ref[1] or dtype == np.float32
+    for s, s0 in zip(plans[1].rule.state, plans[0].rule.state):
+        assert_close(s, s0, dtype, path + " state")
+    assert_close(got.loss_sum, ref.loss_sum, dtype, path + " loss")
+    assert got.n_correct == ref.n_correct or dtype == np.float32
 
 
-def test_plain_sgd_keeps_its_own_kernel_and_the_recipe_gets_the_recipe_kernel():
-    from fastgd.backends import numba_kernels as K
-
-    net, X, scale, targets, labels = make_problem([10, 6, 3], 20, np.float32, seed=1)
-    backend = NumbaBackend()
-    plan = plan_for(X, scale, targets, labels, np.arange(20), 5, 0.5, "mse")
-    assert backend._epoch_call(net, plan)[0] is K.train_epoch_serial
-    plan.dropout = 0.2
-    assert backend._epoch_call(net, plan)[0] is K.train_epoch_recipe
-
-
-def test_momentum_without_a_velocity_buffer_is_a_clear_error():
-    net, X, scale, targets, labels = make_problem([10, 6, 3], 20, np.float32, seed=1)
-    plan = plan_for(X, scale, targets, labels, np.arange(20), 5, 0.5, "mse")
-    plan.momentum = 0.9
-    with pytest.raises(ValueError, match="velocity"):
-        get_backend("numba").train_epoch(net, plan)
-    plan.velocity = np.zeros(3, dtype=np.float32)
-    with pytest.raises(ValueError, match="velocity"):
-        get_backend("numba").train_epoch(net, plan)
+def test_absent_features_are_none_so_their_code_is_pruned():
+    """Plain SGD passes no optimiser and no augmentation (None): Numba compiles the same
+    minibatch_step without their branches. Any other rule gets the Optim tuple."""
+    net = fastgd.Network([10, 6, 3], dtype=np.float32)
+    grad = np.zeros_like(net.params)
+    assert NumbaBackend._optim(net, StepRule(SGD), grad) is None
+    assert NumbaBackend._optim(net, StepRule(SGD, nesterov=True), grad) is None  # nesterov without momentum: plain
+    opt = NumbaBackend._optim(net, StepRule(SGD, momentum=0.9, state=(np.zeros_like(net.params),)), grad)
+    assert isinstance(opt, K.Optim) and opt.state1.shape == net.params.shape and opt.state2.size == 0
+    opt = NumbaBackend._optim(net, StepRule(ADAM, step=7, state=(grad.copy(), grad.copy())), grad)
+    assert opt.kind == ADAM and opt.step == 7
+    plan = plan_for(np.zeros((4, 10), np.float32), 1.0, np.zeros((4, 3), np.float32), np.zeros(4, np.int32),
+                    np.arange(4), 2, 0.1, "mse")
+    assert NumbaBackend._augment(net, plan, None) is None
 
 
-def test_recipe_in_hogwild_mode_runs_the_deterministic_kernel():
-    """Non-deterministic mode with a recipe runs the deterministic kernel (Hogwild is plain SGD
-    only), so it gives the reference's numbers."""
-    ref_net, X, scale, targets, labels = make_problem([20, 8, 4], 64, np.float64, seed=3, uint8=True,
-                                                      activation="relu", output="softmax")
-    net = ref_net.copy()
-    plans = []
-    for _ in range(2):
-        plan = plan_for(X, scale, targets, labels, np.arange(64), 8, 0.1, "cross_entropy", 2)
-        plan.deterministic = False
-        plan.momentum, plan.dropout, plan.velocity = 0.9, 0.2, np.zeros_like(net.params)
-        plans.append(plan)
-    get_backend("numpy").train_epoch(ref_net, plans[0])
-    get_backend("numba").train_epoch(net, plans[1])
-    assert_close(net.params, ref_net.params, np.float64)
+# ---- issue 12: a minibatch with fewer rows than threads ---------------------------------------
+def test_split_gemm_with_fewer_rows_than_chunks_uses_no_stale_scratch():
+    """split_dot_tn + split_apply on a one-row minibatch with 2 threads: the partial-gradient
+    scratch holds garbage from before, and the update must equal the one-row outer product."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 30))
+    d = rng.standard_normal((128, 20))
+    for B in (1, 2, 3):
+        parts = np.full(2 * 30 * 20, 7.0)  # stale values from an earlier, larger minibatch
+        W = np.zeros((30, 20))
+        chunks = K.n_parts(B, 2)
+        K.split_dot_tn(x[:B], d[:B], parts, chunks)
+        K.split_apply(W, 1.0, parts, chunks)
+        np.testing.assert_allclose(W, -(x[:B].T @ d[:B]), rtol=1e-13, atol=1e-13)
 
 
-def test_prepare_with_a_recipe_leaves_the_network_and_velocity_untouched():
-    net, X, scale, targets, labels = make_problem([20, 8, 4], 30, np.float32, seed=2, uint8=True)
-    plan = plan_for(X, scale, targets, labels, np.arange(30), 10, 0.5, "mse")
-    plan.momentum, plan.nesterov, plan.l2, plan.dropout = 0.9, True, 1e-3, 0.1
-    plan.max_shift, plan.image_shape = 1, (4, 5)
-    plan.velocity = np.zeros_like(net.params)
-    before = net.params.copy()
-    seconds = NumbaBackend().prepare(net, plan)
-    assert seconds >= 0.0
-    np.testing.assert_array_equal(net.params, before)
-    assert not plan.velocity.any()
+@pytest.mark.parametrize("n", [129, 130])
+def test_trainer_with_a_one_row_last_minibatch_matches_numpy(n):
+    """The issue's case: Network([784, 512, 512, 10], float64), batch 128, threads 2, 129 rows
+    (a last minibatch of one row, fewer rows than threads) trained the first layer wrong by
+    0.125; 130 rows was right."""
+    rng = np.random.default_rng(0)
+    X = rng.random((n, 784))
+    y = rng.integers(0, 10, size=n)
+    nets = {}
+    for backend in ("numpy", "numba"):
+        net = fastgd.Network([784, 512, 512, 10], dtype=np.float64, seed=1)
+        fastgd.Trainer(net, backend=backend, batch_size=128, threads=2, epochs=1, seed=0, lr=0.5).fit(X, y)
+        nets[backend] = net
+    for l in range(3):
+        np.testing.assert_allclose(nets["numba"].weights[l], nets["numpy"].weights[l], rtol=1e-9, atol=1e-12,
+                                   err_msg=f"layer {l}")
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------
+def test_an_interrupt_during_a_kernel_surfaces_as_keyboard_interrupt():
+    """A SIGINT landing while the sparse index is built (issue 12: 8 of 150 interrupts surfaced as
+    "SystemError: CPUDispatcher(<function build_csr ...>) returned a result with an exception
+    set", because the compiled function boxed its arrays through Python) is a KeyboardInterrupt,
+    what the Trainer and the CLI handle. `_call` also unwraps such a SystemError."""
+    X = np.random.default_rng(0).integers(0, 3, size=(3000, 784), dtype=np.uint8)
+    b = NumbaBackend(sparse_input="always")
+    b._csr(X[:10], False)  # compiled before timing anything
+    caught = 0
+    for delay in np.linspace(0.0005, 0.01, 12):
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        try:  # any other exception (the SystemError of issue 12) fails the test
+            timer.start()
+            for _ in range(200):
+                b._csr(X, False)
+            timer.join()
+            time.sleep(0.05)  # the signal arrives by here if every call finished first
+        except KeyboardInterrupt:
+            caught += 1
+        timer.join()
+    assert caught == 12
+
+    def raises_wrapped():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(<function build_csr>) returned a result with an exception set") from exc
+
+    with pytest.raises(KeyboardInterrupt):
+        numba_backend._call(raises_wrapped)
+    with pytest.raises(SystemError):  # other SystemErrors pass through unchanged
+        numba_backend._call(lambda: (_ for _ in ()).throw(SystemError("other")))
 
 
 def test_deterministic_blas_split_is_repeatable_and_matches_one_thread():
     """Deterministic mode with BLAS-sized layers splits each gemm into fixed row chunks, one per
-    thread: the same weights every run, and the same as one thread up to rounding."""
+    thread: the same weights every run, the same as one thread up to rounding, reported as
+    "sync" on 2 threads."""
     backend = NumbaBackend(blas_min_work=0)
     results = []
     for threads in (1, 2, 2):
         net, X, scale, targets, labels = make_problem([60, 48, 32, 5], 90, np.float64, seed=4, uint8=True,
                                                       activation="relu", output="softmax")
         order = np.random.default_rng(1).permutation(90)
-        backend.train_epoch(net, plan_for(X, scale, targets, labels, order, 16, 0.2, "cross_entropy", threads))
+        result = train(backend, net, plan_for(X, scale, targets, labels, order, 16, 0.2, "cross_entropy", threads))
+        assert (result.mode, result.threads_used) == (("serial", 1) if threads == 1 else ("sync", 2))
         results.append(net.params.copy())
     np.testing.assert_array_equal(results[1], results[2])
     assert_close(results[1], results[0], np.float64, "2 threads vs 1")
+
+
+def test_bounds_checked_run_catches_out_of_range_access():
+    """Under NUMBA_BOUNDSCHECK=1 the SIMD intrinsics check their ranges like Numba's indexing:
+    a vector load past the end raises IndexError instead of reading out of bounds."""
+    code = ("import numpy as np\n"
+            "from numba import njit\n"
+            "from fastgd.backends.numba_simd import vload, vstore\n"
+            "@njit\n"
+            "def f(a, off):\n"
+            "    vstore(a, 0, 4, vload(a, off, 16))\n"
+            "a = np.zeros(20)\n"
+            "f(a, 4)\n"
+            "try:\n"
+            "    f(a, 5)\n"
+            "except IndexError:\n"
+            "    print('IndexError')\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "IndexError"

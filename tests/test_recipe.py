@@ -1,22 +1,24 @@
-"""The training recipe (momentum, weight decay, dropout, schedules, shifts, early stopping,
+"""Training options (momentum, weight decay, dropout, schedules, shifts, early stopping,
 checkpoints) in the reference backend and the Trainer."""
 import numpy as np
 import pytest
 
 import fastgd
 from fastgd import Network, Trainer, _random
-from fastgd.backends import EpochPlan, get_backend
+from fastgd.backends import OPTIMIZER_CODES, EpochPlan, StepRule, get_backend
 from fastgd.schedules import epoch_learning_rates
 
 from test_trainer import small_problem
 
 
-def one_step(net, X, targets, lr, **recipe):
-    """One full-batch step of the reference backend; returns the plan (velocity inside)."""
+def one_step(net, X, targets, lr, optimizer="sgd", step=0, state=(), **rule):
+    """One full-batch step of the reference backend; returns the plan (state arrays inside its rule)."""
     n = X.shape[0]
     plan = EpochPlan(X=X, x_scale=1.0, targets=targets, labels=targets.argmax(1).astype(np.int32),
-                     order=np.arange(n, dtype=np.int64), lrs=np.array([lr]), batch_size=n, loss="mse", **recipe)
-    get_backend("numpy").train_epoch(net, plan)
+                     order=np.arange(n, dtype=np.int64), lrs=np.array([lr]), batch_size=n, loss="mse",
+                     rule=StepRule(OPTIMIZER_CODES[optimizer], step=step, state=state, **rule))
+    backend = get_backend("numpy")
+    backend.train_epoch(net, plan, backend.prepare(net, plan))
     return plan
 
 
@@ -57,7 +59,7 @@ def test_weight_decay_step_is_the_gradient_of_the_penalised_loss(l2, l1):
         up[i] += eps
         down[i] -= eps
         numeric[i] = (penalised(up) - penalised(down)) / (2 * eps)
-    one_step(net, X, targets, lr=0.5, l2=l2, l1=l1)
+    one_step(net, X, targets, lr=0.5, weight_decay=l2, l1=l1)
     np.testing.assert_allclose((before - net.params) / 0.5, numeric, rtol=1e-6, atol=1e-8)
     assert np.all((before - net.params)[~w] != 0)  # biases still learn, without decay
 
@@ -73,7 +75,7 @@ def test_momentum_follows_pytorch_sgd(nesterov):
         _, g = get_backend("numpy").loss_and_grad(expected, X, 1.0, targets, "mse")
         v = mu * v + g
         expected.params[...] -= lr * (g + mu * v if nesterov else v)
-        one_step(net, X, targets, lr=lr, momentum=mu, nesterov=nesterov, velocity=velocity)
+        one_step(net, X, targets, lr=lr, momentum=mu, nesterov=nesterov, state=(velocity,))
     np.testing.assert_allclose(net.params, expected.params, rtol=1e-12)
     np.testing.assert_allclose(velocity, v, rtol=1e-12)
 
@@ -112,10 +114,10 @@ def test_dropout_gradient_with_fixed_masks_matches_finite_differences():
     def loss_at(params):
         trial = net.copy()
         trial.params[...] = params
-        return ref.minibatch_loss_and_grad(trial, X, targets, "cross_entropy", np.zeros_like(params), masks)[0].mean()
+        return ref.minibatch_forward_backward(trial, X, targets, "cross_entropy", np.zeros_like(params), masks)[0].mean()
 
     grad = np.zeros_like(net.params)
-    ref.minibatch_loss_and_grad(net, X, targets, "cross_entropy", grad, masks)
+    ref.minibatch_forward_backward(net, X, targets, "cross_entropy", grad, masks)
     numeric = np.array([(loss_at(net.params + e) - loss_at(net.params - e)) / 2e-6
                         for e in np.eye(net.n_params) * 1e-6])
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
@@ -259,11 +261,17 @@ def test_augment_shift_needs_a_square_image_or_a_shape():
     Trainer(Network([16, 5, 4]), backend="numpy", augment_shift=1)
 
 
-def test_auto_picks_a_backend_that_implements_the_recipe():
+def test_auto_picks_a_backend_that_implements_the_settings(monkeypatch):
+    """auto takes the fastest available backend, but passes over one lacking a feature the settings need."""
     from fastgd.backends import FASTEST_FIRST, available_backends
 
+    fastest = next(b for b in FASTEST_FIRST if b in available_backends())
+    assert Trainer(Network([16, 5, 4])).backend.name == fastest  # plain SGD: every backend has it
+    for name in available_backends():
+        if name != "numpy":  # pretend the compiled backends lack dropout
+            monkeypatch.setattr(type(get_backend(name)), "features", frozenset({"momentum", "shift"}))
     trainer = Trainer(Network([16, 5, 4]), dropout=0.2, momentum=0.9, augment_shift=1)
-    assert {"dropout", "momentum", "shift"} <= set(trainer.backend.features)
-    capable = [b for b in FASTEST_FIRST if b in available_backends()
-               and {"dropout", "momentum", "shift"} <= set(getattr(fastgd.get_backend(b), "features", ()))]
-    assert trainer.backend.name == capable[0]
+    assert trainer.backend.name == "numpy"
+    if fastest != "numpy":
+        with pytest.raises(ValueError, match="does not implement dropout"):
+            Trainer(Network([16, 5, 4]), dropout=0.2, backend=fastest)

@@ -32,7 +32,7 @@ def test_gradient_matches_finite_differences(activation, output, loss, targets_k
     net = fastgd.Network([6, 5, 4, 3], activation, output, dtype=np.float64, seed=1)
     net.params[...] += 0.3 * rng.standard_normal(net.n_params)  # away from symmetric starts
     X = rng.standard_normal((7, 6))
-    if activation == "relu":
+    if activation in ("relu", "leaky_relu"):
         X += 0.5  # keep pre-activations away from the kink at 0, where the derivative jumps
     if targets_kind == "labels":
         targets = np.eye(3)[rng.integers(0, 3, size=7)]

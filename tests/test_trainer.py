@@ -123,7 +123,8 @@ def test_history_callbacks_and_evaluate():
     history = trainer.fit(X, y, validation_data=(X[:50], y[:50]), callbacks=[stop_after_two])
     assert seen == [1, 2] and len(history) == 2
     record = history[0]
-    assert set(record) == set(fastgd.History.KEYS)
+    assert set(record) == set(fastgd.History.KEYS) - {"val_r2", "val_mae"}  # classification: no regression metrics
+    assert record["partial"] is False and record["mode"] == "numpy" and record["threads_used"] >= 1
     assert 0 <= record["train_accuracy"] <= 1 and 0 <= record["val_accuracy"] <= 1
     assert record["seconds"] > 0 and record["samples_per_second"] > 0
     assert history["epoch"] == [1, 2]
@@ -155,3 +156,166 @@ def test_one_epoch_of_the_lesson_network_learns(mnist):
     accuracy = trainer.evaluate(X_test, y_test)["accuracy"]
     assert accuracy > 0.85, accuracy
     assert history["train_accuracy"][0] > 0.75
+
+
+# ---- input checks (issue 12, item 5) ----------------------------------------------------------
+def test_integer_X_other_than_uint8_is_refused_with_the_fix():
+    """int64 pixels 0..255 used to train unscaled; now any non-uint8 integer X is refused, naming the fix."""
+    trainer = Trainer(Network([12, 5, 4], seed=0), epochs=1, backend="numpy")
+    X = np.random.default_rng(0).integers(0, 256, (10, 12))
+    for dtype in (np.int64, np.int32, np.uint16, np.int8):
+        with pytest.raises(TypeError, match=r"integer dtype .*X.astype\(np.uint8\).*X.astype\(np.float32\)"):
+            trainer.fit(X.astype(dtype), np.zeros(10, dtype=int))
+    trainer.fit(X.astype(np.uint8), np.zeros(10, dtype=int))  # the fix it names works
+    trainer.fit(np.ones((10, 12), dtype=bool), np.zeros(10, dtype=int))  # bool features stay 0/1
+
+
+def test_float64_X_beyond_float32_range_is_a_clear_error():
+    X = np.zeros((4, 12))
+    X[2, 3] = 1e39
+    with pytest.raises(ValueError, match="beyond the range of this float32 network"):
+        Trainer(Network([12, 5, 4], seed=0), epochs=1, backend="numpy").fit(X, np.zeros(4, dtype=int))
+    Trainer(Network([12, 5, 4], dtype=np.float64, seed=0), epochs=1, lr=1e-80, backend="numpy").fit(
+        X, np.zeros(4, dtype=int))
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_regression_reports_r2_and_mae_not_accuracy():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.3  # 1-D float targets for a one-output network
+    net = Network([3, 8, 1], activation="tanh", output="linear", dtype=np.float64, seed=0)
+    trainer = Trainer(net, lr=0.05, batch_size=10, epochs=30, backend="numpy", seed=0)
+    history = trainer.fit(X[:200], y[:200], validation_data=(X[200:], y[200:]))
+    assert trainer.task == "regression"
+    assert "train_accuracy" not in history[0] and "val_accuracy" not in history[0]
+    assert history["val_r2"][-1] > 0.95 and history["val_mae"][-1] < 0.3
+    result = trainer.evaluate(X[200:], y[200:])
+    assert set(result) == {"loss", "r2", "mae"}
+    pred = net.predict_proba(X[200:])[:, 0]
+    assert result["mae"] == pytest.approx(np.mean(np.abs(pred - y[200:])), rel=1e-9)
+    assert result["r2"] == pytest.approx(1 - np.sum((y[200:] - pred) ** 2) / np.sum((y[200:] - y[200:].mean()) ** 2))
+    assert result["loss"] == pytest.approx(np.mean(0.5 * (pred - y[200:]) ** 2), rel=1e-9)
+
+
+def test_one_sigmoid_unit_with_labels_0_1_is_binary_classification():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 4))
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    net = Network([4, 6, 1], activation="tanh", output="sigmoid", seed=0)
+    trainer = Trainer(net, loss="cross_entropy", lr=0.5, epochs=10, backend="numpy", seed=0)
+    history = trainer.fit(X, y, validation_data=(X, y))
+    assert trainer.task == "binary" and history["train_accuracy"][-1] is None
+    result = trainer.evaluate(X, y)
+    expected = np.mean((net.predict_proba(X)[:, 0] > 0.5) == y)
+    assert result["accuracy"] == pytest.approx(expected) and expected > 0.9
+    with pytest.raises(ValueError, match="binary targets"):
+        trainer.fit(X, y * 2)
+
+
+# ---- divergence (issue 12, item 3) ------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_restores_finite_weights_and_optimizer_state():
+    X, y = small_problem()
+    net = Network([12, 8, 4], activation="relu", output="linear", seed=0)
+    trainer = Trainer(net, lr=1e6, momentum=0.5, epochs=5, backend="numpy")
+    with pytest.raises(FloatingPointError, match=r"diverged in epoch 1 .*Lower the learning rate"):
+        trainer.fit(X * 1e3, y)
+    start = Network([12, 8, 4], activation="relu", output="linear", seed=0)
+    np.testing.assert_array_equal(net.params, start.params)  # epoch 1's start, finite
+    assert np.all(trainer.optimizer.state[0] == 0) and trainer.optimizer.step_count == 0
+    assert np.isfinite(net.predict_proba(X)).all()  # usable
+
+
+# ---- checkpoints (issue 12, item 5) -----------------------------------------------------------
+def test_checkpoint_name_without_npz_resumes_by_either_name(tmp_path):
+    X, y = small_problem(n=60)
+    trainer = Trainer(Network([12, 5, 4], seed=0), epochs=2, backend="numpy", seed=1, checkpoint=tmp_path / "run")
+    trainer.fit(X, y)
+    assert (tmp_path / "run.npz").exists() and not (tmp_path / "run").exists()
+    for name in ("run", "run.npz"):
+        again = Trainer(Network([12, 5, 4], seed=5), epochs=2, backend="numpy", seed=1)
+        again.fit(X, y, resume=tmp_path / name)
+        np.testing.assert_array_equal(again.net.params, trainer.net.params)
+
+
+def test_missing_checkpoint_folder_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint folder .* does not exist"):
+        Trainer(Network([12, 5, 4]), backend="numpy", checkpoint=tmp_path / "nope" / "run")
+    (tmp_path / "gone").mkdir()
+    trainer = Trainer(Network([12, 5, 4], seed=0), backend="numpy", checkpoint=tmp_path / "gone" / "run")
+    (tmp_path / "gone").rmdir()  # removed after the Trainer was made: fit() checks again before training
+    before = trainer.net.params.copy()
+    with pytest.raises(ValueError, match="does not exist"):
+        trainer.fit(*small_problem(n=20))
+    np.testing.assert_array_equal(trainer.net.params, before)
+
+
+# ---- Ctrl-C (issue 12, item 2) ----------------------------------------------------------------
+def test_ctrl_c_mid_epoch_leaves_a_consistent_state_that_resumes_exactly(tmp_path):
+    """SIGINT during fit: params, optimiser state and history agree on the last completed step, the
+    checkpoint is written, and resuming it gives bitwise the run that was never interrupted."""
+    import os
+    import signal
+    import threading
+
+    X, y = small_problem(n=2000)
+    settings = dict(lr=0.2, momentum=0.9, batch_size=4, epochs=40, backend="numpy", seed=3)
+    net = Network([12, 64, 4], seed=0)
+    trainer = Trainer(net, checkpoint=tmp_path / "run", **settings)
+    trainer.slice_steps = 7  # slices that do not line up with epochs
+    started = threading.Event()
+
+    def first_epoch(record, _):
+        if not started.is_set():
+            started.set()
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(X, y, callbacks=[first_epoch])
+    assert trainer.interrupted
+    last = trainer.history[-1]
+    assert last["partial"] is True and all(not r["partial"] for r in trainer.history.records[:-1])
+    steps_per_epoch = 500
+    partial_steps = trainer._run["state"]["partial"]["step"]
+    assert trainer.optimizer.step_count == (len(trainer.history) - 1) * steps_per_epoch + partial_steps
+    assert 0 < trainer.optimizer.step_count < settings["epochs"] * steps_per_epoch
+    saved = Network.load(tmp_path / "run.npz")
+    np.testing.assert_array_equal(saved.params, net.params)
+
+    resumed = Network([12, 64, 4], seed=9)
+    history = Trainer(resumed, **settings).fit(X, y, resume=tmp_path / "run")
+    straight = Network([12, 64, 4], seed=0)
+    Trainer(straight, **settings).fit(X, y)
+    np.testing.assert_array_equal(resumed.params, straight.params)
+    assert history["epoch"] == list(range(1, 41)) and not any(history["partial"])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", __import__("conftest").BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_divergence_is_caught_on_every_backend(backend, dtype):
+    """ReLU layers can turn NaN into 0 and keep the loss finite over garbage weights, and a last step can
+    make the weights inf: the parameter check after every slice catches both; the epoch's start is restored."""
+    X, y = small_problem(n=64)
+    net = Network([12, 16, 16, 4], activation="relu", output="softmax", dtype=dtype, seed=0)
+    start = net.params.copy()
+    lr = 1e30 if dtype == np.float32 else 1e250
+    trainer = Trainer(net, loss="cross_entropy", lr=lr, momentum=0.9, epochs=3, batch_size=8, backend=backend,
+                      threads=1)
+    with pytest.raises(FloatingPointError, match="diverged in epoch 1"):
+        trainer.fit(X * 1e4, y)
+    np.testing.assert_array_equal(net.params, start)
+    assert len(trainer.history) == 0 and trainer.optimizer.step_count == 0
+
+
+@pytest.mark.parametrize("backend", __import__("conftest").BACKENDS)
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_history_records_what_the_backend_ran(backend, deterministic):
+    X, y = small_problem(n=300)
+    trainer = Trainer(Network([12, 8, 4], seed=0), lr=1.0, epochs=2, backend=backend, threads=2,
+                      deterministic=deterministic)
+    history = trainer.fit(X, y)
+    for r in history:
+        assert r["mode"] in {"serial", "sync", "hogwild", "numpy"} and 1 <= r["threads_used"] <= 2
+        assert deterministic is False or r["mode"] != "hogwild"

@@ -10,9 +10,11 @@ import numbers
 
 import numpy as np
 
-ACTIVATIONS = ("sigmoid", "relu", "tanh")
-OUTPUTS = ("sigmoid", "softmax", "linear")
-LOSSES = ("mse", "cross_entropy")
+from . import ops
+
+ACTIVATIONS = ops.HIDDEN  # hidden-layer activations
+OUTPUTS = ops.OUTPUTS
+LOSSES = tuple(ops.LOSSES)
 DTYPES = (np.float32, np.float64)
 
 #: uint8 images are scaled by this inside the backends (x = pixel * UINT8_SCALE).
@@ -56,10 +58,11 @@ def check_sizes(sizes):
 
 def check_loss_output(loss, output):
     check_choice(loss, LOSSES, "loss")
-    if loss == "cross_entropy" and output == "linear":
+    pairs = ops.LOSSES[loss].outputs
+    if output not in pairs:
         raise ValueError(
-            "loss 'cross_entropy' needs output 'softmax' (multi-class) or 'sigmoid' (per-unit, "
-            "Nielsen ch. 3); a 'linear' output has no probabilities to score"
+            f"loss {loss!r} needs output {' or '.join(repr(p) for p in pairs)}; "
+            f"a {output!r} output does not pair with it (e.g. a 'linear' output has no probabilities to score)"
         )
     return loss
 
@@ -110,7 +113,9 @@ def check_X(X, n_in, dtype):
     """Validate inputs; returns (X, x_scale) ready for a backend.
 
     uint8 stays uint8 (the kernels scale by 1/255 on the fly, a quarter of the memory traffic);
-    any other real dtype becomes a C-contiguous array of the network's dtype with scale 1.
+    real floats (and bool) become a C-contiguous array of the network's dtype with scale 1.
+    Other integer dtypes are refused: int64 pixels 0..255 and integer features would need
+    different treatment, and guessing between them silently trains on the wrong scale.
     """
     X = _as_array(X, "X")
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
@@ -125,23 +130,56 @@ def check_X(X, n_in, dtype):
         raise ValueError(f"X has {X.shape[1]} features per sample but the network's input width is {n_in}")
     if X.dtype == np.uint8:
         return np.ascontiguousarray(X), UINT8_SCALE
-    if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ValueError(f"X contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+    if np.issubdtype(X.dtype, np.integer):
+        raise TypeError(
+            f"X has integer dtype {X.dtype}; pass uint8 pixels (scaled by 1/255), e.g. X.astype(np.uint8) "
+            f"for values 0..255, or floats used as given, e.g. X.astype(np.float32)")
+    if np.issubdtype(X.dtype, np.floating):
+        if not np.isfinite(X).all():
+            bad = np.argwhere(~np.isfinite(X))[0]
+            raise ValueError(f"X contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+        limit = float(np.finfo(dtype).max)
+        if float(np.finfo(X.dtype).max) > limit:
+            big = float(np.max(np.abs(X)))
+            if big > limit:
+                raise ValueError(f"X holds a value of magnitude {big:.3g}, beyond the range of this {np.dtype(dtype)} "
+                                 f"network ({limit:.3g}); rescale X or use dtype=float64")
     return np.ascontiguousarray(X, dtype=dtype), 1.0
 
 
-def check_y(y, n, n_out, dtype, loss):
-    """Validate targets; returns (targets (n, n_out) of dtype, labels (n,) int32).
+def check_y(y, n, n_out, dtype, loss, task="classification"):
+    """Validate targets for a task; returns (targets (n, n_out) of dtype, labels (n,) int32).
 
-    Integer labels in [0, n_out) become one-hot targets. Real targets of shape (n, n_out) are
-    used as given, and their argmax serves as the label for accuracy.
+    classification: integer labels in [0, n_out) become one-hot targets; real targets of shape
+    (n, n_out) are used as given, and their argmax serves as the label for accuracy.
+    binary (one sigmoid output unit): labels 0/1 (or probabilities in [0, 1]), 1-D or (n, 1);
+    the label for accuracy is target > 0.5.
+    regression: real targets (n, n_out), or 1-D when n_out == 1; labels are unused (zeros).
     """
     y = _as_array(y, "y")
     if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
         raise TypeError(f"y must hold integer labels or real targets, got dtype {y.dtype}")
     if np.issubdtype(y.dtype, np.complexfloating):
         raise TypeError(f"y must be real, got complex dtype {y.dtype}")
+    if task in ("binary", "regression"):
+        if y.ndim == 1 and n_out == 1:
+            y = y[:, None]
+        if y.ndim != 2 or y.shape[1] != n_out:
+            raise ValueError(f"y for {task} must have shape ({n}, {n_out})" +
+                             (f" or ({n},)" if n_out == 1 else "") + f"; got shape {y.shape}")
+        if y.shape[0] != n:
+            raise ValueError(f"X has {n} samples but y has {y.shape[0]}")
+        if not np.isfinite(y).all():
+            raise ValueError("y contains NaN or inf")
+        if task == "binary" and (np.any(y < 0) or np.any(y > 1)):
+            raise ValueError("binary targets must be labels 0/1 or probabilities in [0, 1]")
+        targets = np.ascontiguousarray(y, dtype=dtype)
+        if task == "regression":
+            limit = float(np.finfo(dtype).max)
+            if np.any(np.abs(y) > limit):
+                raise ValueError(f"y holds values beyond the range of this {np.dtype(dtype)} network; rescale y")
+            return targets, np.zeros(n, dtype=np.int32)
+        return targets, (targets[:, 0] > 0.5).astype(np.int32)
     if y.ndim == 2 and y.shape[1] == n_out and not (n_out == 1 and np.issubdtype(y.dtype, np.integer)):
         if y.shape[0] != n:
             raise ValueError(f"X has {n} samples but y has {y.shape[0]}")

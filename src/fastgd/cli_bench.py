@@ -128,7 +128,7 @@ def run(args):
               file=log, flush=True)
 
     def progress(result):
-        print(f"  {result.config.label:<48} {result.config.backend:<7} {B._fmt_rate(result.samples_per_second):>8} samples/s",
+        print(f"  {result.config.label:<48} {result.config.backend:<7} {B.fmt_rate(result.samples_per_second):>8} samples/s",
               file=log, flush=True)
 
     results = B.measure(configs, repeats=args.repeats, budget_seconds=args.budget_seconds, progress=progress,

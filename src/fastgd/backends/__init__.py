@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from .base import BackendUnavailable, EpochPlan
+from .base import (FEATURES, OPTIMIZER_CODES, Backend, BackendUnavailable, EpochPlan, EpochResult, StepRule,
+                   Workspace)
 
 #: name -> (module, class); "auto" tries FASTEST_FIRST in order.
 _REGISTRY = {
@@ -18,7 +19,8 @@ _REGISTRY = {
 FASTEST_FIRST = ("cython", "numba", "numpy")
 _cache = {}
 
-__all__ = ["BackendUnavailable", "EpochPlan", "available_backends", "backend_names", "get_backend"]
+__all__ = ["FEATURES", "OPTIMIZER_CODES", "Backend", "BackendUnavailable", "EpochPlan", "EpochResult", "StepRule",
+           "Workspace", "available_backends", "backend_names", "get_backend"]
 
 
 def backend_names():

@@ -1,89 +1,272 @@
-"""The contract every backend follows.
+"""The contract every backend follows (CONTRACT.md sections 2-4; issue 10).
 
-A backend is an object with a `name` and three methods, all working on a `Network`'s flat
-parameter buffer (`net.params`, layout in `net.layout`):
+A backend is a stateless object (``Backend`` below): it holds NO per-run buffers or caches, so
+two Trainers in two threads may share it. Everything a run needs lives in the `Workspace` that
+``prepare`` returns, which the Trainer owns (one per ``fit()``).
 
+``prepare(net, plan) -> Workspace``
+    Per fit(): JIT-compiles, allocates buffers, builds caches (e.g. a CSR copy of plan.X) from
+    plan.X *now*; the next fit() calls prepare again, so ``X[:] = other`` between fits is seen.
+    Must not change net.params or plan.rule.state. ``ws.compile_seconds`` says how long it took.
+``train_epoch(net, plan, ws) -> EpochResult``
+    Calls ``plan.validate(net)`` first, then runs plan.order's minibatches in order, updating
+    net.params and plan.rule.state in place. The Trainer may split one epoch into consecutive
+    slices (order[a:b] with a a multiple of batch_size, lrs sliced to match, first_position=a,
+    rule.step advanced by the steps before); in deterministic mode the result must be bitwise
+    the same as one call over the whole order, so kernels keep no state between calls except
+    net.params and rule.state.
 ``forward(net, X, x_scale, threads) -> outputs``
-    Output-layer activations, shape (n, sizes[-1]), dtype net.dtype.
+    Output-layer activations (n, sizes[-1]), dtype net.dtype. No state kept between calls.
+``evaluate(net, X, x_scale, targets, labels, loss, threads) -> (loss_sum, n_correct)``
+    Sum over rows of the per-sample loss, computed from the last layer's PRE-activations with the
+    training formula (so validation loss and training loss agree), and the number of rows whose
+    argmax output equals their label.
+``loss_and_grad(net, X, x_scale, targets, loss, threads) -> (mean_loss, flat grad)``
+    Tests only (finite differences, the PyTorch oracles).
 
-``loss_and_grad(net, X, x_scale, targets, loss, threads) -> (loss, grad)``
-    Mean loss over the rows and its gradient as a flat array laid out like `net.params`.
-    Used by the tests (finite differences, the PyTorch oracle); training never calls it.
-
-``train_epoch(net, plan) -> (loss_sum, n_correct)``
-    Runs every minibatch of `plan` in order, updating `net.params` in place, and returns the sum
-    over samples of the per-sample loss (each measured with the weights its minibatch saw,
-    before that minibatch's update) and the number of samples whose argmax output equalled
-    their label. A compiled backend runs the whole call without returning to Python.
-
-Conventions (checked against PyTorch autograd in tests/data/torch_one_step.npz):
+Conventions (checked against PyTorch in tests/data/torch_*.npz):
   * x = X (float rows), or X_uint8 * x_scale computed in the network's dtype.
-  * z_l = a_{l-1} @ W_l + b_l; hidden a = activation(z), last layer a = output(z).
-  * mse: per-sample loss ½‖a − t‖²; cross_entropy with softmax: −Σ t·log softmax(z);
-    cross_entropy with sigmoid: −Σ [t·log a + (1 − t)·log(1 − a)] (Nielsen ch. 3).
-    For both cross-entropy pairs dL/dz_last = a − t.
-  * The minibatch gradient is the mean over its rows; SGD: params -= lr * grad. The last
-    minibatch of an epoch may be smaller than batch_size and is used.
-  * The training recipe (all off by default), applied per step in this order, PyTorch's SGD:
-      g = grad + l2 * W + l1 * sign(W)          (weights only; biases are not decayed)
-      v = momentum * v + g                      (v = plan.velocity, kept across epochs)
-      step = g + momentum * v if nesterov else v   (step = g when momentum == 0)
-      params -= lr * step
-    Dropout (inverted) multiplies each hidden activation by keep/(1 - dropout) during training,
-    and image shifts move each input image by (dx, dy) pixels; both draw from the counter-based
-    generator in fastgd._random, keyed by (plan.seed, first_position + index in order, unit),
-    so every backend draws the same masks and shifts.
-  * A backend lists the recipe features it implements in `features` (a set of the names in
-    RECIPE_FEATURES); the Trainer refuses to ask a backend for one it does not list.
-Inputs reaching a backend have been validated by fastgd._checks: shapes agree, values are
-finite, labels lie in range, `order` holds valid row indices.
+  * z_l = a_{l-1} @ W_l + b_l; hidden a = activation(z), last layer a = output(z). The formulas
+    and integer codes of activations and losses live in fastgd/ops.py.
+  * The minibatch gradient g is the mean over its rows. The last minibatch of an epoch may be
+    smaller than batch_size and is used.
+  * The per-sample training loss is measured with the weights its minibatch saw, before that
+    minibatch's update; n_correct counts argmax(output) == label over the same outputs.
+  * Optimiser step (StepRule below), with g += l1 * sign(W) on weights (all kinds) and
+    g += weight_decay * W on weights (sgd, adam); biases are never decayed:
+      sgd:   v = mu v + g; step = g + mu v (nesterov) or v (step = g when mu == 0); W -= lr step
+      adam:  m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; t = rule.step + k + 1 for the plan's
+             k-th step; bc1 = 1 - b1^t, bc2 = 1 - b2^t in double precision;
+             W -= lr * (m / bc1) / (sqrt(v / bc2) + eps)
+      adamw: W -= lr * weight_decay * W (weights only), then the adam step (g without decay).
+  * Dropout (inverted) multiplies each hidden activation by keep/(1 - dropout) during training;
+    image shifts move each input image by (dx, dy) pixels; both draw from the counter-based
+    generator in fastgd._random keyed by (plan.seed, first_position + index in order, unit), so
+    every backend draws the same masks and shifts.
+  * `features` lists what a backend implements (names in FEATURES); the Trainer refuses to ask
+    a backend for a feature it does not list.
+  * deterministic=False means "Hogwild allowed"; a backend without Hogwild runs deterministic
+    and says so in EpochResult.mode.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import ops
 
-RECIPE_FEATURES = ("momentum", "nesterov", "l2", "l1", "dropout", "shift")
+#: Optimiser kinds as the kernels see them (StepRule.kind).
+OPTIMIZER_CODES = {"sgd": 0, "adam": 1, "adamw": 2}
+SGD, ADAM, ADAMW = OPTIMIZER_CODES["sgd"], OPTIMIZER_CODES["adam"], OPTIMIZER_CODES["adamw"]
+
+#: Features a backend may implement; plain SGD needs none.
+FEATURES = ("momentum", "nesterov", "l2", "l1", "dropout", "shift", "adam", "adamw")
 
 
 class BackendUnavailable(ImportError):
     """Raised when a known backend cannot run here (e.g. its compiled extension was not built)."""
 
 
+@dataclass(frozen=True)
+class StepRule:
+    """All a kernel needs to apply optimiser steps (see the module docstring for the formulas)."""
+
+    kind: int  # OPTIMIZER_CODES value
+    momentum: float = 0.0  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # sgd/adam: L2 in the gradient; adamw: decoupled. Weights only.
+    l1: float = 0.0  # g += l1 * sign(W), weights only
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    step: int = 0  # optimiser steps already taken; the plan's k-th step uses t = step + k + 1
+    state: tuple = ()  # arrays like net.params, updated in place: sgd+momentum (velocity,); adam(w) (m, v)
+
+    def n_state(self):
+        """How many state arrays this rule needs."""
+        if self.kind == SGD:
+            return 1 if self.momentum > 0 else 0
+        return 2
+
+    def features(self):
+        """The backend features this rule needs."""
+        out = set()
+        if self.kind == ADAM:
+            out.add("adam")
+        elif self.kind == ADAMW:
+            out.add("adamw")
+        elif self.momentum > 0:
+            out.add("momentum")
+        if self.nesterov:
+            out.add("nesterov")
+        if self.weight_decay > 0 and self.kind != ADAMW:
+            out.add("l2")
+        if self.l1 > 0:
+            out.add("l1")
+        return out
+
+
 @dataclass
 class EpochPlan:
-    """Everything one call of `train_epoch` needs besides the network."""
+    """Everything one call of `train_epoch` needs besides the network and the workspace."""
 
     X: np.ndarray  # (n, n_in), C-contiguous, net.dtype or uint8
     x_scale: float  # multiply X by this (1/255 for uint8, else 1.0)
-    targets: np.ndarray  # (n, n_out), net.dtype
+    targets: np.ndarray  # (n, n_out), net.dtype, C-contiguous
     labels: np.ndarray  # (n,), int32, for accuracy
     order: np.ndarray  # (m,), int64 row indices in visiting order; minibatch k is order[k*bs:(k+1)*bs]
     lrs: np.ndarray  # (ceil(m / batch_size),), float64 learning rate of each step
     batch_size: int
-    loss: str  # "mse" | "cross_entropy"
+    loss: str  # a name in ops.LOSSES
     threads: int = 1
-    deterministic: bool = True  # results must not depend on thread timing
-    # ---- the training recipe; the defaults mean plain SGD ----
-    momentum: float = 0.0
-    nesterov: bool = False
-    l2: float = 0.0  # weight decay on weights, not biases
-    l1: float = 0.0
-    velocity: np.ndarray | None = None  # momentum buffer laid out like net.params (needed when momentum > 0)
+    deterministic: bool = True  # False: Hogwild allowed
+    rule: StepRule = field(default_factory=lambda: StepRule(SGD))
     dropout: float = 0.0  # probability of dropping each hidden unit
     max_shift: int = 0  # shift each input image by up to this many pixels in x and y
     image_shape: tuple = (0, 0)  # (rows, cols) with rows * cols == n_in, needed when max_shift > 0
     seed: int = 0  # this epoch's seed for dropout masks and shifts
-    first_position: int = 0  # position in the epoch of order[0] (an epoch may be run in chunks)
-
-    def requested_features(self):
-        """The recipe features this plan turns on."""
-        on = {"momentum": self.momentum > 0, "nesterov": self.nesterov, "l2": self.l2 > 0,
-              "l1": self.l1 > 0, "dropout": self.dropout > 0, "shift": self.max_shift > 0}
-        return {name for name, wanted in on.items() if wanted}
+    first_position: int = 0  # position in the epoch of order[0] (an epoch may run in slices)
 
     @property
     def n_steps(self):
         return -(-len(self.order) // self.batch_size)
+
+    def requested_features(self):
+        """The backend features this plan turns on."""
+        out = self.rule.features()
+        if self.dropout > 0:
+            out.add("dropout")
+        if self.max_shift > 0:
+            out.add("shift")
+        return out
+
+    def validate(self, net):
+        """Check shapes, dtypes, contiguity, index ranges and state arrays; raise ValueError.
+
+        Cheap: no O(n) scans except the bounds of `order` (min and max once). Every backend calls
+        this at the top of train_epoch, so its kernels may index without further checks.
+        """
+        dt = net.dtype
+        n_in, n_out = net.sizes[0], net.sizes[-1]
+
+        def array(a, what, dtypes, ndim):
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"plan.{what} must be a numpy array, got {type(a).__name__}")
+            if a.dtype not in dtypes:
+                raise ValueError(f"plan.{what} has dtype {a.dtype}; expected {' or '.join(map(str, dtypes))}")
+            if a.ndim != ndim:
+                raise ValueError(f"plan.{what} must be {ndim}-D, got shape {a.shape}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"plan.{what} must be C-contiguous")
+
+        if not (isinstance(net.params, np.ndarray) and net.params.flags.c_contiguous and net.params.dtype == dt):
+            raise ValueError("net.params must be a C-contiguous array of the network's dtype")
+        array(self.X, "X", (dt, np.dtype(np.uint8)), 2)
+        n = self.X.shape[0]
+        if self.X.shape[1] != n_in:
+            raise ValueError(f"plan.X has {self.X.shape[1]} columns; the network takes {n_in} inputs")
+        if not np.isfinite(self.x_scale) or self.x_scale <= 0:
+            raise ValueError(f"plan.x_scale must be finite and > 0, got {self.x_scale}")
+        array(self.targets, "targets", (dt,), 2)
+        if self.targets.shape != (n, n_out):
+            raise ValueError(f"plan.targets has shape {self.targets.shape}; expected {(n, n_out)}")
+        array(self.labels, "labels", (np.dtype(np.int32),), 1)
+        if self.labels.shape[0] != n:
+            raise ValueError(f"plan.labels has {self.labels.shape[0]} entries for {n} rows")
+        array(self.order, "order", (np.dtype(np.int64),), 1)
+        if len(self.order) == 0:
+            raise ValueError("plan.order is empty")
+        lo, hi = int(self.order.min()), int(self.order.max())
+        if lo < 0 or hi >= n:
+            raise ValueError(f"plan.order holds row {lo if lo < 0 else hi}, outside [0, {n})")
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"plan.batch_size must be an integer >= 1, got {self.batch_size}")
+        array(self.lrs, "lrs", (np.dtype(np.float64),), 1)
+        if self.lrs.shape[0] != self.n_steps:
+            raise ValueError(f"plan.lrs has {self.lrs.shape[0]} rates for {self.n_steps} steps")
+        if self.loss not in ops.LOSSES:
+            raise ValueError(f"plan.loss {self.loss!r} is not one of {', '.join(ops.LOSSES)}")
+        if net.output not in ops.LOSSES[self.loss].outputs:
+            raise ValueError(f"loss {self.loss!r} does not pair with output {net.output!r}")
+        if int(self.threads) != self.threads or self.threads < 1:
+            raise ValueError(f"plan.threads must be an integer >= 1, got {self.threads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"plan.dropout must lie in [0, 1), got {self.dropout}")
+        if self.max_shift < 0:
+            raise ValueError(f"plan.max_shift must be >= 0, got {self.max_shift}")
+        if self.max_shift > 0 and int(self.image_shape[0]) * int(self.image_shape[1]) != n_in:
+            raise ValueError(f"plan.image_shape {self.image_shape} does not hold {n_in} inputs")
+        if self.first_position < 0:
+            raise ValueError(f"plan.first_position must be >= 0, got {self.first_position}")
+        rule = self.rule
+        if rule.kind not in OPTIMIZER_CODES.values():
+            raise ValueError(f"plan.rule.kind {rule.kind} is not one of {sorted(OPTIMIZER_CODES.values())}")
+        if not (0.0 <= rule.momentum < 1.0 and 0.0 <= rule.beta1 < 1.0 and 0.0 <= rule.beta2 < 1.0):
+            raise ValueError("plan.rule: momentum, beta1 and beta2 must lie in [0, 1)")
+        if rule.weight_decay < 0 or rule.l1 < 0 or rule.eps <= 0 or rule.step < 0:
+            raise ValueError("plan.rule: weight_decay, l1 and step must be >= 0, eps > 0")
+        if len(rule.state) != rule.n_state():
+            raise ValueError(f"plan.rule.state holds {len(rule.state)} arrays; this rule needs {rule.n_state()}")
+        for i, s in enumerate(rule.state):
+            array(s, f"rule.state[{i}]", (dt,), 1)
+            if s.shape != net.params.shape:
+                raise ValueError(f"plan.rule.state[{i}] has shape {s.shape}; expected {net.params.shape}")
+            others = [net.params, *rule.state[:i]]
+            if any(np.may_share_memory(s, o) for o in others):  # bounds only: all are contiguous 1-D
+                raise ValueError(f"plan.rule.state[{i}] shares memory with net.params or another state array")
+        return self
+
+
+@dataclass
+class EpochResult:
+    """What one train_epoch call did."""
+
+    loss_sum: float  # sum of per-sample losses (before each minibatch's update)
+    n_correct: int  # rows whose argmax output equalled their label
+    threads_used: int  # threads that really ran
+    mode: str  # "serial" | "sync" | "hogwild" | "numpy"
+
+
+class Workspace:
+    """Per-fit buffers and caches a backend builds in `prepare`; owned by the Trainer.
+
+    Backends add whatever attributes they want (``ws.rows = ...``); the Trainer reads only
+    `compile_seconds`.
+    """
+
+    def __init__(self, compile_seconds=0.0, **buffers):
+        self.compile_seconds = float(compile_seconds)
+        self.__dict__.update(buffers)
+
+    def __repr__(self):
+        keys = ", ".join(k for k in self.__dict__ if k != "compile_seconds")
+        return f"Workspace(compile_seconds={self.compile_seconds:.3f}, {keys})"
+
+
+class Backend:
+    """Base class of every backend. Subclasses set `name` and `features` and implement the methods.
+
+    A backend object holds no per-run state: all buffers and caches go in the Workspace.
+    """
+
+    name: str = "?"
+    features: frozenset = frozenset()
+
+    def prepare(self, net, plan) -> Workspace:
+        return Workspace()
+
+    def train_epoch(self, net, plan, ws) -> EpochResult:
+        raise NotImplementedError
+
+    def forward(self, net, X, x_scale, threads=1):
+        raise NotImplementedError
+
+    def evaluate(self, net, X, x_scale, targets, labels, loss, threads=1):
+        raise NotImplementedError
+
+    def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,43 +1,56 @@
 """The Numba backend: the fused kernels of `numba_kernels`, JIT-compiled and cached on disk.
 
+One kernel family: `numba_kernels.minibatch_step` is the only training step. Plain SGD, the
+optimisers (momentum, Nesterov, weight decay, L1, Adam, AdamW) and augmentation (dropout,
+image shifts) are the same source, specialised at compile time: an absent optimiser or
+augmentation is passed as ``None`` and its branches are pruned.
+
 Threads
 -------
 * Deterministic mode (the default): the epoch runs minibatch after minibatch in one compiled
   call. Layers big enough for BLAS split each gemm into fixed row chunks, one per Numba
   thread, each a single-threaded gemm (the result depends on the thread count through the
   gradient's partial sums, never on timing); OpenBLAS's own threads are not used because they
-  collapsed on this busy 2-core machine (31 s vs 2 s per 784-512-512-10 epoch). `forward`
-  runs row chunks on the threads the same way.
-  Small layers stay serial, identical for any thread count: splitting each minibatch over threads (samples for forward/deltas, weight rows for the
-  update) needs two parallel regions per step; on this 2-core machine a Numba prange region
-  measured 1.2 us with one thread and 7 us with two while other work ran, i.e. 85 ms of
-  launch/barrier cost for the 12,000 regions of a batch-10 MNIST epoch, more than the whole
-  serial epoch. So the small-layer path stays serial and identical for any thread count.
-* ``plan.deterministic = False`` with threads > 1: Hogwild-style, one parallel region for the
-  whole epoch, each thread running its own share of the minibatches and updating the shared
-  weights without locks (BLAS is held to one thread inside it, so the pools do not collide).
+  collapsed on this busy 2-core machine (31 s vs 2 s per 784-512-512-10 epoch). Small layers
+  stay serial, identical for any thread count: a Numba prange region measured 1.2 us with one
+  thread and 7 us with two while other work ran, i.e. 85 ms of launch/barrier cost for the
+  12,000 regions of a batch-10 MNIST epoch, more than the whole serial epoch. EpochResult says
+  what ran: "serial" (one thread) or "sync" (split gemms on `threads_used` threads).
+* ``plan.deterministic = False`` with threads > 1 and plain SGD without augmentation:
+  Hogwild-style, one parallel region for the whole epoch, each thread running its own share of
+  the minibatches and updating the shared weights without locks (BLAS held to one thread inside
+  it). With an optimiser state (momentum, Adam) or augmentation there is no Hogwild here: the
+  epoch runs deterministic, and EpochResult.mode says so ("serial"/"sync", never "hogwild").
 
-Training recipe (base.py: momentum, Nesterov, L2, L1, dropout, image shifts): every feature runs
-inside the compiled epoch loop, in `numba_kernels.train_epoch_recipe`, a kernel of its own so
-the plain-SGD kernel is untouched; the backend picks one per call. A recipe always runs the
-deterministic kernel, also when plan.deterministic is False (Hogwild is plain SGD only).
+Workspace
+---------
+`prepare` returns a Workspace holding everything a fit needs: the CSR index of plan.X's
+non-zero pixels built from plan.X at that moment, the per-minibatch scratch, the gradient buffer
+of the optimiser step, augmentation scratch. The backend object keeps only tuning knobs, so two
+Trainers in two threads are safe (Numba's thread count is per calling thread).
 
 Threading layer: OpenMP ("omp") is preferred. It launches a parallel region in about a
 microsecond (the "workqueue" layer measured ~85 us here), and it is the same libgomp the Cython
-backend uses, so both backends share one thread pool in a process instead of two pools
-spinning against each other on 2 cores. TBB is not installed here. NUMBA_THREADING_LAYER, if
+backend uses, so both backends share one thread pool in a process. NUMBA_THREADING_LAYER, if
 set, wins.
+
+Ctrl-C: a compiled call cannot be interrupted; a SIGINT that arrives during one is raised when it
+returns. A compiled function that returns arrays calls back into Python to box them, where the
+pending interrupt surfaced as "SystemError: ... returned a result with an exception set"; so
+every kernel here returns only numbers (the CSR index is allocated in Python and filled in
+place), and `_call` turns any such SystemError back into the KeyboardInterrupt it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-import weakref
 from contextlib import nullcontext
 
 import numpy as np
 
-from .base import RECIPE_FEATURES, BackendUnavailable
+from .. import ops
+from .base import FEATURES, SGD, Backend, BackendUnavailable, EpochResult, Workspace
 
 try:
     import numba
@@ -53,51 +66,58 @@ from . import numba_kernels as K  # noqa: E402
 
 NAME = "numba"
 
-#: A layer goes through BLAS gemm when batch * n_in * n_out reaches this (see the note for why).
+#: A layer goes through BLAS gemm when batch * n_in * n_out reaches this.
 BLAS_MIN_WORK = 1 << 20
-#: Inputs with at least this many rows keep their CSR index between calls.
-CSR_CACHE_MIN_ROWS = 1024
-#: Rows per chunk in `forward`.
+#: Rows per chunk in `forward` and `evaluate`.
 FORWARD_CHUNK = 256
 
 
-class Workspace:
-    """Scratch arrays for `n_workers` workers, each able to hold a minibatch of `bmax` rows."""
-
-    def __init__(self, sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
-        sizes = np.asarray(sizes, dtype=np.int64)
-        lead = () if n_workers is None else (n_workers,)
-        widest = int(sizes.max())
-        self.sizes = sizes
-        self.act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
-        # gW: a BLAS layer's weight gradient (one per row chunk), or a loop layer's transposed
-        # weights (l > 0)
-        gw = max([int(sizes[l] * sizes[l + 1]) * (n_split if use_blas[l] else 1) for l in range(len(sizes) - 1)
-                  if use_blas[l] or l > 0] or [1])
-        self.acts = np.zeros(lead + (int(self.act_off[-1]),), dtype=dtype)
-        self.zlast = np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype)
-        self.delta0 = np.zeros(lead + (bmax * widest,), dtype=dtype)
-        self.delta1 = np.zeros(lead + (bmax * widest,), dtype=dtype)
-        self.gW = np.zeros(lead + (gw,), dtype=dtype)
-
-    def step_args(self):
-        return (self.acts, self.act_off, self.sizes, self.zlast, self.delta0, self.delta1, self.gW)
-
-    def forward_args(self):
-        return (self.acts, self.act_off, self.sizes, self.zlast)
+def _call(kernel, *args):
+    """kernel(*args), with a Ctrl-C that landed during the call raised as KeyboardInterrupt (Numba
+    wraps it in "SystemError: ... returned a result with an exception set")."""
+    try:
+        return kernel(*args)
+    except SystemError as exc:
+        seen, cause = set(), exc
+        while cause is not None and id(cause) not in seen:  # the interrupt may sit a few causes down
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        raise
 
 
-NO_CSR = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.uint8))
-
-
-def _kinds(net):
-    hidden = K.ACTIVATION_CODES[net.activation]
-    return np.array([hidden] * (net.n_layers - 1) + [K.ACTIVATION_CODES[net.output]], dtype=np.int64)
+def kinds_of(net):
+    """Per layer: the activation code (fastgd.ops) the kernels switch on."""
+    hidden = ops.ACTIVATION_CODES[net.activation]
+    return np.array([hidden] * (net.n_layers - 1) + [ops.ACTIVATION_CODES[net.output]], dtype=np.int64)
 
 
 def use_blas_for(sizes, batch, blas_min_work):
     """Per layer: does batch * n_in * n_out reach the BLAS threshold?"""
     return np.array([batch * a * b >= blas_min_work for a, b in zip(sizes[:-1], sizes[1:])], dtype=np.bool_)
+
+
+def make_scratch(sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
+    """numba_kernels.Scratch for minibatches of up to `bmax` rows; with n_workers, every array has
+    a leading worker axis (Hogwild, forward chunks) and n_split is None (no nested parallelism)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    lead = () if n_workers is None else (n_workers,)
+    widest = int(sizes.max())
+    act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
+    # gW: a BLAS layer's partial weight gradients (one per row chunk), or a loop layer's
+    # transposed weights (l > 0)
+    split = 1 if n_split is None else n_split
+    gw = max([int(sizes[l] * sizes[l + 1]) * (split if use_blas[l] else 1) for l in range(len(sizes) - 1)
+              if use_blas[l] or l > 0] or [1])
+    return K.Scratch(np.zeros(lead + (int(act_off[-1]),), dtype=dtype), act_off, sizes,
+                     np.zeros(lead + (bmax, int(sizes[-1])), dtype=dtype),
+                     np.zeros(lead + (bmax * widest,), dtype=dtype), np.zeros(lead + (bmax * widest,), dtype=dtype),
+                     np.zeros(lead + (gw,), dtype=dtype), np.ascontiguousarray(use_blas, dtype=np.bool_),
+                     None if n_workers is not None else int(n_split))
+
+
+NO_CSR = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.uint8))
 
 
 def blas_threads(n):
@@ -110,174 +130,207 @@ def blas_threads(n):
 
 
 def set_threads(threads):
-    """numba.set_num_threads, clipped to the pool Numba started with; returns the count used."""
+    """numba.set_num_threads (per calling thread), clipped to Numba's pool; returns the count used."""
     n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
 
 
-class NumbaBackend:
-    """Numba implementation of the backend contract (see base.py)."""
+def _plain_sgd(rule):
+    return rule.kind == SGD and rule.momentum == 0 and rule.weight_decay == 0 and rule.l1 == 0
+
+
+class NumbaBackend(Backend):
+    """Numba implementation of the backend contract (see base.py). Attributes are tuning knobs
+    only (the tests use them to reach every code path on tiny data):
+
+      blas_min_work: per-step batch x n_in x n_out at which a layer calls BLAS.
+      forward_chunk: rows per chunk in forward/evaluate.
+      sparse_input: "auto" | "always" | "never": read uint8 input through its CSR of non-zero
+        pixels ("auto": when at most `sparse_max_density` of them are non-zero and the first
+        layer is not BLAS-sized: a dense gemm beats sparse row updates there, 784-512-512-10 at
+        batch 128 measured 0.64 s dense vs 0.99 s sparse on 20k images).
+    """
 
     name = NAME
-    #: training-recipe features (base.RECIPE_FEATURES) implemented here (numba_kernels.train_epoch_recipe)
-    features = frozenset(RECIPE_FEATURES)
+    features = frozenset(FEATURES)
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
                  sparse_max_density=0.5):
         self.blas_min_work = blas_min_work
         self.forward_chunk = forward_chunk
-        self.sparse_input = sparse_input  # "auto" | "always" | "never": uint8 input through its CSR?
+        self.sparse_input = sparse_input
         self.sparse_max_density = sparse_max_density
-        self.last_prepare = None  # {"seconds", "compiled", "cache_hits", "cache_misses", ...} after prepare()
-        self._csr_cache = []  # [(weakref to X, data pointer, shape, csr, density)], newest last
 
     # ---- sparse input ---------------------------------------------------------------------------
-    def _csr(self, X, first_layer_blas=False):
+    def _csr(self, X, first_layer_blas):
         """(ptr, idx, val) of uint8 X's non-zero pixels if the input layer should read them, else
-        NO_CSR. "auto" reads them when at most `sparse_max_density` of the pixels are non-zero and
-        the first layer is not big enough for BLAS (a dense gemm beats the sparse row updates
-        there: 784-512-512-10 at batch 128 measured 0.64 s dense vs 0.99 s sparse on 20k images).
-        Cached per array object (like the Cython backend): an epoch loop passes the same X every
-        epoch. Mutating X in place between calls is not supported."""
+        NO_CSR. Built from X as it is now (never cached beyond a workspace)."""
         if X.dtype != np.uint8 or self.sparse_input == "never" or (first_layer_blas and self.sparse_input == "auto"):
             return NO_CSR
-        for ref, ptr, shape, csr, density in self._csr_cache:
-            if ref() is X and ptr == X.ctypes.data and shape == X.shape:
-                break
-        else:
-            csr = K.build_csr(X, np.uint16 if X.shape[1] <= 65536 else np.int32)
-            density = csr[1].size / max(X.size, 1)
-            if X.shape[0] >= CSR_CACHE_MIN_ROWS:  # small inputs are cheaper to index again than to keep
-                self._csr_cache = self._csr_cache[-3:] + [(weakref.ref(X), X.ctypes.data, X.shape, csr, density)]
-        if self.sparse_input == "always" or density <= self.sparse_max_density:
+        csr = _call(K.build_csr, X, np.uint16 if X.shape[1] <= 65536 else np.int32)  # see the module docstring
+        if self.sparse_input == "always" or csr[1].size <= self.sparse_max_density * max(X.size, 1):
             return csr
         return NO_CSR
 
+    @staticmethod
+    def _data(X, x_scale, csr, targets, labels, loss_code, dtype):
+        return K.Data(X, float(x_scale), csr[0], csr[1], csr[2], targets, labels, loss_code)
+
     # ---- inference ------------------------------------------------------------------------------
-    def forward(self, net, X, x_scale, threads=1):
+    def _forward_pass(self, net, X, x_scale, threads, targets=None, labels=None, loss=None):
         n = X.shape[0]
         chunk = max(1, min(self.forward_chunk, n))
         use_blas = use_blas_for(net.sizes, chunk, self.blas_min_work)
-        # Chunks of rows on Numba's threads, each with single-threaded BLAS: one thread pool.
         workers = set_threads(threads)
-        ws = Workspace(net.sizes, chunk, net.dtype, use_blas, n_workers=workers)
+        s = make_scratch(net.sizes, chunk, net.dtype, use_blas, n_workers=workers)
         out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
+        if targets is None:
+            targets = np.zeros((0, net.sizes[-1]), dtype=net.dtype)
+            labels = np.zeros(0, dtype=np.int32)
+            losses = corrects = None
+        else:
+            n_chunks = -(-n // chunk)
+            losses, corrects = np.zeros(n_chunks), np.zeros(n_chunks, dtype=np.int64)
+        data = self._data(X, x_scale, self._csr(X, bool(use_blas[0])), targets, labels,
+                          ops.LOSS_CODES[loss] if loss is not None else 0, net.dtype)
         with blas_threads(1 if use_blas.any() else None):
-            K.forward_chunks(net.params, net.layout_array(), _kinds(net), X, float(x_scale), *self._csr(X, bool(use_blas[0])), out,
-                             chunk, use_blas, *ws.forward_args())
-        return out
+            _call(K.forward_chunks, K.Net(net.params, net.layout_array(), kinds_of(net)), data, out, chunk, s, losses,
+                  corrects)
+        return out, losses, corrects
+
+    def forward(self, net, X, x_scale, threads=1):
+        if X.shape[0] == 0:
+            return np.empty((0, net.sizes[-1]), dtype=net.dtype)
+        return self._forward_pass(net, X, x_scale, threads)[0]
+
+    def evaluate(self, net, X, x_scale, targets, labels, loss, threads=1):
+        if X.shape[0] == 0:
+            return 0.0, 0
+        targets = np.ascontiguousarray(targets, dtype=net.dtype)
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        _, losses, corrects = self._forward_pass(net, X, x_scale, threads, targets, labels, loss)
+        return float(losses.sum()), int(corrects.sum())
 
     # ---- gradient (tests) -----------------------------------------------------------------------
     def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
         n = X.shape[0]
         use_blas = use_blas_for(net.sizes, n, self.blas_min_work)
-        ws = Workspace(net.sizes, n, net.dtype, use_blas)
+        s = make_scratch(net.sizes, n, net.dtype, use_blas)
         grad = np.zeros_like(net.params)
-        labels = np.zeros(n, dtype=np.int32)
+        data = self._data(X, x_scale, self._csr(X, bool(use_blas[0])), np.ascontiguousarray(targets, dtype=net.dtype),
+                          np.zeros(n, dtype=np.int32), ops.LOSS_CODES[loss], net.dtype)
         with blas_threads(threads if use_blas.any() else None):
-            value = K.loss_and_grad(net.params, grad, net.layout_array(), _kinds(net), K.LOSS_CODES[loss],
-                                    X, float(x_scale), *self._csr(X, bool(use_blas[0])), np.ascontiguousarray(targets, dtype=net.dtype),
-                                    labels, use_blas,
-                                    *ws.step_args())
+            value = _call(K.loss_and_grad, K.Net(net.params, net.layout_array(), kinds_of(net)), data, grad, s)
         return float(value), grad
 
     # ---- training -------------------------------------------------------------------------------
-    def _epoch_call(self, net, plan):
-        """(kernel, args, blas_threads, workspace) for one epoch of `plan`."""
-        bs = plan.batch_size
-        workers = set_threads(plan.threads)
-        recipe = bool(plan.requested_features()) if hasattr(plan, "requested_features") else False
-        # The recipe runs in the deterministic kernel whatever plan.deterministic says (a valid
-        # result: deterministic is always allowed); Hogwild is for plain SGD.
-        hogwild = (not plan.deterministic) and workers > 1 and plan.n_steps > 1 and not recipe
-        # Deterministic with threads: each gemm split into fixed row chunks on Numba's threads
-        # over single-threaded BLAS (see numba_kernels.split_dot); Hogwild: one gemm per worker.
+    def _hogwild(self, plan, workers):
+        return (not plan.deterministic and workers > 1 and plan.n_steps > 1 and _plain_sgd(plan.rule)
+                and plan.dropout == 0 and plan.max_shift == 0)
+
+    def _fit_buffers(self, net, plan, ws):
+        """The workspace's buffers for `plan` (made on first use; a plan with another batch size,
+        thread count or input array gets its own)."""
+        workers = max(1, min(int(plan.threads), numba.config.NUMBA_NUM_THREADS))
+        hogwild = self._hogwild(plan, workers)
+        bs = int(plan.batch_size)
         use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
-        n_split = 1 if hogwild else workers
-        ws = Workspace(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None, n_split=n_split)
-        csr = self._csr(plan.X, bool(use_blas[0]))
-        args = (net.params, net.layout_array(), _kinds(net), K.LOSS_CODES[plan.loss], plan.X, float(plan.x_scale),
-                *csr, np.ascontiguousarray(plan.targets), plan.labels, plan.order,
-                np.asarray(plan.lrs, dtype=np.float64), bs, use_blas, *ws.step_args())
-        n_blas = 1 if use_blas.any() else None
-        if hogwild:  # its kernel never reaches the split gemms (a nested prange serialised it)
-            return K.train_epoch_hogwild, args, n_blas, ws
-        if not recipe:  # plain SGD: the original kernel, untouched by the recipe's code
-            return K.train_epoch_serial, args + (n_split,), n_blas, ws
-        return K.train_epoch_recipe, args + (n_split,) + self._recipe_args(net, plan, ws, csr), n_blas, ws
+        key = (bs, workers, hogwild, net.dtype.str, tuple(net.sizes))
+        if getattr(ws, "scratch_key", None) != key:
+            ws.scratch_key = key
+            ws.scratch = make_scratch(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None,
+                                      n_split=1 if hogwild else workers)
+            ws.grad = np.zeros_like(net.params)
+        if getattr(ws, "csr_of", None) is not plan.X:
+            ws.csr_of = plan.X
+            ws.csr = self._csr(plan.X, bool(use_blas[0]))
+        return hogwild, workers, use_blas
 
     @staticmethod
-    def _recipe_args(net, plan, ws, csr):
-        """The recipe's arguments of numba_kernels.train_epoch_recipe, with their scratch arrays."""
-        momentum = float(plan.momentum)
-        velocity = plan.velocity
-        if momentum > 0:
-            if velocity is None or velocity.shape != net.params.shape or velocity.dtype != net.params.dtype \
-                    or not velocity.flags.c_contiguous:
-                raise ValueError("momentum > 0 needs plan.velocity: a C-contiguous array shaped and typed like net.params")
-        else:
-            velocity = np.zeros(0, dtype=net.dtype)
-        dropout = float(plan.dropout)
-        max_shift = int(plan.max_shift)
-        rows, cols = (int(v) for v in plan.image_shape) if max_shift > 0 else (0, 0)
-        if max_shift > 0 and rows * cols != net.sizes[0]:
-            raise ValueError(f"image_shape {plan.image_shape} does not match the {net.sizes[0]} inputs")
-        bmax = plan.batch_size
-        drop_size = ws.acts.shape[-1] if dropout > 0 else 0
-        shift_csr = max_shift > 0 and csr[0].shape[0] > 0
-        mptr = np.zeros(bmax + 1 if shift_csr else 0, dtype=np.int64)
-        midx = np.zeros(bmax * net.sizes[0] if shift_csr else 0, dtype=csr[1].dtype)
-        mval = np.zeros(midx.shape[0], dtype=np.uint8)
-        return (np.zeros_like(net.params), velocity, momentum, bool(plan.nesterov), float(plan.l2), float(plan.l1),
-                np.zeros(drop_size, dtype=net.dtype), np.zeros(drop_size, dtype=net.dtype), dropout,
-                np.uint64(int(plan.seed) & 0xFFFFFFFFFFFFFFFF), int(plan.first_position), max_shift, rows, cols,
-                mptr, midx, mval, np.arange(bmax, dtype=np.int64))
+    def _optim(net, rule, grad):
+        """numba_kernels.Optim for the rule, or None for plain SGD (updated in place)."""
+        if _plain_sgd(rule):
+            return None
+        empty = np.zeros(0, dtype=net.dtype)
+        state = tuple(rule.state) + (empty, empty)
+        return K.Optim(int(rule.kind), float(rule.momentum), bool(rule.nesterov), float(rule.weight_decay),
+                       float(rule.l1), float(rule.beta1), float(rule.beta2), float(rule.eps), int(rule.step), grad,
+                       state[0], state[1])
 
-    def train_epoch(self, net, plan):
-        requested = plan.requested_features() if hasattr(plan, "requested_features") else set()
-        if requested - self.features:
-            raise ValueError(f"the numba backend does not implement {', '.join(sorted(requested - self.features))} yet")
-        kernel, args, n_blas, _ = self._epoch_call(net, plan)
+    @staticmethod
+    def _augment(net, plan, ws):
+        """numba_kernels.Augment for plan's dropout and shifts, or None when both are off."""
+        dropout, max_shift = float(plan.dropout), int(plan.max_shift)
+        if dropout == 0 and max_shift == 0:
+            return None
+        rows, cols = (int(v) for v in plan.image_shape) if max_shift > 0 else (0, 0)
+        bmax = int(plan.batch_size)
+        s, csr = ws.scratch, ws.csr
+        drop_size = s.acts.shape[-1] if dropout > 0 else 0
+        shift_csr = max_shift > 0 and csr[0].shape[0] > 0
+        n_pixels = rows * cols if shift_csr else 0
+        pix = np.arange(n_pixels, dtype=np.int64)
+        midx = np.zeros(bmax * net.sizes[0] if shift_csr else 0, dtype=csr[1].dtype)
+        return K.Augment(dropout, net.dtype.type(1.0 / (1.0 - dropout)), np.uint64(int(plan.seed) % (1 << 64)),
+                         int(plan.first_position), max_shift, rows, cols,
+                         np.zeros(drop_size, dtype=net.dtype), np.zeros(drop_size, dtype=net.dtype),
+                         np.zeros(bmax + 1 if shift_csr else 0, dtype=np.int64), midx,
+                         np.zeros(midx.shape[0], dtype=np.uint8), np.arange(bmax, dtype=np.int64),
+                         pix // max(cols, 1), pix % max(cols, 1))
+
+    def train_epoch(self, net, plan, ws=None):
+        plan.validate(net)
+        if ws is None:  # convenience for one-off calls (tests); the Trainer passes prepare()'s
+            ws = Workspace()
+        missing = plan.requested_features() - self.features
+        if missing:
+            raise ValueError(f"the numba backend does not implement {', '.join(sorted(missing))}")
+        hogwild, workers, use_blas = self._fit_buffers(net, plan, ws)
+        model = K.Net(net.params, net.layout_array(), kinds_of(net))
+        csr = ws.csr
+        data = self._data(plan.X, plan.x_scale, csr, plan.targets, plan.labels, ops.LOSS_CODES[plan.loss], net.dtype)
+        n_blas = 1 if use_blas.any() else None
+        set_threads(workers)
         with blas_threads(n_blas):
-            loss_sum, correct = kernel(*args)
-        return float(loss_sum), int(correct)
+            if hogwild:
+                loss_sum, correct = _call(K.train_epoch_hogwild, model, data, plan.order, plan.lrs,
+                                          int(plan.batch_size), ws.scratch)
+                return EpochResult(float(loss_sum), int(correct), workers, "hogwild")
+            loss_sum, correct = _call(K.train_epoch, model, data, plan.order, plan.lrs, int(plan.batch_size),
+                                      ws.scratch, self._optim(net, plan.rule, ws.grad), self._augment(net, plan, ws))
+        used = workers if use_blas.any() else 1  # only the split gemms use more than one thread
+        return EpochResult(float(loss_sum), int(correct), used, "sync" if used > 1 else "serial")
 
     def prepare(self, net, plan):
-        """Compile (or load from the on-disk cache) the kernels `plan` needs and return the
-        seconds spent compiling: 0.0 when every kernel came from the cache. Loading from the
-        cache still takes a moment (mostly Numba's own start-up, ~0.5 s here); `self.last_prepare`
-        records that time, the cache hits and misses. Then indexes the non-zero pixels of plan.X,
-        so the first timed epoch does not pay for it."""
-        recipe = bool(plan.requested_features()) if hasattr(plan, "requested_features") else False
-        hogwild = (not plan.deterministic) and plan.threads > 1 and numba.config.NUMBA_NUM_THREADS > 1 and not recipe
-        kernel = K.train_epoch_recipe if recipe else K.train_epoch_hogwild if hogwild else K.train_epoch_serial
-        dispatchers = (kernel, K.forward_chunks, K.build_csr)
+        """Compile (or load from the on-disk cache) the kernels `plan` needs on a tiny copy of the
+        problem, then build the workspace for plan: the CSR index of plan.X as it is now, the
+        scratch and the gradient buffer. `ws.compile_seconds` is 0.0 when every kernel came from
+        the cache; `ws.info` records the warm-up time, cache hits and misses. Leaves net.params
+        and plan.rule.state untouched."""
+        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.forward_chunks, K.csr_fill)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()
-        # A tiny epoch on a copy: same argument types as the real call, so the same machine code.
         small = net.copy()
         m = min(2, plan.X.shape[0])
-        steps = 2 if hogwild else 1
-        tiny = type(plan)(X=plan.X[:m], x_scale=plan.x_scale, targets=plan.targets[:m], labels=plan.labels[:m],
-                          order=np.zeros(steps * plan.batch_size, dtype=np.int64), lrs=np.zeros(steps),
-                          batch_size=plan.batch_size, loss=plan.loss, threads=plan.threads,
-                          deterministic=plan.deterministic)
-        if recipe:  # the same recipe, on a fresh velocity (compiling must not move the real state)
-            for name in ("momentum", "nesterov", "l2", "l1", "dropout", "max_shift", "image_shape", "seed"):
-                setattr(tiny, name, getattr(plan, name))
-            tiny.velocity = np.zeros_like(small.params) if plan.momentum > 0 else None
-        self.train_epoch(small, tiny)
+        steps = 2
+        rule = dataclasses.replace(plan.rule, state=tuple(np.zeros_like(s) for s in plan.rule.state))
+        tiny = dataclasses.replace(plan, X=plan.X[:m], targets=plan.targets[:m], labels=plan.labels[:m],
+                                   order=np.zeros(steps * plan.batch_size, dtype=np.int64), lrs=np.zeros(steps),
+                                   rule=rule, first_position=0)
+        self.train_epoch(small, tiny, Workspace())
+        self.evaluate(small, plan.X[:m], plan.x_scale, plan.targets[:m], plan.labels[:m], plan.loss, plan.threads)
         self.forward(small, plan.X[:m], plan.x_scale, plan.threads)
         seconds = time.perf_counter() - t0
         after = [_cache_counts(d) for d in dispatchers]
         hits = sum(a[0] - b[0] for a, b in zip(after, before))
         misses = sum(a[1] - b[1] for a, b in zip(after, before))
+        ws = Workspace(compile_seconds=seconds if misses > 0 else 0.0)
         t1 = time.perf_counter()
-        self._csr(plan.X, bool(use_blas_for(net.sizes, plan.batch_size, self.blas_min_work)[0]))
-        self.last_prepare = {"seconds": seconds, "compiled": misses > 0, "cache_hits": hits, "cache_misses": misses,
-                             "index_seconds": time.perf_counter() - t1}
-        return seconds if misses > 0 else 0.0
+        self._fit_buffers(net, plan, ws)
+        ws.info = {"seconds": seconds, "compiled": misses > 0, "cache_hits": hits, "cache_misses": misses,
+                   "index_seconds": time.perf_counter() - t1}
+        return ws
 
 
 def _cache_counts(dispatcher):

@@ -1,355 +1,72 @@
-"""Numba kernels: fused dense forward/backward pairs and whole-epoch SGD loops.
+"""Numba kernels: fused dense forward/backward pairs and one whole-epoch training loop.
 
 Every function here is a module-level ``@njit(cache=True, nogil=True)`` function over flat
-buffers (llm.c style), compiled once per dtype (float32/float64) and input type (float/uint8)
-and cached on disk, so a second process starts warm. Validation happens in Python
-(`fastgd._checks`); these kernels assume valid input.
+buffers (llm.c style), compiled once per argument types and cached on disk, so a second process
+starts warm. Validation happens in Python (`EpochPlan.validate`); these kernels assume valid
+input (run with NUMBA_BOUNDSCHECK=1 to have every index checked, see numba_simd).
 
-Buffers
--------
-``params``  the network's flat parameter buffer; ``layout`` (n_layers, 4) int64 rows
-            (w_off, b_off, n_in, n_out); ``kinds`` (n_layers,) int64 activation codes.
-``target``  where updates go: ``params`` itself when training (``target -= coef * grad_sum``
-            with coef = lr / B), or a zeroed gradient buffer with coef = -1 / B for
-            `loss_and_grad` (then target = mean gradient). Reads always come from ``params``.
-A *workspace* (`Workspace` in numba_backend.py) holds per-worker scratch arrays, so nothing is
-allocated per minibatch on the loop path.
+What a kernel call gets (namedtuples, so signatures stay short; see numba_backend for who builds them)
+------------------------------------------------------------------------------------------
+``Net``      params (flat), layout (n_layers, 4) int64 rows (w_off, b_off, n_in, n_out),
+             kinds (n_layers,) int64 activation codes (fastgd.ops).
+``Data``     X (n, n_in) float or uint8, x_scale, the CSR of uint8 X's non-zero pixels
+             (csr_ptr (n+1,) int64 / csr_idx (nnz,) / csr_val (nnz,) uint8; empty arrays: dense
+             path), targets (n, n_out), labels (n,) int32, loss code.
+``Scratch``  per-minibatch buffers: acts (flat, layer l's (bmax, sizes[l]) block at act_off[l]),
+             sizes, zlast (bmax, n_out), delta0/delta1 (bmax * widest), gW (BLAS partial weight
+             gradients / a loop layer's transposed weights), use_blas (n_layers,) bool, n_split.
+``Optim``    the optimiser beyond plain in-place SGD (StepRule; momentum, weight decay, L1,
+             Adam/AdamW), with the gradient buffer and the state arrays; ``None`` for plain SGD.
+``Augment``  dropout and image shifts with their scratch; ``None`` when both are off.
+``None`` arguments are compile-time facts: Numba prunes `if opt is None` branches, so plain SGD
+compiles to the same code as before the optimiser and augmentation existed, from the same source.
+
+``target`` is where updates go: ``params`` itself for plain SGD (``target -= coef * grad_sum``
+with coef = lr / B), or a zeroed gradient buffer with coef = -1 / B (then target = mean gradient)
+for an optimiser step and for `loss_and_grad`. Reads always come from ``params``.
 
 Two ways to run a layer
 -----------------------
-* loops: 16-lane vectors held in registers (the `vload`/`vfma`/`vstore` intrinsics below; plain
-  Numba loops reload and store accumulators behind runtime alias checks), four independent
-  FMA chains per block, bias + activation + derivative fused into the same pass. The first
-  layer of a uint8 input reads a CSR of its non-zero pixels (MNIST is 81% zeros), built once
-  per input array, and scales pixels on the fly exactly like the reference
-  (``dtype(pixel) * dtype(x_scale)``); its update touches only those pixels' weight rows.
-* BLAS: ``np.dot`` on contiguous views (Numba calls SciPy's BLAS gemm) with the elementwise
-  work fused around it; used when a layer's work per step (B * n_in * n_out) reaches
-  ``blas_min_work``, since large layers must not fall behind BLAS.
+* loops: 16-lane vectors held in registers (numba_simd's `vload`/`vfma`/`vstore`), four
+  independent FMA chains per block, bias + activation + derivative fused into the same pass. The
+  first layer of a uint8 input reads the CSR of its non-zero pixels (MNIST is 81% zeros), built
+  once per fit, and scales pixels on the fly exactly like the reference; its update touches only
+  those pixels' weight rows.
+* BLAS: ``np.dot`` on contiguous views (Numba calls SciPy's BLAS gemm) with the elementwise work
+  fused around it; used when a layer's work per step (B * n_in * n_out) reaches ``blas_min_work``.
 
-Per-step overheads that were measured and removed: row views (atomic reference counts; the
-views here are borrowed, see `view2d`), horizontal sums in the hidden deltas (transposed
-weights instead), waiting for shuffled samples' data (prefetched one minibatch ahead).
+Per-step overheads that were measured and removed: row views (atomic reference counts; the views
+here are borrowed, see `view2d`), horizontal sums in the hidden deltas (transposed weights
+instead), waiting for shuffled samples' data (prefetched one minibatch ahead).
 """
 from __future__ import annotations
 
-import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from collections import namedtuple
 
-SIGMOID, RELU, TANH, LINEAR, SOFTMAX = 0, 1, 2, 3, 4
-ACTIVATION_CODES = {"sigmoid": SIGMOID, "relu": RELU, "tanh": TANH, "linear": LINEAR, "softmax": SOFTMAX}
-MSE, CROSS_ENTROPY = 0, 1
-LOSS_CODES = {"mse": MSE, "cross_entropy": CROSS_ENTROPY}
+import numpy as np
+from numba import njit, prange
+from numba.core import config
+
+from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, RELU, SIGMOID, SOFTMAX,  # noqa: F401
+                        TANH)
+
+from .base import ADAM, ADAMW, SGD
+from .numba_simd import (VL, prefetch, vadd, vdiv, vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat,  # noqa: F401
+                         vsqrt, vstore, vsub, vsum, vwhere_positive, vwhere_positive_else, view1d, view2d)
 
 # Reassociation lets LLVM vectorise the dot products and reductions; no 'nnan'/'ninf', because
 # sigmoid relies on exp overflowing to inf (1 / (1 + inf) = 0) exactly like the reference.
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
-JIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+# A bounds-checked build is not cached: the on-disk cache would hand it the unchecked code.
+JIT = dict(cache=not config.BOUNDSCHECK, nogil=True, fastmath=FASTMATH, error_model="numpy")
+
+Net = namedtuple("Net", "params layout kinds")
+Data = namedtuple("Data", "X x_scale csr_ptr csr_idx csr_val targets labels loss")
+Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_blas n_split")
+Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
+Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
+                                "mptr midx mval brows pixel_row pixel_col")
 
-
-# ---- SIMD: 16-lane vectors in registers ------------------------------------------------------
-# LLVM cannot prove that a row of weights and an accumulator row do not overlap, so a plain
-# `for j in range(n_out): z[j] += v * W[k, j]` loop reloads and stores z every step behind
-# runtime alias checks (measured ~10 cycles per 16-wide row update). These intrinsics keep
-# accumulators in registers as LLVM vectors; loads and stores are masked, so a 16-column block
-# may be partial (n - j0 < 16 lanes) without touching memory past it.
-VL = 16
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-
-
-class Vec(types.Type):
-    """VL lanes of a float type, held in SIMD registers (an LLVM vector)."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-        super().__init__(name=f"Vec{VL}[{dtype}]")
-
-
-@register_model(Vec)
-class _VecModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), VL))
-
-
-def _splat(builder, x, vty):
-    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
-
-
-def _masked_access(context, builder, arrty, arr, off, n):
-    """(pointer to element `off` of the array, lane mask lane < n, vector type)."""
-    ary = context.make_array(arrty)(context, builder, arr)
-    ptr = builder.gep(ary.data, [off])
-    vty = ir.VectorType(context.get_value_type(arrty.dtype), VL)
-    lanes = ir.Constant(ir.VectorType(_I64, VL), list(range(VL)))
-    mask = builder.icmp_signed("<", lanes, _splat(builder, n, ir.VectorType(_I64, VL)))
-    return ptr, mask, vty
-
-
-def _masked_fn(builder, kind, vty, ptr):
-    bits = vty.element.width if isinstance(vty.element, ir.IntType) else (32 if vty.element == ir.FloatType() else 64)
-    mty = ir.VectorType(ir.IntType(1), VL)
-    if kind == "load":
-        fnty = ir.FunctionType(vty, [ptr.type, _I32, mty, vty])
-    else:
-        fnty = ir.FunctionType(ir.VoidType(), [vty, ptr.type, _I32, mty])
-    return cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.{kind}.v{VL}f{bits}.p0")
-
-
-def _check_array(arr):
-    return isinstance(arr, types.Array) and arr.layout == "C" and isinstance(arr.dtype, types.Float)
-
-
-@intrinsic
-def vload(typingctx, arr, off, n):
-    """Lanes arr.flat[off + l] for l < n, zero for the others (masked: never reads past n)."""
-    if not _check_array(arr):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr, mask, vty = _masked_access(context, builder, sig.args[0], args[0],
-                                        context.cast(builder, args[1], sig.args[1], types.intp),
-                                        context.cast(builder, args[2], sig.args[2], types.int64))
-        fn = _masked_fn(builder, "load", vty, ptr)
-        return builder.call(fn, [ptr, ir.Constant(_I32, arr.dtype.bitwidth // 8), mask, ir.Constant(vty, None)])
-
-    return Vec(arr.dtype)(arr, off, n), codegen
-
-
-@intrinsic
-def vstore(typingctx, arr, off, n, v):
-    """arr.flat[off + l] = v[l] for l < n (masked: never writes past n)."""
-    if not _check_array(arr) or not isinstance(v, Vec) or v.dtype != arr.dtype:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr, mask, vty = _masked_access(context, builder, sig.args[0], args[0],
-                                        context.cast(builder, args[1], sig.args[1], types.intp),
-                                        context.cast(builder, args[2], sig.args[2], types.int64))
-        fn = _masked_fn(builder, "store", vty, ptr)
-        builder.call(fn, [args[3], ptr, ir.Constant(_I32, arr.dtype.bitwidth // 8), mask])
-        return context.get_dummy_value()
-
-    return types.none(arr, off, n, v), codegen
-
-
-@intrinsic
-def vsplat(typingctx, x, like):
-    """Every lane = x, in the element type of the array or vector `like`."""
-    dtype = like.dtype
-
-    def codegen(context, builder, sig, args):
-        x = context.cast(builder, args[0], sig.args[0], dtype)
-        return _splat(builder, x, ir.VectorType(context.get_value_type(dtype), VL))
-
-    return Vec(dtype)(x, like), codegen
-
-
-@intrinsic
-def vfma(typingctx, acc, x, v):
-    """acc + x * v, lane by lane; x is a scalar or a vector."""
-    if not isinstance(acc, Vec) or not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        a, xv, vv = args
-        if not isinstance(sig.args[1], Vec):
-            xv = _splat(builder, context.cast(builder, xv, sig.args[1], sig.args[0].dtype), vv.type)
-        return builder.fadd(a, builder.fmul(xv, vv, flags=("contract",)), flags=("contract",))
-
-    return acc(acc, x, v), codegen
-
-
-@intrinsic
-def vadd(typingctx, a, b):
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-
-    return a(a, b), codegen
-
-
-@intrinsic
-def vsub(typingctx, a, b):
-    def codegen(context, builder, sig, args):
-        return builder.fsub(args[0], args[1])
-
-    return a(a, b), codegen
-
-
-@intrinsic
-def vmul(typingctx, a, b):
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
-
-    return a(a, b), codegen
-
-
-@intrinsic
-def vwhere_positive(typingctx, a, d):
-    """d where a > 0, else 0 (ReLU's derivative applied to d)."""
-    def codegen(context, builder, sig, args):
-        zero = ir.Constant(args[0].type, None)
-        return builder.select(builder.fcmp_ordered(">", args[0], zero), args[1], zero)
-
-    return d(a, d), codegen
-
-
-@intrinsic
-def vsign(typingctx, v):
-    """-1, 0 or 1 by the sign of each lane (np.sign; L1's subgradient)."""
-    if not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        x = args[0]
-        zero = ir.Constant(x.type, None)
-        one = ir.Constant(x.type, [1.0] * VL)
-        minus_one = ir.Constant(x.type, [-1.0] * VL)
-        return builder.select(builder.fcmp_ordered(">", x, zero), one,
-                              builder.select(builder.fcmp_ordered("<", x, zero), minus_one, zero))
-
-    return v(v), codegen
-
-
-@intrinsic
-def vsum(typingctx, v):
-    """Sum of the lanes (pairwise tree)."""
-    if not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        x = args[0]
-        width = VL
-        while width > 1:
-            half = width // 2
-            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
-            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
-            x = builder.fadd(lo, hi)
-            width = half
-        return builder.extract_element(x, ir.Constant(_I32, 0))
-
-    return v.dtype(v), codegen
-
-
-
-@intrinsic
-def vexp(typingctx, v):
-    """exp of every lane. float32: the Cephes expf polynomial with Cody-Waite range reduction
-    in registers (relative error ~1e-7, the same formula as the Cython backend's fgd_expf; the
-    input is clamped to [-87.3, 88.3], which keeps the limits sigmoid and softmax need);
-    float64: LLVM's exp on the vector (libm accuracy)."""
-    if not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        x = args[0]
-        vty = x.type
-        if vty.element != ir.FloatType():
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]), f"llvm.exp.v{VL}f64")
-            return builder.call(fn, [x])
-
-        def c(value):
-            return ir.Constant(vty, [value] * VL)
-
-        x = builder.select(builder.fcmp_ordered("<", x, c(-87.3)), c(-87.3), x)
-        x = builder.select(builder.fcmp_ordered(">", x, c(88.3)), c(88.3), x)
-        # Round with an intrinsic, not the (x + 1.5 * 2^23) - 1.5 * 2^23 trick: Numba's fastmath
-        # pass puts 'reassoc' on every float instruction of the caller, which folds that away.
-        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]), f"llvm.rint.v{VL}f32")
-        fk = builder.call(rint, [builder.fmul(x, c(1.44269504088896341))])
-        r = builder.fadd(builder.fsub(x, builder.fmul(fk, c(0.693359375))), builder.fmul(fk, c(2.12194440e-4)))
-        p = c(1.9875691500e-4)
-        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = builder.fadd(builder.fmul(p, r), c(coef))
-        y = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), c(1.0))
-        ity = ir.VectorType(_I32, VL)
-        bits = builder.shl(builder.add(builder.fptosi(fk, ity), ir.Constant(ity, [127] * VL)),
-                           ir.Constant(ity, [23] * VL))
-        return builder.fmul(y, builder.bitcast(bits, vty))
-
-    return v(v), codegen
-
-
-@intrinsic
-def vsigmoid(typingctx, v):
-    """1 / (1 + exp(-v)) lane by lane (exp as in `vexp`)."""
-    if not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        one = ir.Constant(args[0].type, [1.0] * VL)
-        e = context.compile_internal(builder, lambda u: vexp(u), sig, [builder.fneg(args[0])])
-        return builder.fdiv(one, builder.fadd(one, e))
-
-    return v(v), codegen
-
-
-@intrinsic
-def view2d(typingctx, buf, off, rows, cols):
-    """buf[off:off + rows * cols] as a C-contiguous (rows, cols) array borrowing buf's memory.
-
-    Same as buf[off:...].reshape((rows, cols)) but built inline: reshape calls out to Numba's
-    helper library, which cost ~5 ms per MNIST epoch at ~23 views per minibatch."""
-    if not isinstance(buf, types.Array) or buf.ndim != 1 or buf.layout != "C":
-        return None
-    arrty = types.Array(buf.dtype, 2, "C")
-
-    def codegen(context, builder, sig, args):
-        src = context.make_array(sig.args[0])(context, builder, args[0])
-        intp = context.get_value_type(types.intp)
-        off_, rows_, cols_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:]))
-        itemsize = ir.Constant(intp, context.get_abi_sizeof(context.get_value_type(buf.dtype)))
-        out = context.make_array(arrty)(context, builder)
-        # A borrowed view: no meminfo, so no reference counting (atomic increments and
-        # decrements on every view). Only for views that never outlive `buf` inside a kernel.
-        context.populate_array(out, data=builder.gep(src.data, [off_]), shape=[rows_, cols_],
-                               strides=[builder.mul(cols_, itemsize), itemsize], itemsize=itemsize,
-                               meminfo=None)
-        return out._getvalue()
-
-    return arrty(buf, off, rows, cols), codegen
-
-
-@intrinsic
-def view1d(typingctx, buf, off, n):
-    """buf[off:off + n] as a borrowed view (no reference counting, like view2d)."""
-    if not isinstance(buf, types.Array) or buf.ndim != 1 or buf.layout != "C":
-        return None
-    arrty = types.Array(buf.dtype, 1, "C")
-
-    def codegen(context, builder, sig, args):
-        src = context.make_array(sig.args[0])(context, builder, args[0])
-        off_, n_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:]))
-        itemsize = ir.Constant(context.get_value_type(types.intp),
-                               context.get_abi_sizeof(context.get_value_type(buf.dtype)))
-        out = context.make_array(arrty)(context, builder)
-        context.populate_array(out, data=builder.gep(src.data, [off_]), shape=[n_], strides=[itemsize],
-                               itemsize=itemsize, meminfo=None)
-        return out._getvalue()
-
-    return arrty(buf, off, n), codegen
-
-
-@intrinsic
-def prefetch(typingctx, arr, off):
-    """Hint the CPU to fetch the cache line holding arr.flat[off] (no fault if out of range)."""
-    if not isinstance(arr, types.Array) or arr.layout != "C":
-        return None
-
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = builder.gep(ary.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
-        ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-
-    return types.none(arr, off), codegen
 
 
 @njit(**JIT)
@@ -395,6 +112,11 @@ def activation_forward(z, a, i, kind):
     elif kind == TANH:
         for j in range(n):
             a[i, j] = np.tanh(z[i, j])
+    elif kind == LEAKY_RELU:
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            zv = vload(z, o + j0, m)
+            vstore(a, o + j0, m, vwhere_positive_else(zv, zv, vmul(zv, vsplat(LEAKY_SLOPE, zv))))
     elif kind == LINEAR:
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
@@ -428,6 +150,12 @@ def activation_backward(a, d, i, kind):
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
             vstore(d, o + j0, m, vwhere_positive(vload(a, o + j0, m), vload(d, o + j0, m)))
+    elif kind == LEAKY_RELU:  # a > 0 exactly where z > 0 (the slope is positive)
+        slope = vsplat(LEAKY_SLOPE, a)
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            dv = vload(d, o + j0, m)
+            vstore(d, o + j0, m, vwhere_positive_else(vload(a, o + j0, m), dv, vmul(dv, slope)))
     elif kind == TANH:
         one = vsplat(1, a)
         for j0 in range(0, n, VL):
@@ -500,21 +228,22 @@ def argmax_row(a, i):
 
 # ---- the input layer's non-zero list ----------------------------------------------------------
 @njit(**JIT)
-def build_csr(X, idx_dtype):
-    """Non-zero pixels of uint8 rows as CSR: (row pointers int64, columns of idx_dtype (uint16
-    when the width allows: less memory traffic per epoch, int32 otherwise), values uint8).
-
-    Built once per input array (the backend caches it), so each epoch reads ~150 entries per
-    MNIST image instead of scanning 784 bytes."""
+def csr_count(X, ptr):
+    """Row pointers of uint8 X's non-zero pixels into ptr (n + 1,); returns their number."""
     n, n_in = X.shape
-    ptr = np.zeros(n + 1, dtype=np.int64)
+    ptr[0] = 0
     for r in range(n):
         c = 0
         for k in range(n_in):
             c += X[r, k] != 0
         ptr[r + 1] = ptr[r] + c
-    idx = np.empty(ptr[n], dtype=idx_dtype)
-    val = np.empty(ptr[n], dtype=np.uint8)
+    return ptr[n]
+
+
+@njit(**JIT)
+def csr_fill(X, ptr, idx, val):
+    """Columns and values of uint8 X's non-zero pixels, row r's at idx/val[ptr[r]:ptr[r + 1]]."""
+    n, n_in = X.shape
     for r in range(n):
         p = ptr[r]
         for k in range(n_in):
@@ -522,6 +251,22 @@ def build_csr(X, idx_dtype):
                 idx[p] = k
                 val[p] = X[r, k]
                 p += 1
+
+
+def build_csr(X, idx_dtype):
+    """Non-zero pixels of uint8 rows as CSR: (row pointers int64, columns of idx_dtype (uint16
+    when the width allows: less memory traffic per epoch, int32 otherwise), values uint8).
+
+    Built once per fit (the backend keeps it in the workspace), so each epoch reads ~150 entries
+    per MNIST image instead of scanning 784 bytes. The arrays are allocated here and filled in
+    place: a compiled function that returns arrays calls back into Python to box them, and a
+    Ctrl-C pending at that moment surfaced as "SystemError: ... returned a result with an
+    exception set" (issue 12); the kernels above return only numbers."""
+    ptr = np.empty(X.shape[0] + 1, dtype=np.int64)
+    nnz = int(csr_count(X, ptr))
+    idx = np.empty(nnz, dtype=idx_dtype)
+    val = np.empty(nnz, dtype=np.uint8)
+    csr_fill(X, ptr, idx, val)
     return ptr, idx, val
 
 
@@ -679,32 +424,39 @@ def split_dot(a, b, out, n_split):
             np.dot(a[r0:r1], b, out[r0:r1])
 
 
+@njit(**JIT)
+def n_parts(n_rows, n_split):
+    """How many row chunks a minibatch of n_rows splits into: never an empty one (issue 12: a
+    chunk with no rows left its partial gradient unwritten, and split_apply added stale scratch
+    from an earlier minibatch when a minibatch had fewer rows than threads)."""
+    return min(n_split, n_rows)
+
+
 @njit(parallel=True, **JIT)
-def split_dot_tn(x, d, parts, n_split):
-    """parts[c] = x[rows of chunk c].T @ d[rows of chunk c]: partial weight gradients."""
+def split_dot_tn(x, d, parts, n_chunks):
+    """parts[c] = x[rows of chunk c].T @ d[rows of chunk c] for c < n_chunks <= len(x): partial
+    weight gradients, every one of them written."""
     n = x.shape[0]
     n_in = x.shape[1]
     n_out = d.shape[1]
-    for c in prange(n_split):
-        r0 = n * c // n_split
-        r1 = n * (c + 1) // n_split
-        g = view2d(parts, c * n_in * n_out, n_in, n_out)
-        if r1 > r0:
-            np.dot(x[r0:r1].T, d[r0:r1], g)
-        else:
-            g[:, :] = 0
+    for c in prange(n_chunks):
+        r0 = n * c // n_chunks
+        r1 = n * (c + 1) // n_chunks
+        np.dot(x[r0:r1].T, d[r0:r1], view2d(parts, c * n_in * n_out, n_in, n_out))
 
 
 @njit(parallel=True, **JIT)
-def split_apply(tW, coef, parts, n_split):
-    """tW -= coef * (parts[0] + parts[1] + ...), summed in a fixed order, rows on threads."""
+def split_apply(tW, coef, parts, n_chunks):
+    """tW -= coef * (parts[0] + ... + parts[n_chunks - 1]), summed in a fixed order, weight rows
+    split over the threads."""
     n_in, n_out = tW.shape
     size = n_in * n_out
-    for c in prange(n_split):
-        for k in range(n_in * c // n_split, n_in * (c + 1) // n_split):
+    n_threads = min(n_chunks, n_in)
+    for c in prange(n_threads):
+        for k in range(n_in * c // n_threads, n_in * (c + 1) // n_threads):
             for j in range(n_out):
                 g = parts[k * n_out + j]
-                for q in range(1, n_split):
+                for q in range(1, n_chunks):
                     g += parts[q * size + k * n_out + j]
                 tW[k, j] -= coef * g
 
@@ -755,11 +507,13 @@ def dense_update_blas(x, d, B, coef, tW, tb, gW, n_split):
     if n_split is None:
         _gemm_update(x, d, B, coef, tW, gW)
     elif n_split > 1:
-        split_dot_tn(x[:B], d[:B], gW, n_split)
-        split_apply(tW, coef, gW, n_split)
+        chunks = n_parts(B, n_split)
+        split_dot_tn(x[:B], d[:B], gW, chunks)
+        split_apply(tW, coef, gW, chunks)
     else:
         _gemm_update(x, d, B, coef, tW, gW)
     bias_update(d, B, coef, tb)
+
 
 
 # ---- the whole network ------------------------------------------------------------------------
@@ -776,169 +530,333 @@ def _acts(acts, act_off, sizes, l, bmax):
 
 
 @njit(**JIT)
-def network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas,
-                    acts, act_off, sizes, zlast, n_split):
-    """Forward pass of the samples X[rows]: activations into `acts`, last pre-activation into zlast.
-
-    With a CSR of X (csr_ptr non-empty) the input layer reads only the non-zero pixels and
-    acts[0] stays unused; otherwise the rows are gathered (uint8 scaled) into acts[0].
-    """
-    B = rows.shape[0]
-    bmax = zlast.shape[0]
-    L = layout.shape[0]
-    sparse_input = csr_ptr.shape[0] > 0
-    if not sparse_input:
-        gather_dense(X, rows, x_scale, _acts(acts, act_off, sizes, 0, bmax))
-    for l in range(L):
-        W, b = _layer_views(params, layout, l)
-        x = _acts(acts, act_off, sizes, l, bmax)
-        a = _acts(acts, act_off, sizes, l + 1, bmax)
-        z = zlast if l == L - 1 else a  # hidden layers turn z into a in place
-        if l == 0 and sparse_input:
-            dense_forward_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, W, b, z)
-        elif use_blas[l]:
-            dense_forward_blas(x, B, W, b, z, n_split)
-        else:
-            dense_forward_loops(x, B, W, b, z)
-        for i in range(B):
-            activation_forward(z, a, i, kinds[l])
+def _layer_input(s, aug, l, bmax):
+    """What layer l reads: the activations below it, or their dropout-masked copy."""
+    if aug is not None:
+        if aug.dropout > 0 and l > 0:
+            return _acts(aug.dropped, s.act_off, s.sizes, l, bmax)
+    return _acts(s.acts, s.act_off, s.sizes, l, bmax)
 
 
 @njit(**JIT)
-def minibatch_step(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels,
-                   rows, coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split):
-    """Forward + backward + update for one minibatch X[rows]: target -= coef * sum of gradients.
+def input_rows(data, rows, s, aug, pos0):
+    """The input layer's source for the samples X[rows]: (csr_ptr, csr_idx, csr_val, rows) of
+    their non-zero pixels (sparse path; with shifts, the minibatch's own shifted CSR), or the
+    rows gathered (uint8 scaled, shifted) into acts[0] (dense path; the CSR arrays are then
+    returned but unused)."""
+    bmax = s.zlast.shape[0]
+    x0 = _acts(s.acts, s.act_off, s.sizes, 0, bmax)
+    if data.csr_ptr.shape[0] > 0:
+        if aug is not None:
+            if aug.max_shift > 0:
+                shifted_csr(data.csr_ptr, data.csr_idx, data.csr_val, rows, aug.seed, pos0, aug.max_shift,
+                            aug.img_rows, aug.img_cols, aug.mptr, aug.midx, aug.mval, aug.pixel_row, aug.pixel_col)
+                return aug.mptr, aug.midx, aug.mval, view1d(aug.brows, 0, rows.shape[0])
+        return data.csr_ptr, data.csr_idx, data.csr_val, rows
+    if aug is not None:
+        if aug.max_shift > 0:
+            gather_dense_shifted(data.X, rows, data.x_scale, x0, aug.seed, pos0, aug.max_shift, aug.img_rows,
+                                 aug.img_cols)
+            return data.csr_ptr, data.csr_idx, data.csr_val, rows
+    gather_dense(data.X, rows, data.x_scale, x0)
+    return data.csr_ptr, data.csr_idx, data.csr_val, rows
 
-    Returns (sum of per-sample losses, number of correct argmax predictions), both measured with
-    the weights before the update.
-    """
+
+@njit(**JIT)
+def network_forward(net, data, rows, s, aug, pos0):
+    """Forward pass of the samples X[rows] (epoch positions pos0, pos0 + 1, ...): activations
+    into s.acts (hidden layers in place of their z), the last pre-activation into s.zlast; with
+    dropout, the masks and masked activations into aug. Returns the input layer's CSR view
+    (see input_rows) for the update."""
     B = rows.shape[0]
-    bmax = zlast.shape[0]
-    L = layout.shape[0]
-    network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas,
-                    acts, act_off, sizes, zlast, n_split)
-    n_out = sizes[L]
-    out = _acts(acts, act_off, sizes, L, bmax)
-    d = view2d(delta0, 0, bmax, n_out)
+    bmax = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    ptr, idx, val, in_rows = input_rows(data, rows, s, aug, pos0)
+    first_unit = 0
+    for l in range(L):
+        W, b = _layer_views(net.params, net.layout, l)
+        x = _layer_input(s, aug, l, bmax)
+        a = _acts(s.acts, s.act_off, s.sizes, l + 1, bmax)
+        z = s.zlast if l == L - 1 else a  # hidden layers turn z into a in place
+        if l == 0 and data.csr_ptr.shape[0] > 0:
+            dense_forward_sparse(ptr, idx, val, data.x_scale, in_rows, W, b, z)
+        elif s.use_blas[l]:
+            dense_forward_blas(x, B, W, b, z, s.n_split)
+        else:
+            dense_forward_loops(x, B, W, b, z)
+        for i in range(B):
+            activation_forward(z, a, i, net.kinds[l])
+        if aug is not None:
+            if aug.dropout > 0 and l < L - 1:
+                dropout_rows(a, _acts(aug.masks, s.act_off, s.sizes, l + 1, bmax),
+                             _acts(aug.dropped, s.act_off, s.sizes, l + 1, bmax), B, aug.seed, pos0, first_unit,
+                             aug.dropout, aug.drop_scale)
+                first_unit += s.sizes[l + 1]
+    return ptr, idx, val, in_rows
+
+
+@njit(**JIT)
+def output_delta(net, data, rows, s):
+    """Per-sample losses (from the pre-activations), correct argmax predictions, and dL/dz of
+    the output layer into delta0 (bmax, n_out). Returns (loss sum, n_correct)."""
+    B = rows.shape[0]
+    bmax = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    out = _acts(s.acts, s.act_off, s.sizes, L, bmax)
+    d = view2d(s.delta0, 0, bmax, s.sizes[L])
     loss_sum = 0.0
     correct = 0
     for i in range(B):
         r = rows[i]
-        loss_sum += loss_forward_backward(zlast, out, d, i, targets, r, loss, kinds[L - 1])
-        if argmax_row(out, i) == labels[r]:
+        loss_sum += loss_forward_backward(s.zlast, out, d, i, data.targets, r, data.loss, net.kinds[L - 1])
+        if argmax_row(out, i) == data.labels[r]:
             correct += 1
-    use_d0 = True
-    for l in range(L - 1, -1, -1):
-        W, _ = _layer_views(params, layout, l)
-        tW, tb = _layer_views(target, layout, l)
-        n_in = sizes[l]
-        x = _acts(acts, act_off, sizes, l, bmax)
-        cur = d
-        if l > 0:  # the previous layer's delta, from W before its update
-            other = delta1 if use_d0 else delta0
-            d = view2d(other, 0, bmax, n_in)
-            if use_blas[l]:
-                dense_backward_dx_blas(cur, B, W, x, kinds[l - 1], d, n_split)
-            else:
-                dense_backward_dx_loops(cur, B, W, x, kinds[l - 1], d, gW)
-            use_d0 = not use_d0
-        if l == 0 and csr_ptr.shape[0] > 0:
-            dense_update_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, cur, coef, tW, tb)
-        elif use_blas[l]:
-            dense_update_blas(x, cur, B, coef, tW, tb, gW, n_split)
-        else:
-            dense_update_loops(x, cur, B, coef, tW, tb)
     return loss_sum, correct
 
 
 @njit(**JIT)
-def train_epoch_serial(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels, order, lrs,
-                       batch_size, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split):
+def backward_update(net, data, target, coef, rows, s, aug, ptr, idx, val, in_rows):
+    """Hidden deltas with the pre-update weights, layer by layer from the top, each layer's
+    update (target -= coef * x.T @ d) right after its delta below was computed. A dropped unit
+    passes no gradient back (dL/da times its mask before the activation derivative)."""
+    B = rows.shape[0]
+    bmax = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    d = view2d(s.delta0, 0, bmax, s.sizes[L])
+    use_d0 = True
+    for l in range(L - 1, -1, -1):
+        W, _ = _layer_views(net.params, net.layout, l)
+        tW, tb = _layer_views(target, net.layout, l)
+        n_in = s.sizes[l]
+        a_in = _acts(s.acts, s.act_off, s.sizes, l, bmax)
+        x = _layer_input(s, aug, l, bmax)
+        cur = d
+        if l > 0:  # the previous layer's delta, from W before its update
+            d = view2d(s.delta1 if use_d0 else s.delta0, 0, bmax, n_in)
+            kind = net.kinds[l - 1]
+            masked = False
+            if aug is not None:
+                masked = aug.dropout > 0
+            if masked:
+                kind = LINEAR  # the mask goes in before the derivative, applied below
+            if s.use_blas[l]:
+                dense_backward_dx_blas(cur, B, W, a_in, kind, d, s.n_split)
+            else:
+                dense_backward_dx_loops(cur, B, W, a_in, kind, d, s.gW)
+            if aug is not None:
+                if masked:
+                    mask = _acts(aug.masks, s.act_off, s.sizes, l, bmax)
+                    for i in range(B):
+                        for j in range(n_in):
+                            d[i, j] *= mask[i, j]
+                        activation_backward(a_in, d, i, net.kinds[l - 1])
+            use_d0 = not use_d0
+        if l == 0 and data.csr_ptr.shape[0] > 0:
+            dense_update_sparse(ptr, idx, val, data.x_scale, in_rows, cur, coef, tW, tb)
+        elif s.use_blas[l]:
+            dense_update_blas(x, cur, B, coef, tW, tb, s.gW, s.n_split)
+        else:
+            dense_update_loops(x, cur, B, coef, tW, tb)
+
+
+@njit(**JIT)
+def minibatch_step(net, data, target, coef, rows, s, aug, pos0):
+    """Forward + loss + backward + update for one minibatch X[rows]: target -= coef * sum of
+    gradients. Returns (sum of per-sample losses, correct argmax predictions), both with the
+    weights before the update."""
+    ptr, idx, val, in_rows = network_forward(net, data, rows, s, aug, pos0)
+    loss_sum, correct = output_delta(net, data, rows, s)
+    backward_update(net, data, target, coef, rows, s, aug, ptr, idx, val, in_rows)
+    return loss_sum, correct
+
+
+# ---- the optimiser step (StepRule, formulas in backends/base.py) ------------------------------
+@njit(**JIT)
+def sgd_range(P, G, V, k0, k1, lr, o, decay):
+    """SGD with momentum/Nesterov/weight decay/L1 for P[k0:k1] from its mean gradient G, 16
+    lanes at a time; G is zeroed for the next minibatch. `decay`: weights (wd, l1), not biases.
+    V is the velocity (unused when o.momentum == 0)."""
+    f = P.dtype.type
+    zero = vsplat(0, P)
+    mu = f(o.momentum)
+    wd = f(o.weight_decay) if decay else f(0)
+    l1 = f(o.l1) if decay else f(0)
+    for k in range(k0, k1, VL):
+        m = min(VL, k1 - k)
+        w = vload(P, k, m)
+        g = vload(G, k, m)
+        if decay:
+            g = vfma(g, wd, w)
+            g = vfma(g, l1, vsign(w))
+        if o.momentum > 0:
+            v = vfma(g, mu, vload(V, k, m))  # mu * v + g
+            vstore(V, k, m, v)
+            step = vfma(g, mu, v) if o.nesterov else v
+        else:
+            step = g
+        vstore(P, k, m, vfma(w, -lr, step))
+        vstore(G, k, m, zero)
+
+
+@njit(**JIT)
+def adam_range(P, G, M, V, k0, k1, lr64, o, decay, bc1, bc2):
+    """Adam / AdamW for P[k0:k1] (PyTorch semantics; bias corrections bc1, bc2 computed in
+    double by the caller); G is zeroed. `decay`: weights (wd, l1), not biases."""
+    f = P.dtype.type
+    zero = vsplat(0, P)
+    b1 = vsplat(f(o.beta1), P)
+    b2 = vsplat(f(o.beta2), P)
+    c1 = vsplat(f(1.0 - o.beta1), P)
+    c2 = vsplat(f(1.0 - o.beta2), P)
+    vbc1 = vsplat(f(bc1), P)
+    vbc2 = vsplat(f(bc2), P)
+    eps = vsplat(f(o.eps), P)
+    vlr = vsplat(f(lr64), P)
+    l1 = f(o.l1) if decay else f(0)
+    wd = f(o.weight_decay) if decay and o.kind == ADAM else f(0)
+    decoupled = f(lr64 * o.weight_decay) if decay and o.kind == ADAMW else f(0)
+    for k in range(k0, k1, VL):
+        n = min(VL, k1 - k)
+        w = vload(P, k, n)
+        g = vload(G, k, n)
+        if decay:
+            g = vfma(g, wd, w)
+            g = vfma(g, l1, vsign(w))
+            w = vfma(w, -decoupled, w)  # AdamW: W -= lr * wd * W first
+        m = vadd(vmul(vload(M, k, n), b1), vmul(c1, g))
+        v = vadd(vmul(vload(V, k, n), b2), vmul(c2, vmul(g, g)))
+        vstore(M, k, n, m)
+        vstore(V, k, n, v)
+        step = vdiv(vmul(vlr, vdiv(m, vbc1)), vadd(vsqrt(vdiv(v, vbc2)), eps))
+        vstore(P, k, n, vsub(w, step))
+        vstore(G, k, n, zero)
+
+
+@njit(**JIT)
+def optimizer_update(params, layout, lr64, o, t):
+    """One optimiser step over every layer (weights decayed, biases not) from the mean gradient
+    in o.grad; t is the 1-based step number (Adam's bias corrections, in double). lr64: the
+    step's learning rate as planned (float64), cast like the reference does."""
+    lr = params.dtype.type(lr64)
+    for l in range(layout.shape[0]):
+        w_off, b_off, n_out = layout[l, 0], layout[l, 1], layout[l, 3]
+        if o.kind == SGD:
+            sgd_range(params, o.grad, o.state1, w_off, b_off, lr, o, True)
+            sgd_range(params, o.grad, o.state1, b_off, b_off + n_out, lr, o, False)
+        else:
+            bc1 = 1.0 - o.beta1 ** t
+            bc2 = 1.0 - o.beta2 ** t
+            adam_range(params, o.grad, o.state1, o.state2, w_off, b_off, lr64, o, True, bc1, bc2)
+            adam_range(params, o.grad, o.state1, o.state2, b_off, b_off + n_out, lr64, o, False, bc1, bc2)
+
+
+# ---- entry points (called by numba_backend after validation) ---------------------------------
+@njit(**JIT)
+def train_epoch(net, data, order, lrs, batch_size, s, opt, aug):
     """Every minibatch of `order` in turn, in one compiled call. Returns (loss_sum, n_correct).
 
-    n_split > 1 splits each BLAS layer's gemms into that many row chunks on Numba's threads."""
+    opt None: plain SGD applied in place (sparse first-layer update); else each minibatch's mean
+    gradient goes into opt.grad and one fused pass applies the optimiser step (opt.step + k + 1
+    is the k-th step's number). aug None: no dropout or shifts. s.n_split > 1 splits each BLAS
+    layer's gemms into that many row chunks on Numba's threads. Nothing survives between calls
+    but net.params and the optimiser state, so an epoch run in slices gives the same bits."""
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
+    f = net.params.dtype.type
     loss_sum = 0.0
     correct = 0
-    for s in range(n_steps):
-        start = s * batch_size
+    first = 0
+    if aug is not None:
+        first = aug.first_position
+    for k in range(n_steps):
+        start = k * batch_size
         stop = min(n, start + batch_size)
-        coef = params.dtype.type(lrs[s]) / params.dtype.type(stop - start)
-        prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
-        ls, c = minibatch_step(params, params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets,
-                               labels, view1d(order, start, stop - start), coef, use_blas, acts, act_off, sizes, zlast,
-                               delta0, delta1, gW, n_split)
+        lr = f(lrs[k])
+        prefetch_rows(data.X, data.csr_ptr, data.csr_idx, data.csr_val, data.targets, data.labels,
+                      view1d(order, stop, min(n, stop + batch_size) - stop))
+        rows = view1d(order, start, stop - start)
+        if opt is None:
+            ls, c = minibatch_step(net, data, net.params, lr / f(stop - start), rows, s, aug, first + start)
+        else:  # opt.grad -= (-1 / B) * sum = the mean gradient, then the step
+            ls, c = minibatch_step(net, data, opt.grad, f(-1.0) / f(stop - start), rows, s, aug, first + start)
+            optimizer_update(net.params, net.layout, lrs[k], opt, opt.step + k + 1)
         loss_sum += ls
         correct += c
     return loss_sum, correct
 
 
-@njit(parallel=True, **JIT)
-def train_epoch_hogwild(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels, order,
-                        lrs, batch_size, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW):
-    """Hogwild-style epoch: worker w runs its own contiguous share of the minibatches, updating
-    the shared parameters without locks (results depend on thread timing; opt-in only).
+@njit(**JIT)
+def _worker_scratch(s, w):
+    return Scratch(s.acts[w], s.act_off, s.sizes, s.zlast[w], s.delta0[w], s.delta1[w], s.gW[w], s.use_blas, None)
 
-    Every workspace array has a leading worker axis; one parallel region for the whole epoch.
-    """
-    n_workers = acts.shape[0]
+
+@njit(parallel=True, **JIT)
+def train_epoch_hogwild(net, data, order, lrs, batch_size, s):
+    """Hogwild-style plain-SGD epoch: worker w runs its own contiguous share of the minibatches
+    with the same `minibatch_step`, updating the shared parameters without locks (results depend
+    on thread timing; opt-in only). Workspace arrays have a leading worker axis; n_split is None
+    here, so no nested parallel region is compiled in."""
+    n_workers = s.acts.shape[0]
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
     losses = np.zeros(n_workers)
     corrects = np.zeros(n_workers, dtype=np.int64)
+    f = net.params.dtype.type
     for w in prange(n_workers):
-        for s in range(n_steps * w // n_workers, n_steps * (w + 1) // n_workers):
-            start = s * batch_size
+        sw = _worker_scratch(s, w)
+        for k in range(n_steps * w // n_workers, n_steps * (w + 1) // n_workers):
+            start = k * batch_size
             stop = min(n, start + batch_size)
-            coef = params.dtype.type(lrs[s]) / params.dtype.type(stop - start)
-            prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
-            ls, c = minibatch_step(params, params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val,
-                                   targets, labels, view1d(order, start, stop - start), coef, use_blas, acts[w], act_off, sizes,
-                                   zlast[w], delta0[w], delta1[w], gW[w], None)
+            prefetch_rows(data.X, data.csr_ptr, data.csr_idx, data.csr_val, data.targets, data.labels,
+                          view1d(order, stop, min(n, stop + batch_size) - stop))
+            ls, c = minibatch_step(net, data, net.params, f(lrs[k]) / f(stop - start),
+                                   view1d(order, start, stop - start), sw, None, start)
             losses[w] += ls
             corrects[w] += c
     return losses.sum(), corrects.sum()
 
 
 @njit(**JIT)
-def loss_and_grad(params, grad, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels, use_blas,
-                  acts, act_off, sizes, zlast, delta0, delta1, gW):
+def loss_and_grad(net, data, grad, s):
     """Mean loss over all rows of X; the mean gradient is written into the zeroed `grad`."""
-    n = X.shape[0]
-    coef = grad.dtype.type(-1.0) / grad.dtype.type(n)  # grad -= (-1 / n) * sum = mean gradient
-    ls, _ = minibatch_step(params, grad, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels,
-                           np.arange(n), coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, None)
+    n = data.X.shape[0]
+    rows = np.arange(n)
+    ls, _ = minibatch_step(net, data, grad, grad.dtype.type(-1.0) / grad.dtype.type(n), rows, s, None, 0)
     return ls / n
 
 
 @njit(parallel=True, **JIT)
-def forward_chunks(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, out, chunk, use_blas,
-                   acts, act_off, sizes, zlast):
-    """Output activations of every row of X, in chunks of `chunk` rows, worker w taking chunks
-    w, w + n_workers, ... (workspace arrays have a leading worker axis). Chunks are independent,
-    so the result does not depend on the thread count."""
-    n = X.shape[0]
-    n_workers = acts.shape[0]
+def forward_chunks(net, data, out, chunk, s, losses, corrects):
+    """Output activations of every row of X into out, in chunks of `chunk` rows, worker w taking
+    chunks w, w + n_workers, ... (scratch arrays have a leading worker axis). With `losses`
+    (n_chunks,) float64 (not None): each chunk's loss sum and correct count too, from the
+    pre-activations like training (`evaluate`). Chunks are independent, so nothing depends on
+    the thread count."""
+    n = data.X.shape[0]
+    n_workers = s.acts.shape[0]
     n_chunks = (n + chunk - 1) // chunk
-    L = layout.shape[0]
-    n_out = sizes[L]
+    L = net.layout.shape[0]
+    n_out = s.sizes[L]
     for w in prange(n_workers):
+        sw = _worker_scratch(s, w)
         for c in range(w, n_chunks, n_workers):
             start = c * chunk
             stop = min(n, start + chunk)
-            network_forward(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, np.arange(start, stop),
-                            use_blas, acts[w], act_off, sizes, zlast[w], None)
-            a = _acts(acts[w], act_off, sizes, L, chunk)
+            rows = np.arange(start, stop)
+            network_forward(net, data, rows, sw, None, 0)
+            if losses is not None:
+                ls, cor = output_delta(net, data, rows, sw)
+                losses[c] = ls
+                corrects[c] = cor
+            a = _acts(sw.acts, sw.act_off, sw.sizes, L, chunk)
             for i in range(stop - start):
                 for j in range(n_out):
                     out[start + i, j] = a[i, j]
 
 
-# ---- the training recipe (momentum, weight decay, dropout, image shifts) ---------------------
-# A separate epoch kernel (`train_epoch_recipe`), so the plain-SGD kernels above stay exactly as
-# they were; the backend picks one per call. The counter-based generator is fastgd._random's,
-# in wrapping uint64 arithmetic throughout (mixing int64 with uint64 in Numba gives float64).
+# ---- dropout masks and image shifts -----------------------------------------------------------
+# fastgd._random's counter-based generator, in wrapping uint64 arithmetic throughout (mixing
+# int64 with uint64 in Numba gives float64).
 _MIX_C0 = np.uint64(0x9E3779B97F4A7C15)
 _MIX_C1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_C2 = np.uint64(0x94D049BB133111EB)
@@ -1024,194 +942,3 @@ def gather_dense_shifted(X, rows, x_scale, x, seed, pos0, max_shift, img_rows, i
                     x[i, row * img_cols + col] = x.dtype.type(X[src, sr * img_cols + sc]) * scale
                 else:
                     x[i, row * img_cols + col] = zero
-
-
-@njit(**JIT)
-def optimizer_range(P, G, V, k0, k1, lr, mu, use_velocity, nesterov, l2, l1, decay):
-    """The recipe's step for P[k0:k1] from its mean gradient G (base.py's order of operations),
-    16 lanes at a time; G is zeroed for the next minibatch. `decay`: weights (l2, l1 apply), not
-    biases. (Scalar loops measured ~13 us per lesson-network step: the flags kept LLVM from
-    vectorising them.)"""
-    zero = vsplat(0, P)
-    for k in range(k0, k1, VL):
-        m = min(VL, k1 - k)
-        w = vload(P, k, m)
-        g = vload(G, k, m)
-        if decay:
-            g = vfma(g, l2, w)
-            g = vfma(g, l1, vsign(w))
-        if use_velocity:
-            v = vfma(g, mu, vload(V, k, m))  # mu * v + g
-            vstore(V, k, m, v)
-            step = vfma(g, mu, v) if nesterov else v
-        else:
-            step = g
-        vstore(P, k, m, vfma(w, -lr, step))
-        vstore(G, k, m, zero)
-
-
-@njit(**JIT)
-def optimizer_update(params, grad, velocity, layout, lr, momentum, nesterov, l2, l1):
-    """params -= lr * step over every layer (weights decayed, biases not), velocity in place."""
-    f = params.dtype.type
-    mu = f(momentum)
-    use_velocity = momentum > 0
-    for l in range(layout.shape[0]):
-        w_off, b_off, n_out = layout[l, 0], layout[l, 1], layout[l, 3]
-        optimizer_range(params, grad, velocity, w_off, b_off, lr, mu, use_velocity, nesterov, f(l2), f(l1), True)
-        optimizer_range(params, grad, velocity, b_off, b_off + n_out, lr, mu, use_velocity, nesterov, f(0), f(0),
-                        False)
-
-
-@njit(**JIT)
-def network_forward_recipe(params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas,
-                           acts, act_off, sizes, zlast, n_split, masks, dropped, dropout, drop_scale, seed, pos0,
-                           max_shift, img_rows, img_cols, mptr, midx, mval, brows, pixel_row, pixel_col):
-    """`network_forward` with image shifts on the input and inverted dropout on hidden layers
-    (acts keep the activations before masking; `dropped` holds what the next layer reads).
-    Returns the input layer's CSR and rows (the shifted minibatch CSR when shifting sparse input)."""
-    B = rows.shape[0]
-    bmax = zlast.shape[0]
-    L = layout.shape[0]
-    sparse_input = csr_ptr.shape[0] > 0
-    ptr, idx, val, in_rows = csr_ptr, csr_idx, csr_val, rows
-    if sparse_input:
-        if max_shift > 0:
-            shifted_csr(csr_ptr, csr_idx, csr_val, rows, seed, pos0, max_shift, img_rows, img_cols, mptr, midx, mval,
-                        pixel_row, pixel_col)
-            ptr, idx, val, in_rows = mptr, midx, mval, view1d(brows, 0, B)
-    elif max_shift > 0:
-        gather_dense_shifted(X, rows, x_scale, _acts(acts, act_off, sizes, 0, bmax), seed, pos0, max_shift,
-                             img_rows, img_cols)
-    else:
-        gather_dense(X, rows, x_scale, _acts(acts, act_off, sizes, 0, bmax))
-    first_unit = 0
-    for l in range(L):
-        W, b = _layer_views(params, layout, l)
-        if dropout > 0 and l > 0:
-            x = _acts(dropped, act_off, sizes, l, bmax)
-        else:
-            x = _acts(acts, act_off, sizes, l, bmax)
-        a = _acts(acts, act_off, sizes, l + 1, bmax)
-        z = zlast if l == L - 1 else a
-        if l == 0 and sparse_input:
-            dense_forward_sparse(ptr, idx, val, x_scale, in_rows, W, b, z)
-        elif use_blas[l]:
-            dense_forward_blas(x, B, W, b, z, n_split)
-        else:
-            dense_forward_loops(x, B, W, b, z)
-        for i in range(B):
-            activation_forward(z, a, i, kinds[l])
-        if dropout > 0 and l < L - 1:
-            dropout_rows(a, _acts(masks, act_off, sizes, l + 1, bmax), _acts(dropped, act_off, sizes, l + 1, bmax),
-                         B, seed, pos0, first_unit, dropout, drop_scale)
-            first_unit += sizes[l + 1]
-    return ptr, idx, val, in_rows
-
-
-@njit(**JIT)
-def minibatch_step_recipe(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets,
-                          labels, rows, coef, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split,
-                          masks, dropped, dropout, drop_scale, seed, pos0, max_shift, img_rows, img_cols, mptr, midx,
-                          mval, brows, pixel_row, pixel_col):
-    """`minibatch_step` with dropout and shifts: a dropped unit passes no gradient back (dL/da
-    times the mask before the activation derivative), and each layer's weight gradient uses
-    the masked activations it read."""
-    B = rows.shape[0]
-    bmax = zlast.shape[0]
-    L = layout.shape[0]
-    ptr, idx, val, in_rows = network_forward_recipe(
-        params, layout, kinds, X, x_scale, csr_ptr, csr_idx, csr_val, rows, use_blas, acts, act_off, sizes, zlast,
-        n_split, masks, dropped, dropout, drop_scale, seed, pos0, max_shift, img_rows, img_cols, mptr, midx, mval,
-        brows, pixel_row, pixel_col)
-    n_out = sizes[L]
-    out = _acts(acts, act_off, sizes, L, bmax)
-    d = view2d(delta0, 0, bmax, n_out)
-    loss_sum = 0.0
-    correct = 0
-    for i in range(B):
-        r = rows[i]
-        loss_sum += loss_forward_backward(zlast, out, d, i, targets, r, loss, kinds[L - 1])
-        if argmax_row(out, i) == labels[r]:
-            correct += 1
-    use_d0 = True
-    for l in range(L - 1, -1, -1):
-        W, _ = _layer_views(params, layout, l)
-        tW, tb = _layer_views(target, layout, l)
-        n_in = sizes[l]
-        a_in = _acts(acts, act_off, sizes, l, bmax)
-        if dropout > 0 and l > 0:
-            x = _acts(dropped, act_off, sizes, l, bmax)
-        else:
-            x = a_in
-        cur = d
-        if l > 0:
-            other = delta1 if use_d0 else delta0
-            d = view2d(other, 0, bmax, n_in)
-            kind = kinds[l - 1]
-            if dropout > 0:
-                kind = LINEAR  # the mask goes in before the derivative, applied below
-            if use_blas[l]:
-                dense_backward_dx_blas(cur, B, W, a_in, kind, d, n_split)
-            else:
-                dense_backward_dx_loops(cur, B, W, a_in, kind, d, gW)
-            if dropout > 0:
-                mask = _acts(masks, act_off, sizes, l, bmax)
-                for i in range(B):
-                    for j in range(n_in):
-                        d[i, j] *= mask[i, j]
-                    activation_backward(a_in, d, i, kinds[l - 1])
-            use_d0 = not use_d0
-        if l == 0 and csr_ptr.shape[0] > 0:
-            dense_update_sparse(ptr, idx, val, x_scale, in_rows, cur, coef, tW, tb)
-        elif use_blas[l]:
-            dense_update_blas(x, cur, B, coef, tW, tb, gW, n_split)
-        else:
-            dense_update_loops(x, cur, B, coef, tW, tb)
-    return loss_sum, correct
-
-
-@njit(**JIT)
-def train_epoch_recipe(params, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val, targets, labels, order, lrs,
-                       batch_size, use_blas, acts, act_off, sizes, zlast, delta0, delta1, gW, n_split,
-                       grad, velocity, momentum, nesterov, l2, l1,
-                       masks, dropped, dropout, seed, first_position, max_shift, img_rows, img_cols,
-                       mptr, midx, mval, brows):
-    """`train_epoch_serial` with the training recipe (base.py): momentum/Nesterov and L2/L1 make
-    the update dense, so each minibatch's mean gradient goes into `grad` and one fused pass then
-    updates every parameter (and `velocity`, in place); without them the update stays sparse and
-    in place. Dropout masks and shifts are keyed by (seed, first_position + index in order, unit)."""
-    n = order.shape[0]
-    n_steps = (n + batch_size - 1) // batch_size
-    f = params.dtype.type
-    optimiser = momentum > 0 or l2 > 0 or l1 > 0
-    drop_scale = f(1.0 / (1.0 - dropout))
-    n_pixels = img_rows * img_cols if max_shift > 0 and csr_ptr.shape[0] > 0 else 0
-    pixel_row = np.empty(n_pixels, dtype=np.int64)
-    pixel_col = np.empty(n_pixels, dtype=np.int64)
-    for pix in range(n_pixels):
-        pixel_row[pix] = pix // img_cols
-        pixel_col[pix] = pix % img_cols
-    loss_sum = 0.0
-    correct = 0
-    for s in range(n_steps):
-        start = s * batch_size
-        stop = min(n, start + batch_size)
-        lr = f(lrs[s])
-        if optimiser:
-            target = grad
-            coef = f(-1.0) / f(stop - start)  # grad -= (-1 / B) * sum = the mean gradient
-        else:
-            target = params
-            coef = lr / f(stop - start)
-        prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, view1d(order, stop, min(n, stop + batch_size) - stop))
-        ls, c = minibatch_step_recipe(params, target, layout, kinds, loss, X, x_scale, csr_ptr, csr_idx, csr_val,
-                                      targets, labels, view1d(order, start, stop - start), coef, use_blas, acts,
-                                      act_off, sizes, zlast, delta0, delta1, gW, n_split, masks, dropped, dropout,
-                                      drop_scale, seed, first_position + start, max_shift, img_rows, img_cols, mptr,
-                                      midx, mval, brows, pixel_row, pixel_col)
-        if optimiser:
-            optimizer_update(params, grad, velocity, layout, lr, momentum, nesterov, l2, l1)
-        loss_sum += ls
-        correct += c
-    return loss_sum, correct

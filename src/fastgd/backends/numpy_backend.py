@@ -1,85 +1,29 @@
 """The NumPy reference backend: the oracle every compiled kernel is tested against.
 
-Written for clarity, in matrix form over a minibatch, as forward/backward pairs of plain
-functions. Speed comes from BLAS (x @ W); nothing here is clever.
+Written for clarity, in matrix form over a minibatch, as llm.c-style `*_forward`/`*_backward`
+pairs of plain functions driven by the ops table (fastgd/ops.py). Speed comes from BLAS (x @ W);
+nothing here is clever. The optimiser step follows the StepRule formulas in base.py.
 """
 from __future__ import annotations
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import _random
-from .base import RECIPE_FEATURES
+from .. import _random, ops
+from .base import ADAMW, FEATURES, SGD, Backend, EpochResult, Workspace
 
 NAME = "numpy"
 
 
-# ---- activations ----------------------------------------------------------------------------
-def activation_forward(z, kind):
-    """a = f(z) for a hidden or output activation."""
-    if kind == "sigmoid":
-        with np.errstate(over="ignore"):  # exp(-z) overflowing to inf gives the right limit 0
-            return 1.0 / (1.0 + np.exp(-z))
-    if kind == "relu":
-        return np.maximum(z, 0)
-    if kind == "tanh":
-        return np.tanh(z)
-    if kind == "linear":
-        return z
-    if kind == "softmax":
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    raise ValueError(f"unknown activation {kind!r}")
-
-
-def activation_backward(a, da, kind):
-    """dL/dz given the activation's output a = f(z) and dL/da."""
-    if kind == "sigmoid":
-        return da * a * (1 - a)
-    if kind == "relu":
-        return da * (a > 0)
-    if kind == "tanh":
-        return da * (1 - a * a)
-    if kind == "linear":
-        return da
-    if kind == "softmax":  # Jacobian-vector product of softmax
-        return a * (da - np.sum(da * a, axis=1, keepdims=True))
-    raise ValueError(f"unknown activation {kind!r}")
-
-
-# ---- losses ---------------------------------------------------------------------------------
-def _softplus(z):
-    return np.logaddexp(0, z)
-
-
-def loss_forward(z, a, t, loss, output):
-    """Per-sample loss (n,), from the last pre-activation z and its activation a."""
-    if loss == "mse":
-        return 0.5 * np.sum((a - t) ** 2, axis=1)
-    if output == "softmax":  # log softmax from z: exact even where a underflows to 0
-        zs = z - z.max(axis=1, keepdims=True)
-        log_a = zs - np.log(np.sum(np.exp(zs), axis=1, keepdims=True))
-        return -np.sum(t * log_a, axis=1)
-    # sigmoid: log a = -softplus(-z), log(1 - a) = -softplus(z)
-    return np.sum(t * _softplus(-z) + (1 - t) * _softplus(z), axis=1)
-
-
-def loss_backward(a, t, loss, output):
-    """dL/dz of the last layer, per sample (not yet divided by the batch size)."""
-    if loss == "mse":
-        return activation_backward(a, a - t, output)
-    return a - t  # softmax + CE and sigmoid + binary CE share this simple delta
-
-
-# ---- the network ----------------------------------------------------------------------------
+# ---- one dense layer ------------------------------------------------------------------------
 def dense_forward(x, W, b, kind):
-    """One layer: returns (z, a) with z = x @ W + b and a = kind(z)."""
+    """x (B, n_in), W (n_in, n_out), b (n_out,) -> z, a (B, n_out) with z = x @ W + b, a = kind(z)."""
     z = x @ W + b
-    return z, activation_forward(z, kind)
+    return z, ops.activation_forward(kind, z)
 
 
 def dense_backward(x, W, dz, gW, gb, need_dx=True):
-    """Writes the batch-mean weight and bias gradients into gW, gb; returns dL/dx (or None)."""
+    """dz (B, n_out) -> batch-mean gradients written into gW (n_in, n_out), gb (n_out,); returns dx (B, n_in)."""
     n = x.shape[0]
     np.matmul(x.T, dz, out=gW)
     gW /= n
@@ -87,25 +31,26 @@ def dense_backward(x, W, dz, gW, gb, need_dx=True):
     return dz @ W.T if need_dx else None
 
 
+# ---- the network ----------------------------------------------------------------------------
 def network_forward(net, x, masks=None):
-    """All activations [x, a1, ..., aL] and the last pre-activation zL.
+    """x (B, n_in) -> zs, acts: zs[l] (B, sizes[l+1]) pre-activations, acts = [x, a1, ..., aL].
 
     masks[l] (optional, one per hidden layer) scales hidden layer l+1's activations: inverted
     dropout's keep/(1 - rate). acts holds the activations before masking; the next layer sees
     acts * mask.
     """
-    acts = [x]
-    z = None
+    acts, zs = [x], []
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         kind = net.output if l == net.n_layers - 1 else net.activation
         inp = acts[-1] if masks is None or l == 0 else acts[-1] * masks[l - 1]
         z, a = dense_forward(inp, W, b, kind)
+        zs.append(z)
         acts.append(a)
-    return acts, z
+    return zs, acts
 
 
-def network_backward(net, acts, dz, grad, masks=None):
-    """Back-propagate dL/dz_last through every layer, writing gradients into the flat `grad`."""
+def network_backward(net, zs, acts, dz, grad, masks=None):
+    """Back-propagate dL/dz_last (B, n_out) through every layer, writing the flat `grad` (like params)."""
     for l in range(net.n_layers - 1, -1, -1):
         w_off, b_off, n_in, n_out = net.layout[l]
         gW = grad[w_off:b_off].reshape(n_in, n_out)
@@ -115,7 +60,16 @@ def network_backward(net, acts, dz, grad, masks=None):
         if l > 0:
             if masks is not None:
                 dx = dx * masks[l - 1]
-            dz = activation_backward(acts[l], dx, net.activation)
+            dz = ops.activation_backward(net.activation, zs[l - 1], acts[l], dx)
+
+
+def minibatch_forward_backward(net, x, t, loss, grad, masks=None):
+    """Forward + backward on one minibatch: per-sample losses (B,) and outputs (B, n_out); gradient into `grad`."""
+    zs, acts = network_forward(net, x, masks)
+    z, a = zs[-1], acts[-1]
+    per_sample = ops.loss_forward(loss, z, a, t, net.output)
+    network_backward(net, zs, acts, ops.loss_delta(loss, z, a, t, net.output), grad, masks)
+    return per_sample, a
 
 
 def dropout_masks(net, plan, positions):
@@ -129,22 +83,43 @@ def dropout_masks(net, plan, positions):
     return masks
 
 
-def sgd_update(net, grad, lr, plan):
-    """One optimiser step on net.params from the minibatch gradient (see base.py for the rule)."""
-    if plan.l2 > 0 or plan.l1 > 0:
+# ---- the optimiser step (StepRule; formulas in base.py) ------------------------------------
+def optimizer_step(net, grad, lr, rule, t):
+    """One step on net.params (and rule.state) from the minibatch gradient `grad` (modified).
+
+    t is the 1-based step number used by Adam's bias corrections.
+    """
+    dt = net.dtype.type
+    P = net.params
+    decay_in_grad = rule.weight_decay > 0 and rule.kind != ADAMW
+    if decay_in_grad or rule.l1 > 0:
+        for w_off, b_off, _, _ in net.layout:  # weights only, never biases
+            W = P[w_off:b_off]
+            if decay_in_grad:
+                grad[w_off:b_off] += dt(rule.weight_decay) * W
+            if rule.l1 > 0:
+                grad[w_off:b_off] += dt(rule.l1) * np.sign(W)
+    if rule.kind == SGD:
+        step = grad
+        if rule.momentum > 0:
+            mu = dt(rule.momentum)
+            (v,) = rule.state
+            v *= mu
+            v += grad
+            step = grad + mu * v if rule.nesterov else v
+        P -= dt(lr) * step
+        return
+    if rule.kind == ADAMW and rule.weight_decay > 0:  # decoupled decay, weights only
         for w_off, b_off, _, _ in net.layout:
-            W = net.params[w_off:b_off]
-            if plan.l2 > 0:
-                grad[w_off:b_off] += net.dtype.type(plan.l2) * W
-            if plan.l1 > 0:
-                grad[w_off:b_off] += net.dtype.type(plan.l1) * np.sign(W)
-    step = grad
-    if plan.momentum > 0:
-        mu = net.dtype.type(plan.momentum)
-        plan.velocity *= mu
-        plan.velocity += grad
-        step = grad + mu * plan.velocity if plan.nesterov else plan.velocity
-    net.params -= net.dtype.type(lr) * step
+            P[w_off:b_off] -= dt(lr * rule.weight_decay) * P[w_off:b_off]
+    m, v = rule.state
+    m *= dt(rule.beta1)
+    m += dt(1.0 - rule.beta1) * grad
+    v *= dt(rule.beta2)
+    v += dt(1.0 - rule.beta2) * (grad * grad)
+    bc1 = 1.0 - rule.beta1 ** t  # in double precision, as the kernels do
+    bc2 = 1.0 - rule.beta2 ** t
+    P -= dt(lr) * (m / dt(bc1)) / (np.sqrt(v / dt(bc2)) + dt(rule.eps))
 
 
 def _rows(X, idx, x_scale, dtype):
@@ -154,52 +129,58 @@ def _rows(X, idx, x_scale, dtype):
     return x
 
 
-def minibatch_loss_and_grad(net, x, t, loss, grad, masks=None):
-    """Forward + backward on one minibatch: per-sample losses, outputs; gradient into `grad`."""
-    acts, z = network_forward(net, x, masks)
-    a = acts[-1]
-    per_sample = loss_forward(z, a, t, loss, net.output)
-    network_backward(net, acts, loss_backward(a, t, loss, net.output), grad, masks)
-    return per_sample, a
-
-
 # ---- the backend interface (see base.py) ----------------------------------------------------
-class NumpyBackend:
+class NumpyBackend(Backend):
     name = NAME
-    features = frozenset(RECIPE_FEATURES)
+    features = frozenset(FEATURES)
+    forward_chunk = 8192  # rows per forward/evaluate chunk: bounds the temporary memory
 
-    def forward(self, net, X, x_scale, threads=1, chunk=8192):
+    def prepare(self, net, plan):
+        return Workspace(grad=np.zeros_like(net.params))
+
+    def forward(self, net, X, x_scale, threads=1):
         out = np.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)
         with threadpool_limits(threads, user_api="blas"):
-            for start in range(0, X.shape[0], chunk):
-                rows = slice(start, start + chunk)
-                x = _rows(X, rows, x_scale, net.dtype)
-                acts, _ = network_forward(net, x)
+            for start in range(0, X.shape[0], self.forward_chunk):
+                rows = slice(start, start + self.forward_chunk)
+                _, acts = network_forward(net, _rows(X, rows, x_scale, net.dtype))
                 out[rows] = acts[-1]
         return out
+
+    def evaluate(self, net, X, x_scale, targets, labels, loss, threads=1):
+        loss_sum, correct = 0.0, 0
+        with threadpool_limits(threads, user_api="blas"):
+            for start in range(0, X.shape[0], self.forward_chunk):
+                rows = slice(start, start + self.forward_chunk)
+                zs, acts = network_forward(net, _rows(X, rows, x_scale, net.dtype))
+                per_sample = ops.loss_forward(loss, zs[-1], acts[-1], targets[rows], net.output)
+                loss_sum += float(per_sample.sum(dtype=np.float64))
+                correct += int(np.count_nonzero(np.argmax(acts[-1], axis=1) == labels[rows]))
+        return loss_sum, correct
 
     def loss_and_grad(self, net, X, x_scale, targets, loss, threads=1):
         grad = np.zeros_like(net.params)
         with threadpool_limits(threads, user_api="blas"):
             x = _rows(X, slice(None), x_scale, net.dtype)
-            per_sample, _ = minibatch_loss_and_grad(net, x, targets, loss, grad)
+            per_sample, _ = minibatch_forward_backward(net, x, targets, loss, grad)
         return float(per_sample.mean()), grad
 
-    def train_epoch(self, net, plan):
-        grad = np.zeros_like(net.params)
+    def train_epoch(self, net, plan, ws):
+        plan.validate(net)
+        grad = ws.grad
         loss_sum, correct = 0.0, 0
         bs = plan.batch_size
         with threadpool_limits(plan.threads, user_api="blas"):
-            for step in range(plan.n_steps):
-                idx = plan.order[step * bs:(step + 1) * bs]
-                positions = plan.first_position + step * bs + np.arange(len(idx))
+            for k in range(plan.n_steps):
+                idx = plan.order[k * bs:(k + 1) * bs]
+                positions = plan.first_position + k * bs + np.arange(len(idx))
                 x = _rows(plan.X, idx, plan.x_scale, net.dtype)
                 if plan.max_shift > 0:
                     dx, dy = _random.shifts(plan.seed, positions, plan.max_shift)
                     x = _random.shift_images(x, *plan.image_shape, dx, dy)
                 masks = dropout_masks(net, plan, positions) if plan.dropout > 0 else None
-                per_sample, a = minibatch_loss_and_grad(net, x, plan.targets[idx], plan.loss, grad, masks)
+                per_sample, a = minibatch_forward_backward(net, x, plan.targets[idx], plan.loss, grad, masks)
                 loss_sum += float(per_sample.sum(dtype=np.float64))
                 correct += int(np.count_nonzero(np.argmax(a, axis=1) == plan.labels[idx]))
-                sgd_update(net, grad, plan.lrs[step], plan)
-        return loss_sum, correct
+                optimizer_step(net, grad, plan.lrs[k], plan.rule, plan.rule.step + k + 1)
+        return EpochResult(loss_sum, correct, threads_used=plan.threads, mode="numpy")
