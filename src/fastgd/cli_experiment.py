@@ -119,6 +119,10 @@ def _run_noise(args, out, log):
     from .network import Network
 
     net = Network.load(args.model)
+    if net.task != "classification" or net.classes is not None:
+        raise ValueError(f"{args.model} is a {net.task} model" + (" with its own class labels" if net.classes is not None
+                         else "") + "; `fastgd experiment noise` works on image classifiers with labels 0..K-1 "
+                         "(use `fastgd predict` for other models)")
     _, _, X_test, y_test = _load(args.data)
     if X_test.shape[1] != net.sizes[0]:
         raise ValueError(f"the model takes {net.sizes[0]} inputs but the test images have {X_test.shape[1]} pixels")

@@ -55,6 +55,10 @@ def run(args):
     if args.max_units < 0:
         raise ValueError(f"--max-units must be >= 0, got {args.max_units}")
     net = Network.load(args.model)
+    if net.task != "classification" or net.classes is not None:
+        raise ValueError(f"{args.model} is a {net.task} model" + (" with its own class labels" if net.classes is not None
+                         else "") + "; `fastgd inspect` works on image classifiers with labels 0..K-1 "
+                         "(use `fastgd predict` for other models)")
     _, _, X_test, y_test = load_idx(args.data) if args.data else load_mnist()
     if X_test.shape[1] != net.sizes[0]:
         raise ValueError(f"the model takes {net.sizes[0]} inputs but the test images have {X_test.shape[1]} pixels")
