@@ -84,6 +84,7 @@ STATS = {
     "knobs": defaultdict(lambda: defaultdict(Counter)),  # backend -> knob -> value -> count
     "layouts": Counter(), "y_forms": Counter(), "threads": Counter(), "batch_vs_n": Counter(),
     "model_files": Counter(),                    # corrupted model files: how, and what load did
+    "refusals": Counter(),                       # "Type: message" of the exceptions fit raised
 }
 
 
@@ -282,6 +283,8 @@ def test_fit_matches_numpy_on_any_layout(backend, data, tmp_path_factory):
         net, got = fit(backend, c, X_in, y_in)
     ref_net, ref = fit("numpy", c, X.copy(), y.copy())
     STATS["outcomes"][backend][outcome_name(got)] += 1
+    if isinstance(got, Exception):
+        STATS["refusals"][f"{type(got).__name__}: {str(got)[:90]}"] += 1
     what = f"{backend} {c}"
     note(f"{backend}: {outcome_name(got)} ({got!r}); numpy: {outcome_name(ref)} ({ref!r})")
 
