@@ -39,3 +39,60 @@ def mnist():
 def tol(dtype):
     """(rtol, atol) for comparing a backend with the reference: float64 tight, float32 loose."""
     return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (1e-4, 1e-5)
+
+
+# ---- hypothesis profiles (tests/test_fuzz.py) -------------------------------------------------
+# "ci": derandomized (the same examples every run, no example database), so CI is repeatable and
+# its time bounded; "dev" (the default): random examples, remembered failures.
+# Pick one with HYPOTHESIS_PROFILE=ci; .ci/run does.
+try:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                              suppress_health_check=_slow_ok)
+    settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=_slow_ok)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+except ImportError:  # hypothesis comes with the test extra; only test_fuzz.py needs it
+    pass
+
+
+# ---- subprocess runs of `fastgd train` (tests/test_faults.py, tests/test_interrupt.py) --------
+def write_idx(folder, X_train, y_train, X_test, y_test):
+    """Write the four MNIST-layout IDX files (uint8 images (n, rows*cols) square, labels) to folder."""
+    import math
+    import struct
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("train-images-idx3-ubyte", X_train), ("train-labels-idx1-ubyte", y_train),
+                      ("t10k-images-idx3-ubyte", X_test), ("t10k-labels-idx1-ubyte", y_test)):
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        if arr.ndim == 2:
+            side = math.isqrt(arr.shape[1])
+            arr = arr.reshape(arr.shape[0], side, side)
+        header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
+        (folder / name).write_bytes(header + arr.tobytes())
+    return folder
+
+
+def fastgd_train_command(*args):
+    """`python -m fastgd train ARGS` with this interpreter (PYTHONPATH is inherited, made absolute
+    so that a child started in another folder finds the same fastgd)."""
+    import os
+    import sys
+
+    if os.environ.get("PYTHONPATH"):
+        os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+
+    return [sys.executable, "-m", "fastgd", "train", *map(str, args)]
+
+
+def default_sigint():
+    """preexec_fn for a child that must receive SIGINT as KeyboardInterrupt even when this process
+    was started with SIGINT ignored (a background job in a non-interactive shell, as in CI)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
