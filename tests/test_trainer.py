@@ -319,3 +319,30 @@ def test_history_records_what_the_backend_ran(backend, deterministic):
     for r in history:
         assert r["mode"] in {"serial", "sync", "hogwild", "numpy"} and 1 <= r["threads_used"] <= 2
         assert deterministic is False or r["mode"] != "hogwild"
+
+
+def test_ctrl_c_while_the_backend_prepares_waits_for_it_then_raises_keyboard_interrupt(monkeypatch):
+    # A SIGINT inside Numba's compiler is swallowed by llvmlite and turns into an unrelated
+    # RuntimeError; the Trainer defers it until prepare() has finished, then raises KeyboardInterrupt.
+    import os
+    import signal
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 6)), rng.integers(0, 3, 40)
+    net = Network([6, 5, 3], seed=0)
+    trainer = Trainer(net, lr=0.1, batch_size=8, epochs=2, backend="numpy", seed=0)
+    real_prepare = trainer.backend.prepare
+    finished = []
+
+    def prepare(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered while "compiling"
+        ws = real_prepare(*args, **kwargs)
+        finished.append(True)
+        return ws
+
+    monkeypatch.setattr(trainer.backend, "prepare", prepare)
+    before = net.params.copy()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(X, y)
+    assert finished == [True] and trainer.interrupted
+    assert len(trainer.history) == 0 and np.array_equal(net.params, before)

@@ -452,7 +452,11 @@ class Trainer:
         self._max_loss = float(np.finfo(self.net.dtype).max)
         self._slice_guess = 4  # steps in the first call; then sized to slice_seconds from measured times
         try:
-            ws = self._workspace(data, n)  # (a Ctrl-C while compiling stops here, nothing trained)
+            # A Ctrl-C while a JIT backend compiles stops here, nothing trained. It is deferred to the
+            # end of compiling: raised inside Numba's compiler, llvmlite swallows the KeyboardInterrupt
+            # in a ctypes callback and the compile then fails with an unrelated RuntimeError.
+            with _DeferredInterrupt():
+                ws = self._workspace(data, n)
             history.compile_seconds = ws.compile_seconds
             self._epochs(data, val, n, ws, state, history, stopper, callbacks)
         except KeyboardInterrupt:
