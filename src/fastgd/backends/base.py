@@ -62,6 +62,9 @@ SGD, ADAM, ADAMW = OPTIMIZER_CODES["sgd"], OPTIMIZER_CODES["adam"], OPTIMIZER_CO
 
 #: Features a backend may implement; plain SGD needs none.
 FEATURES = ("momentum", "nesterov", "l2", "l1", "dropout", "shift", "adam", "adamw")
+#: Image augmentations beyond shifts (fastgd.augment); a backend lists them in `features` once its
+#: kernels draw them.
+AUGMENT_FEATURES = ("rotate", "elastic")
 
 
 class BackendUnavailable(ImportError):
@@ -125,6 +128,8 @@ class EpochPlan:
     dropout: float = 0.0  # probability of dropping each hidden unit
     max_shift: int = 0  # shift each input image by up to this many pixels in x and y
     image_shape: tuple = (0, 0)  # (rows, cols) with rows * cols == n_in, needed when max_shift > 0
+    max_rotate: float = 0.0  # rotate each input image by up to this many degrees (needs image_shape)
+    elastic_alpha: float = 0.0  # elastic distortion: displacement scale in pixels (needs image_shape)
     seed: int = 0  # this epoch's seed for dropout masks and shifts
     first_position: int = 0  # position in the epoch of order[0] (an epoch may run in slices)
 
@@ -139,6 +144,10 @@ class EpochPlan:
             out.add("dropout")
         if self.max_shift > 0:
             out.add("shift")
+        if self.max_rotate > 0:
+            out.add("rotate")
+        if self.elastic_alpha > 0:
+            out.add("elastic")
         return out
 
     def validate(self, net):
