@@ -529,3 +529,11 @@ def test_recipe_accuracy_reuses_machine_info_and_readme_updating(tmp_path, monke
     readme.write_text(f"a\n{B.README_START}\nbench\n{B.README_END}\nb\n{ra.START}\nold\n{ra.END}\nc\n")
     B.update_readme(readme, text, ra.START, ra.END)
     assert readme.read_text() == f"a\n{B.README_START}\nbench\n{B.README_END}\nb\n{ra.START}\n{text}\n{ra.END}\nc\n"
+
+
+def test_cli_help_renders(capsys):
+    """argparse %-formats help texts: a stray % (as in '% peak') would crash `fastgd bench --help`."""
+    p = argparse.ArgumentParser()
+    cli_bench.add_arguments(p)
+    text = p.format_help()
+    assert "--peak-only" in text and "% peak" in text and "--peer-python" in text

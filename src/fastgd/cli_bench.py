@@ -79,7 +79,7 @@ def add_arguments(p):
                         "each peer runs under the first of this one and the current one that has it")
     p.add_argument("--peak", action="store_true",
                    help="measure this machine's FP32 FMA peak (compiled probe, per thread count) first and add a "
-                        "'% peak' column")
+                        "'%% peak' column")
     p.add_argument("--peak-gflops", default=None, metavar="T=G,...",
                    help="give the peak instead of measuring it, GFLOP/s per thread count, e.g. 1=180,2=350")
     p.add_argument("--peak-only", action="store_true", help="measure the peak (1 and every core) and stop")
