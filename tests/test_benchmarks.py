@@ -152,6 +152,13 @@ def test_gflops_and_percent_of_peak():
     assert B.fmt_time(lat) == "50.0 µs" and B.fmt_time(r) == "500 ms"
 
 
+def test_peak_warnings_flag_a_shared_machine():
+    assert B.peak_warnings({1: 180.0, 2: 350.0}) == []
+    assert B.peak_warnings({2: 10.0}) == []  # nothing to compare with
+    (w,) = B.peak_warnings({1: 180.0, 2: 200.0})
+    assert "2 threads" in w and "unreliable" in w
+
+
 def test_parse_peaks():
     assert B.parse_peaks("1=180, 2=350.5") == {1: 180.0, 2: 350.5}
     for bad in ("", "2", "two=3", "0=100", "1=-5", "1=nan"):

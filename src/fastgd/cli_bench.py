@@ -131,6 +131,8 @@ def _peaks(args, thread_counts, log):
             p = B.measure_peak(t)
             peaks[t] = p.gflops
             print(f"fastgd bench: FP32 FMA peak {p.describe()}", file=log, flush=True)
+        for w in B.peak_warnings(peaks):
+            print(f"fastgd bench: {w}", file=log, flush=True)
     return peaks
 
 

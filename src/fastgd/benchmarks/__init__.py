@@ -25,7 +25,7 @@ from .configs import (BACKEND_ORDER, BATCH_SIZES, DATA, ISSUE_CASES, KINDS, LATE
                       NETWORK_BY_KEY, NETWORKS, PEERS, PRESETS, Config, NetSpec, all_configs, is_issue, is_quick,
                       is_readme, issue_threads, ordered_backends, select_configs, thread_counts)
 from .machine import README_END, README_START, machine_info, update_readme
-from .peak import (Peak, forward_flops_per_sample, measure_peak, parse_peaks, probe_available,
+from .peak import (Peak, forward_flops_per_sample, measure_peak, parse_peaks, peak_warnings, probe_available,
                    train_flops_per_sample)
 from .peers import PEER_PYTHON_ENV, measure_peers, peer_available, peer_python
 from .report import (best_fastgd, compare, fmt_rate, fmt_time, footnote, format_table, markdown_table, plot, speedup,
@@ -36,7 +36,7 @@ __all__ = ["BACKEND_ORDER", "BATCH_SIZES", "DATA", "ISSUE_CASES", "KINDS", "LATE
            "MNIST_TRAIN", "NETWORK_BY_KEY", "NETWORKS", "PEERS", "PRESETS", "Config", "NetSpec", "all_configs",
            "is_issue", "is_quick", "is_readme", "issue_threads", "ordered_backends", "select_configs", "thread_counts",
            "README_END", "README_START", "machine_info", "update_readme", "Peak", "forward_flops_per_sample",
-           "measure_peak", "parse_peaks", "probe_available", "train_flops_per_sample", "PEER_PYTHON_ENV",
+           "measure_peak", "parse_peaks", "peak_warnings", "probe_available", "train_flops_per_sample", "PEER_PYTHON_ENV",
            "measure_peers", "peer_available", "peer_python", "best_fastgd", "compare", "fmt_rate", "fmt_time",
            "footnote", "format_table", "markdown_table", "plot", "speedup", "table_rows", "to_json", "Result", "Runner",
            "Workload", "epoch_samples", "gaussian_inputs", "measure", "n_params", "numpy_step_seconds"]

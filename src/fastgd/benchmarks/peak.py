@@ -96,6 +96,19 @@ def measure_peak(threads=1, seconds=0.5, run_ms=10.0, isa=None):
     return Peak(best, threads, used, isa)
 
 
+def peak_warnings(peaks):
+    """Warnings for peaks that cannot be a quiet machine's: N threads below 0.75 x N x one thread's
+    (other work shared the cores while the probe ran, so % of peak would be inflated)."""
+    one = peaks.get(1)
+    out = []
+    for t, g in sorted(peaks.items()):
+        if one and t > 1 and g < 0.75 * t * one:
+            out.append(f"the peak on {t} threads ({g:.0f} GFLOP/s) is below 0.75 x {t} x one thread's ({one:.0f}): "
+                       "other work shared the cores, so '% of peak' is unreliable; measure on a quiet machine or "
+                       "pass --peak-gflops")
+    return out
+
+
 def parse_peaks(text):
     """'1=180,2=350' -> {1: 180.0, 2: 350.0} (GFLOP/s per thread count, given instead of measured)."""
     out = {}

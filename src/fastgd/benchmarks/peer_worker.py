@@ -253,7 +253,7 @@ def versions(peer):
     import jax
     import jaxlib
 
-    return f"jax {jax.__version__} (jaxlib {jaxlib.__version__})"
+    return f"jax {jax.__version__}/jaxlib {jaxlib.__version__}"
 
 
 def main():

@@ -72,6 +72,12 @@ def fmt_time(result):
     return f"{_fmt_ms(result.ms_per_epoch)} ms"
 
 
+def _rounds(counts):
+    """'5 timed rounds', '1 timed round', '3/5 timed rounds'."""
+    counts = list(counts) or [0]
+    return "/".join(map(str, counts)) + " timed round" + ("" if counts == [1] else "s")
+
+
 def _dagger(backend):
     return "†" if backend in PEERS else ""
 
@@ -114,8 +120,8 @@ def footnote(results, peaks=None):
             "per 10,000-image forward pass (infer)" if "infer" in kinds else "",
             "per single-image predict call (latency)" if "latency" in kinds else ""]
     rounds = sorted({len(r.seconds) for r in results})
-    parts.append("time: " + ", ".join(t for t in time if t) + "; median of "
-                 + "/".join(str(n) for n in rounds) + " timed rounds after an untimed warm-up.")
+    parts.append("time: " + ", ".join(t for t in time if t) + "; median of " + _rounds(rounds)
+                 + " after an untimed warm-up.")
     parts.append("ran: the mode and threads the kernel reported for its last epoch.")
     parts.append("GFLOP/s: dense FLOP per second (training: forward + weight gradients + back-propagated "
                  "deltas; infer: forward), zeros a kernel skips still counted.")
@@ -185,8 +191,8 @@ def markdown_table(results, machine=None, command=None, peaks=None, peak_note=No
         intro += " (" + ", ".join(peer_notes) + ")"
     text = [intro + "."]
     what = ("Milliseconds per full 60,000-image training epoch (infer: per 10,000-image forward pass; latency: "
-            "microseconds per single-image `predict_proba` call), median of " + "/".join(map(str, rounds))
-            + " rounds after an untimed warm-up. fastgd's backends alternate round by round in one process; "
+            "microseconds per single-image `predict_proba` call), median of " + _rounds(rounds)
+            + " after an untimed warm-up. fastgd's backends alternate round by round in one process; "
             "in brackets the mode and threads the kernel reported.")
     if any(r.separate_process for r in results):
         what += (" † PyTorch and JAX ran afterwards, each in a process of its own pinned to the same number of "
