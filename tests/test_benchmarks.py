@@ -475,6 +475,8 @@ def test_peers_run_in_a_worker_or_say_they_are_missing(monkeypatch, small_worklo
     results, messages = B.measure_peers(configs)
     assert results == [] and len(messages) == len(B.PEERS)
     assert all("--peer-python" in m and B.PEER_PYTHON_ENV in m for m in messages)
+    nondet = [B.Config("train", "numpy", "lesson", "float32", 1, 10, deterministic=False)]
+    assert B.measure_peers(nondet) == ([], ["peers skipped: they have no nondeterministic mode to compare with"])
 
 
 def test_peer_python_is_configurable(monkeypatch, tmp_path):

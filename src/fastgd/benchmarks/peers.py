@@ -65,8 +65,14 @@ def peer_available(name, python=None):
     return peer_python(name, python) is not None
 
 
+def _runnable(python):
+    import shutil
+
+    return python == sys.executable or shutil.which(python) is not None
+
+
 def _missing_message(peer, python):
-    tried = " or ".join(_candidates(python))
+    tried = " or ".join(p if _runnable(p) else f"{p} (no such interpreter)" for p in _candidates(python))
     return (f"{peer} is not installed for {tried}; skipped ({_INSTALL[peer]}, or point --peer-python / "
             f"{PEER_PYTHON_ENV} at a Python that has it)")
 
@@ -92,6 +98,8 @@ def measure_peers(configs, peers=PEERS, repeats=5, budget_seconds=None, warmup=1
         if c.deterministic:  # peers have no nondeterministic mode; they are timed on deterministic cases
             cases.setdefault(c.case, c)
     if not cases:
+        if configs:
+            messages.append("peers skipped: they have no nondeterministic mode to compare with")
         return results, messages
     data_dir = None
     try:
