@@ -117,12 +117,12 @@ def is_quick(config):
     """The smoke-test subset: the lesson network at batch 10 and 128 (1 and all threads), the large
     network at batch 128 on one core (multithreaded BLAS on a shared machine can be 10x slower
     and this subset must stay under a minute), inference with both on every core, and single-image
-    predict latency on 784-128-10."""
+    predict latency on 784-128-10 (one thread)."""
     all_threads = max(thread_counts())
     if config.dtype != "float32" or not config.deterministic or config.data != "mnist":
         return False
     if config.kind == "latency":
-        return config.network == "wide"
+        return config.network == "wide" and config.threads == 1
     if config.kind == "infer":
         return config.network in ("lesson", "large") and config.threads == all_threads
     if config.network == "lesson":
