@@ -1,4 +1,6 @@
-"""Build the Cython kernels in kernels/*.pyx as fastgd._kernels.<name>.
+"""Build the Cython kernels in kernels/*.pyx as fastgd._kernels.<name> (the training kernels, the
+OpenMP build facts, and peak_fma: the FP32 FMA peak probe behind `fastgd bench --peak`, which picks
+AVX-512/AVX2 at run time through per-function target attributes, so it needs no -march flag).
 
 Environment switches:
   FASTGD_NATIVE=0       do not add -march=native (for wheels meant for other machines)

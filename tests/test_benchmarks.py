@@ -10,9 +10,11 @@ from fastgd import cli_bench
 from fastgd.backends import available_backends
 
 
-def result(backend, seconds, n=60_000, kind="train", network="lesson", batch_size=10, threads=1, dtype="float32"):
+def result(backend, seconds, n=60_000, kind="train", network="lesson", batch_size=10, threads=1, dtype="float32",
+           threads_used=0, mode=""):
     config = B.Config(kind, backend, network, dtype, threads, batch_size if kind == "train" else 0)
-    return B.Result(config, n, list(seconds), subsampled=kind == "train" and n < B.MNIST_TRAIN)
+    return B.Result(config, n, list(seconds), subsampled=kind == "train" and n < B.MNIST_TRAIN,
+                    threads_used=threads_used, mode=mode, separate_process=backend in B.PEERS)
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +26,41 @@ def small_workload(mnist):
 # ---- the matrix ---------------------------------------------------------------------------------
 def test_matrix_enumerates_the_issue_spec():
     threads = B.thread_counts()
-    assert threads[0] == 1 and len(threads) == len(set(threads))
+    assert threads[0] == 1 and len(threads) == len(set(threads)) and B.issue_threads() in threads
     train = B.all_configs(["numpy"], kinds=("train",))
     infer = B.all_configs(["numpy"], kinds=("infer",))
-    sizes = {c.net.sizes for c in train}
-    assert sizes == {(784, 16, 16, 10), (784, 128, 10), (784, 512, 512, 10)}
-    assert {c.batch_size for c in train} == {1, 10, 32, 128}
+    latency = B.all_configs(["numpy"], kinds=("latency",))
+    matrix = [c for c in train if c.net.matrix and c.data == "mnist"]
+    assert {c.net.sizes for c in matrix} == {(784, 16, 16, 10), (784, 128, 10), (784, 512, 512, 10)}
+    assert {c.batch_size for c in matrix} == {1, 10, 32, 128}
     assert {c.threads for c in train} == set(threads)
-    assert {(c.network, c.dtype) for c in train} == {
-        ("lesson", "float32"), ("lesson", "float64"), ("wide", "float32"), ("large", "float32")}
+    assert {(c.network, c.dtype) for c in matrix} == {
+        ("lesson", "float32"), ("lesson", "float32"), ("lesson", "float64"), ("wide", "float32"), ("large", "float32")}
     # (lesson x 2 dtypes + wide + large) x 4 batch sizes x thread counts, and no duplicates
-    assert len(train) == len(set(train)) == 4 * 4 * len(threads)
+    assert len(matrix) == len(set(matrix)) == 4 * 4 * len(threads)
+    extra = [c for c in train if c not in matrix]  # the issue cases outside the matrix, at every thread count
+    assert {(c.net.sizes, c.batch_size, c.data) for c in extra} == {
+        ((784, 256, 10), 64, "mnist"), ((784, 512, 512, 10), 128, "gauss")}
+    assert len(extra) == 2 * len(threads) and len(set(train)) == len(train)
     assert len(infer) == len(set(infer)) == 4 * len(threads)
-    assert all(c.batch_size == 0 for c in infer)
+    assert all(c.batch_size == 0 for c in infer + latency)
+    assert {(c.network, c.dtype) for c in latency} == {("wide", "float32")}
+
+
+def test_issue_preset_is_the_issue_table_in_order():
+    got = B.select_configs("issue", backends=["numpy"])
+    t = B.issue_threads()
+    assert [(c.net.name, c.batch_size, c.data) for c in got] == [
+        ("784-16-16-10", 10, "mnist"), ("784-128-10", 32, "mnist"), ("784-128-10", 128, "mnist"),
+        ("784-256-10", 64, "mnist"), ("784-512-512-10", 32, "mnist"), ("784-512-512-10", 128, "mnist"),
+        ("784-512-512-10", 128, "gauss")]
+    assert all(c.kind == "train" and c.dtype == "float32" and c.threads == t and c.deterministic for c in got)
+    assert got[0].net.activation == "sigmoid" and got[0].net.loss == "mse"
+    assert "dense Gaussian input" in got[-1].label and got[-1].id.endswith("-gauss-numpy")
+    readme = B.select_configs("readme", backends=["numpy"])
+    assert readme[:7] == got  # the README table: the issue table, then inference and latency
+    assert [(c.kind, c.network, c.threads) for c in readme[7:]] == [
+        ("infer", "lesson", t), ("infer", "wide", t), ("infer", "large", t), ("latency", "wide", 1)]
 
 
 def test_backends_of_a_case_are_adjacent_with_numpy_first():
@@ -54,10 +78,10 @@ def test_quick_and_readme_are_subsets_with_numpy_in_every_case():
     backends = available_backends()
     full = B.select_configs("full", backends=backends)
     assert full == B.all_configs(backends)
-    for preset in ("quick", "readme"):
+    for preset in ("quick", "issue", "readme"):
         sub = B.select_configs(preset, backends=backends)
         assert sub and set(sub) < set(full)
-        assert {c.kind for c in sub} == {"train", "infer"}
+        assert {c.kind for c in sub} == ({"train"} if preset == "issue" else {"train", "infer", "latency"})
         assert {c.backend for c in sub} == set(backends)
         for case in {c.case for c in sub}:
             assert any(c.case == case and c.backend == "numpy" for c in sub)
@@ -68,7 +92,7 @@ def test_quick_and_readme_are_subsets_with_numpy_in_every_case():
 def test_select_configs_filters_and_rejects_bad_names():
     got = B.select_configs("full", backends=["numpy"], networks=["large"], batch_sizes=[128], threads=[1],
                            kinds=["train"])
-    assert [c.id for c in got] == ["train-large-float32-bs128-t1-numpy"]
+    assert [c.id for c in got] == ["train-large-float32-bs128-t1-numpy", "train-large-float32-bs128-t1-gauss-numpy"]
     nondet = B.select_configs("quick", backends=["numpy"], deterministic=False)
     assert nondet and not any(c.deterministic for c in nondet)
     with pytest.raises(ValueError, match="unknown network 'huge'"):
@@ -79,22 +103,112 @@ def test_select_configs_filters_and_rejects_bad_names():
         B.select_configs("full", kinds=["predict"])
 
 
-def test_epoch_samples_whole_minibatches_or_a_full_epoch():
+def test_epoch_samples_full_epochs_by_default():
     for c in B.all_configs(["numpy"], kinds=("train",)):
-        n = B.epoch_samples(c)
+        assert B.epoch_samples(c) == B.MNIST_TRAIN  # never a subsample unless asked for
+    assert B.epoch_samples(B.Config("infer", "numpy", "lesson", "float32", 1)) == B.MNIST_TEST
+    assert B.epoch_samples(B.Config("latency", "numpy", "wide", "float32", 1)) == B.LATENCY_CALLS
+    import inspect
+
+    for fn in (B.epoch_samples, B.measure, B.Runner.__init__, B.measure_peers):
+        params = inspect.signature(fn).parameters
+        assert params["budget_seconds"].default is None and params["max_samples"].default is None
+
+
+def test_epoch_samples_subsample_only_when_asked():
+    for c in B.all_configs(["numpy"], kinds=("train",)):
+        n = B.epoch_samples(c, budget_seconds=0.3)
         assert n == B.MNIST_TRAIN or (n % c.batch_size == 0 and n // c.batch_size >= 20)
-        assert n == B.epoch_samples(c.with_backend("cython"))  # same work for every backend of a case
-        assert B.epoch_samples(c, max_samples=100) <= max(100, 20 * c.batch_size)
+        assert n == B.epoch_samples(c.with_backend("cython"), budget_seconds=0.3)  # same work for every backend
+        assert B.epoch_samples(c, max_samples=100) == 100
     cheap = B.Config("train", "numpy", "lesson", "float32", 1, 128)
     costly = B.Config("train", "numpy", "large", "float32", 1, 1)
-    assert B.epoch_samples(cheap) == B.MNIST_TRAIN
-    assert B.epoch_samples(costly) < B.epoch_samples(costly, budget_seconds=3.0) < B.MNIST_TRAIN
-    assert B.epoch_samples(B.Config("infer", "numpy", "lesson", "float32", 1)) == B.MNIST_TEST
+    assert B.epoch_samples(cheap, budget_seconds=0.3) == B.MNIST_TRAIN
+    assert B.epoch_samples(costly, budget_seconds=0.3) < B.epoch_samples(costly, budget_seconds=3.0) < B.MNIST_TRAIN
+
+
+# ---- FLOP and peak -------------------------------------------------------------------------------
+def test_flop_counts_follow_the_performance_notes():
+    # the lesson network: forward 2*(784*16 + 16*16 + 16*10) = 25,920; gradients the same; deltas 2*(256 + 160)
+    assert B.forward_flops_per_sample([784, 16, 16, 10]) == 25_920
+    assert B.train_flops_per_sample([784, 16, 16, 10]) == 2 * 25_920 + 832 == 52_672
+    # the large network: 192.6 GFLOP per 60,000-sample epoch
+    assert B.train_flops_per_sample((784, 512, 512, 10)) * 60_000 / 1e9 == pytest.approx(192.55, abs=0.01)
+    assert B.train_flops_per_sample([784, 10]) == 4 * 7840  # one layer: no deltas propagated back
+    with pytest.raises(ValueError):
+        B.train_flops_per_sample([784])
+
+
+def test_gflops_and_percent_of_peak():
+    r = result("cython", [0.5], network="large", batch_size=128, threads=2)
+    assert r.gflops == pytest.approx(192.55296 / 0.5)
+    assert r.percent_of_peak({2: 770.0}) == pytest.approx(100 * 385.10592 / 770)
+    assert r.percent_of_peak({1: 180.0}) is None and r.percent_of_peak(None) is None
+    inf = result("cython", [0.01], n=10_000, kind="infer", network="lesson")
+    assert inf.gflops == pytest.approx(25_920 * 1e6 / 1e9)
+    lat = result("cython", [0.05], n=1000, kind="latency", network="wide")
+    assert lat.gflops is None and lat.percent_of_peak({1: 100.0}) is None
+    assert lat.ms_per_epoch == pytest.approx(0.05)  # 50 microseconds per call
+    assert B.fmt_time(lat) == "50.0 µs" and B.fmt_time(r) == "500 ms"
+
+
+def test_peak_warnings_flag_a_shared_machine():
+    assert B.peak_warnings({1: 180.0, 2: 350.0}) == []
+    assert B.peak_warnings({2: 10.0}) == []  # nothing to compare with
+    (w,) = B.peak_warnings({1: 180.0, 2: 200.0})
+    assert "2 threads" in w and "unreliable" in w
+
+
+def test_parse_peaks():
+    assert B.parse_peaks("1=180, 2=350.5") == {1: 180.0, 2: 350.5}
+    for bad in ("", "2", "two=3", "0=100", "1=-5", "1=nan"):
+        with pytest.raises(ValueError):
+            B.parse_peaks(bad)
+
+
+def test_peak_probe_is_positive_finite_and_respects_threads():
+    from fastgd import _checks
+    from fastgd._kernels import openmp_info, peak_fma  # built with the Cython kernels
+
+    assert B.probe_available()
+    assert peak_fma.best_isa() in ("avx512", "avx2", "generic")
+    assert peak_fma.flops_per_iter() == 2 * peak_fma.CHAINS * (16 if peak_fma.best_isa() == "avx512" else 8)
+    one = B.measure_peak(1, seconds=0.02, run_ms=1.0)
+    assert np.isfinite(one.gflops) and one.gflops > 0 and one.threads == one.threads_used == 1
+    assert "1 thread" in one.describe()
+    cores = _checks.available_cores()
+    two = B.measure_peak(2, seconds=0.02, run_ms=1.0)
+    assert np.isfinite(two.gflops) and two.gflops > 0 and two.threads == 2
+    assert two.threads_used == (2 if openmp_info.openmp_enabled() else 1)
+    used, checksum = peak_fma.run(1000, 3)
+    assert used == (3 if openmp_info.openmp_enabled() else 1) and np.isfinite(checksum)
+    assert cores >= 1
+    generic = B.measure_peak(1, seconds=0.02, run_ms=1.0, isa="generic")
+    assert generic.isa == "generic" and generic.gflops > 0
+
+
+def test_peak_probe_rejects_bad_arguments():
+    from fastgd._kernels import peak_fma
+
+    with pytest.raises(ValueError, match="iters"):
+        peak_fma.run(0, 1)
+    with pytest.raises(ValueError, match="threads"):
+        peak_fma.run(10, 0)
+    with pytest.raises(ValueError, match="unknown isa"):
+        peak_fma.run(10, 1, "sse9")
+    with pytest.raises(ValueError, match="threads"):
+        B.measure_peak(0)
+    with pytest.raises(TypeError):
+        B.measure_peak(1.5)
+    with pytest.raises(ValueError, match="seconds"):
+        B.measure_peak(1, seconds=0)
 
 
 # ---- ratios and output formats from given timings ------------------------------------------------
 def test_ratios_and_table_from_given_timings():
-    results = [result("numpy", [1.2, 1.0, 0.9]), result("cython", [0.1, 0.3, 0.1]), result("numba", [0.2, 0.2, 0.25])]
+    results = [result("numpy", [1.2, 1.0, 0.9], threads_used=1, mode="numpy"),
+               result("cython", [0.1, 0.3, 0.1], threads_used=1, mode="serial"),
+               result("numba", [0.2, 0.2, 0.25], threads_used=1, mode="serial")]
     np_r, cy_r, nb_r = results
     assert np_r.median == 1.0 and np_r.samples_per_second == 60_000 and np_r.ms_per_epoch == pytest.approx(1000)
     assert cy_r.median == 0.1 and cy_r.ms_per_epoch == pytest.approx(100)
@@ -107,14 +221,28 @@ def test_ratios_and_table_from_given_timings():
     assert B.speedup(results[:2], nb_r.config) is None
 
     header, body = B.table_rows(results)
-    assert header == ["config", "backend", "samples", "samples/s", "ms/epoch", "x numpy", "x cython", "x numba"]
-    assert body[0][:5] == ["train 784-16-16-10 float32 batch 10, 1 thread", "numpy", "60000", "60.0k", "1,000"]
-    assert body[0][5:] == ["", "0.10", "0.20"]
-    assert body[1] == ["", "cython", "60000", "600.0k", "100", "10.00", "", "2.00"]
-    assert body[2][5:] == ["5.00", "0.50", ""]
-    text = B.format_table(results)
-    assert text.splitlines()[0].split() == ["config", "backend", "samples", "samples/s", "ms/epoch", "x", "numpy",
-                                            "x", "cython", "x", "numba"]
+    assert header == ["config", "backend", "ran", "samples", "time", "GFLOP/s", "x numpy", "x cython", "x numba"]
+    assert body[0][:6] == ["train 784-16-16-10 float32 batch 10, 1 thread", "numpy", "numpy, 1 thread", "60000",
+                           "1,000 ms", f"{52_672 * 60_000 / 1e9:.1f}"]
+    assert body[0][6:] == ["", "0.10", "0.20"]
+    assert body[1] == ["", "cython", "serial, 1 thread", "60000", "100 ms", "31.6", "10.00", "", "2.00"]
+    assert body[2][6:] == ["5.00", "0.50", ""]
+    header, body = B.table_rows(results, peaks={1: 100.0})  # the % of peak column on every row
+    assert header[6] == "% peak" and [b[6] for b in body] == ["3%", "32%", "16%"]
+    text = B.format_table(results, peaks={1: 100.0})
+    assert text.splitlines()[0].split()[:8] == ["config", "backend", "ran", "samples", "time", "GFLOP/s", "%", "peak"]
+    assert "1 thread: 100 GFLOP/s" in text and "in one process" in text and "NOT a full epoch" not in text
+    assert "†" not in text  # no peers here
+
+
+def test_rows_say_when_fewer_threads_ran_than_labelled():
+    r = result("cython", [0.03], threads=2, threads_used=1, mode="serial")
+    assert r.ran == "serial, 1 thread (of 2)"
+    assert B.table_rows([r])[1][0][2] == "serial, 1 thread (of 2)"
+    md = B.markdown_table([result("numpy", [0.6], threads=2, threads_used=2, mode="numpy"), r], MACHINE)
+    assert "| 600 ms (2 thr) | 30.0 ms (serial, 1 thr of 2) |" in md
+    assert result("cython", [0.03], threads=2, threads_used=2, mode="sync").ran == "sync, 2 threads"
+    assert result("torch", [0.03]).ran == ""  # peers report nothing
 
 
 def test_subsampled_rows_are_marked_and_extrapolated():
@@ -122,7 +250,8 @@ def test_subsampled_rows_are_marked_and_extrapolated():
     assert r.subsampled and r.samples_per_second == 6000
     assert r.ms_per_epoch == pytest.approx(10_000)  # 60,000 samples at 6,000/s
     _, body = B.table_rows([r])
-    assert body[0][2] == "3000*" and body[0][4].endswith("*")
+    assert body[0][3] == "3000*" and body[0][4].endswith("*")
+    assert "NOT a full epoch" in B.format_table([r]) and "NOT a full epoch" in B.markdown_table([r], MACHINE)
     inf = result("numpy", [0.02], n=10_000, kind="infer")
     assert not inf.subsampled and inf.ms_per_epoch == pytest.approx(20)
 
@@ -133,17 +262,26 @@ def test_backend_order_is_fixed():
 
 
 def test_small_ratios_keep_two_decimals():
-    md = B.markdown_table([result("numpy", [1.0]), result("torch", [40.0])], command=None)
-    assert "(0.03×)" in md
+    md = B.markdown_table([result("numpy", [1.0]), result("cython", [40.0])], MACHINE)
+    assert "| cython | 0.03× |" in md
+    md = B.markdown_table([result("numpy", [1.0]), result("torch", [40.0])], MACHINE)
+    assert "| numpy | — | 3.2 |" in md  # numpy is the only fastgd backend: no speed-up over itself
 
 
-def test_peer_rows_get_ratios_but_are_not_yardsticks():
-    results = [result("numpy", [1.0]), result("torch", [4.0])]
+def test_peer_rows_are_marked_as_separate_runs():
+    results = [result("numpy", [1.0]), result("cython", [0.5]), result("jax", [4.0])]
     rows = B.compare(results)
-    assert rows[0]["ratios"] == {}
-    assert rows[1]["ratios"] == pytest.approx({"numpy": 0.25})
-    header, _ = B.table_rows(results)
-    assert header[-1] == "x numpy"
+    assert rows[0]["ratios"] == pytest.approx({"cython": 0.5, "jax": 4.0})
+    assert rows[2]["ratios"] == pytest.approx({"numpy": 0.25, "cython": 0.125})
+    header, body = B.table_rows(results)
+    assert header[-3:] == ["x numpy", "x cython", "x jax†"]
+    assert body[2][1:3] == ["jax†", "own process"]
+    text = B.format_table(results)
+    assert "† PyTorch/JAX ran afterwards in a process of their own" in text and "not the same run" in text
+    md = B.markdown_table(results, MACHINE)
+    assert "| config | numpy | cython | jax† | fastest fastgd | × NumPy | × JAX† | GFLOP/s |" in md
+    assert "| 1,000 ms | 500 ms | 4,000 ms | cython | 2.0× | 8.0× |" in md
+    assert "ratios to them compare separate runs" in md
 
 
 def test_merge_places_peers_after_their_case():
@@ -154,22 +292,32 @@ def test_merge_places_peers_after_their_case():
         ("numpy", 10), ("cython", 10), ("torch", 10), ("numpy", 128), ("torch", 128)]
 
 
+MACHINE = {"cpu": "Test CPU", "cores": 2, "date": "2026-01-01 00:00 UTC", "python": "3.11", "numpy": "2",
+           "fastgd": "0.1.0", "platform": "x", "load_average": 0.05}
+
+
 def test_json_and_markdown():
-    results = [result("numpy", [1.0]), result("cython", [0.1]), result("numpy", [0.04], n=10_000, kind="infer")]
-    machine = {"cpu": "Test CPU", "cores": 2, "date": "2026-01-01 00:00 UTC", "python": "3.11", "numpy": "2",
-               "fastgd": "0.1.0", "platform": "x", "load_average": 0.05}
-    data = json.loads(json.dumps(B.to_json(results, machine, {"repeats": 1})))
+    results = [result("numpy", [1.0]), result("cython", [0.1], threads_used=1, mode="serial"),
+               result("numpy", [0.04], n=10_000, kind="infer"), result("numpy", [0.03], n=1000, kind="latency",
+                                                                       network="wide")]
+    data = json.loads(json.dumps(B.to_json(results, MACHINE, {"repeats": 1}, peaks={1: 100.0})))
     assert data["machine"]["cpu"] == "Test CPU" and data["settings"] == {"repeats": 1}
+    assert data["peaks_gflops"] == {"1": 100.0}
     rec = data["results"][1]
     assert rec["backend"] == "cython" and rec["samples_per_second"] == pytest.approx(600_000)
     assert rec["ratios"] == pytest.approx({"numpy": 10.0}) and rec["ms_per_epoch"] == pytest.approx(100)
-    md = B.markdown_table(results, machine, command="fastgd bench --preset readme")
+    assert rec["threads_used"] == 1 and rec["mode"] == "serial" and not rec["separate_process"]
+    assert rec["gflops"] == pytest.approx(31.6032) and rec["percent_of_peak"] == pytest.approx(31.6032)
+    assert data["results"][3]["gflops"] is None and data["results"][3]["percent_of_peak"] is None
+    md = B.markdown_table(results, MACHINE, command="fastgd bench --preset readme", peaks={1: 100.0})
     assert "Test CPU (2 cores, load average 0.05 at the start)" in md and "2026-01-01" in md
-    assert "`fastgd bench --preset readme`" in md
+    assert "`fastgd bench --preset readme`" in md and "full 60,000-image training epoch" in md
+    assert "100 GFLOP/s on 1" in md
     lines = md.splitlines()
-    assert "| config | numpy | cython |" in lines
-    assert "| train 784-16-16-10 float32 batch 10, 1 thread | 1,000 ms | 100 ms (10×) |" in lines
-    assert "| infer 784-16-16-10 float32 forward, 1 thread | 40.0 ms | — |" in lines
+    assert "| config | numpy | cython | fastest fastgd | × NumPy | GFLOP/s (% of peak) |" in lines
+    assert "| train 784-16-16-10 float32 batch 10, 1 thread | 1,000 ms | 100 ms (serial, 1 thr) | cython | 10× | 31.6 (32%) |" in lines
+    assert "| infer 784-16-16-10 float32 forward 10k, 1 thread | 40.0 ms | — | numpy | — | 6.5 (6%) |" in lines
+    assert "| latency 784-128-10 float32 predict 1 image, 1 thread | 30.0 µs | — | numpy | — | — |" in lines
 
 
 def test_machine_info_has_cpu_cores_and_date():
@@ -217,6 +365,22 @@ def test_runner_times_the_same_work_every_round(small_workload):
     second = runner.call()
     assert first == second  # reset restores the initial weights: identical epochs
     assert runner.run() > 0 and len(runner.result.seconds) == 1
+    assert runner.result.threads_used == first.threads_used >= 1 and runner.result.mode == first.mode == "numpy"
+    full = B.Runner(config, small_workload)  # the default: the whole training set
+    assert full.result.n_samples == small_workload.n_train and len(full.plan.order) == small_workload.n_train
+
+
+def test_runner_gaussian_input_and_latency(small_workload):
+    gauss = B.Runner(B.Config("train", "numpy", "large", "float32", 1, 128, data="gauss"), small_workload)
+    X = gauss.plan.X
+    assert X.dtype == np.float32 and X.shape == small_workload.X_train.shape and gauss.plan.x_scale == 1.0
+    assert np.array_equal(X, B.gaussian_inputs(X.shape))  # the input the peers' worker builds too
+    assert abs(float(X.mean())) < 0.01 and 0.98 < float(X.std()) < 1.02
+    latency = B.Runner(B.Config("latency", "numpy", "wide", "float32", 1), small_workload)
+    out = latency.call()
+    assert latency.result.n_samples == B.LATENCY_CALLS and out.shape == (1, 10)
+    net = latency.net
+    assert np.allclose(out, net.predict_proba(small_workload.X_test[(B.LATENCY_CALLS - 1) % 200][None]))
 
 
 def test_measure_on_a_small_subsample(small_workload):
@@ -240,45 +404,117 @@ def _cli(argv):
 def test_cli_json_table_and_readme(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{B.README_START}\n{B.README_END}\nbottom\n")
-    rc = _cli(["--preset", "full", "--backends", "numpy", "--networks", "lesson", "--batch-sizes", "10",
-               "--threads", "1", "--dtypes", "float32", "--repeats", "1", "--max-samples", "100", "--json",
-               "--update-readme", str(readme)])
+    rc = _cli(["--preset", "full", "--backends", "numpy", "--networks", "lesson", "--batch-sizes", "128",
+               "--threads", "1", "--dtypes", "float32", "--kinds", "train,infer", "--repeats", "1", "--json",
+               "--peak-gflops", "1=100", "--update-readme", str(readme)])
     assert rc == 0
     out, err = capsys.readouterr()
     data = json.loads(out.strip().splitlines()[-1])
     assert [(r["kind"], r["backend"], r["n_samples"]) for r in data["results"]] == [
-        ("train", "numpy", 100), ("infer", "numpy", 10_000)]
-    assert "samples/s" in err and "x numpy" not in err.splitlines()[0]
+        ("train", "numpy", 60_000), ("infer", "numpy", 10_000)]
+    assert data["settings"]["full_epochs"] and data["peaks_gflops"] == {"1": 100.0}
+    assert data["results"][0]["percent_of_peak"] > 0 and data["results"][0]["mode"] == "numpy"
+    assert "full 60,000-image epochs" in err and "% peak" in err
     text = readme.read_text()
     assert text.startswith("top\n" + B.README_START + "\nMeasured ") and text.endswith(B.README_END + "\nbottom\n")
-    assert "| train 784-16-16-10 float32 batch 10, 1 thread |" in text
-    assert "--preset full --backends numpy --networks lesson" in text
+    assert "| train 784-16-16-10 float32 batch 128, 1 thread |" in text and "*" not in text.split("|", 1)[1]
+    assert "--preset full --backends numpy --networks lesson" in text and "--peak-gflops 1=100" in text
+
+
+def test_cli_subsample_is_explicit_and_never_published(tmp_path, capsys):
+    rc = _cli(["--preset", "quick", "--backends", "numpy", "--networks", "lesson", "--batch-sizes", "10",
+               "--threads", "1", "--kinds", "train", "--repeats", "1", "--max-samples", "100"])
+    assert rc == 0
+    out, _ = capsys.readouterr()
+    assert "NOT full epochs" in out and "100*" in out and "NOT a full epoch" in out
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{B.README_START}\n{B.README_END}\n")
+    for flag in (["--max-samples", "100"], ["--budget-seconds", "0.1"]):
+        with pytest.raises(ValueError, match="full epochs only"):
+            _cli(["--backends", "numpy", "--update-readme", str(readme)] + flag)
+
+
+def test_cli_peak_only(capsys):
+    assert _cli(["--peak-only", "--json"]) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out.strip().splitlines()[-1])
+    assert set(data["peaks_gflops"]) == {str(t) for t in B.thread_counts()}
+    assert all(np.isfinite(g) and g > 0 for g in data["peaks_gflops"].values())
+    assert "FP32 FMA peak" in err
 
 
 def test_cli_rejects_bad_choices():
     with pytest.raises(ValueError, match="unknown backend"):
         _cli(["--backends", "fortran"])
     with pytest.raises(ValueError, match="no configuration"):
-        _cli(["--preset", "quick", "--networks", "wide"])  # quick holds no 784-128-10 case
+        _cli(["--preset", "quick", "--networks", "mid"])  # quick holds no 784-256-10 case
     with pytest.raises(ValueError, match="repeats"):
         _cli(["--repeats", "0"])
+    with pytest.raises(ValueError, match="budget"):
+        _cli(["--budget-seconds", "0"])
+    with pytest.raises(ValueError, match="THREADS=GFLOPS"):
+        _cli(["--backends", "numpy", "--peak-gflops", "lots"])
     with pytest.raises(SystemExit):
         _cli(["--threads", "two"])
 
 
-def test_peers_run_in_a_worker_or_say_they_are_missing(monkeypatch):
-    configs = [B.Config("train", "numpy", "lesson", "float32", 1, 10), B.Config("infer", "numpy", "lesson", "float32", 1)]
-    results, messages = B.measure_peers(configs, repeats=1, warmup=0, max_samples=50)
+def test_peers_run_in_a_worker_or_say_they_are_missing(monkeypatch, small_workload):
+    configs = [B.Config("train", "numpy", "lesson", "float32", 1, 10), B.Config("infer", "numpy", "lesson", "float32", 1),
+               B.Config("latency", "numpy", "wide", "float32", 1)]
+    results, messages = B.measure_peers(configs, repeats=1, warmup=0, max_samples=50, workload=small_workload)
     for peer in B.PEERS:
         mine = [r for r in results if r.config.backend == peer]
         if B.peer_available(peer):
-            assert [(r.config.kind, r.n_samples) for r in mine] == [("train", 50), ("infer", 10_000)]
-            assert all(len(r.seconds) == 1 and r.seconds[0] > 0 for r in mine)
+            assert [(r.config.kind, r.n_samples) for r in mine] == [("train", 50), ("infer", 200),
+                                                                    ("latency", B.LATENCY_CALLS)]
+            assert all(len(r.seconds) == 1 and r.seconds[0] > 0 and r.separate_process for r in mine)
+            assert any(m.startswith(f"{peer}: ") and "own process" in m for m in messages)
         else:
             assert not mine and any(m.startswith(f"{peer} is not installed") for m in messages)
-    monkeypatch.setattr(B.peers, "peer_available", lambda name: False)  # where measure_peers looks it up
+    monkeypatch.setattr(B.peers, "peer_python", lambda name, python=None: None)  # where measure_peers looks it up
     results, messages = B.measure_peers(configs)
     assert results == [] and len(messages) == len(B.PEERS)
+    assert all("--peer-python" in m and B.PEER_PYTHON_ENV in m for m in messages)
+    nondet = [B.Config("train", "numpy", "lesson", "float32", 1, 10, deterministic=False)]
+    assert B.measure_peers(nondet) == ([], ["peers skipped: they have no nondeterministic mode to compare with"])
+
+
+def test_peer_python_is_configurable(monkeypatch, tmp_path):
+    import sys
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # a "Python" with no peer installed
+    fake.chmod(0o755)
+    for peer in B.PEERS:  # falls back to this interpreter when the given one lacks the peer
+        assert B.peer_python(peer, str(fake)) in (None, sys.executable)
+    monkeypatch.setenv(B.PEER_PYTHON_ENV, str(fake))
+    assert B.peers.default_peer_python() == str(fake)
+    assert B.peers._candidates(None) == [str(fake), sys.executable]
+    assert B.peers._candidates("/x/python") == ["/x/python", sys.executable]
+    if B.peer_python("jax", str(fake)) is None:  # no jax here either: the message names what was tried
+        _, messages = B.measure_peers([B.Config("infer", "numpy", "lesson", "float32", 1)], peers=("jax",),
+                                      python=str(fake))
+        assert str(fake) in messages[0] and sys.executable in messages[0]
+
+
+def test_peer_worker_needs_no_fastgd():
+    """The worker runs under interpreters without fastgd: it imports only the stdlib, NumPy and the peer."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(B.peers.WORKER).read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports in the worker"
+            modules.add(node.module.split(".")[0])
+    assert "fastgd" not in modules and modules <= {"json", "os", "sys", "time", "gc", "numpy", "torch", "jax",
+                                                    "jaxlib"}
+    # the JAX epoch: one jitted lax.scan over index rows
+    text = Path(B.peers.WORKER).read_text()
+    assert "@jax.jit" in text and "lax.scan" in text and "intra_op_parallelism_threads" not in text
 
 
 def test_recipe_accuracy_reuses_machine_info_and_readme_updating(tmp_path, monkeypatch):
@@ -302,3 +538,11 @@ def test_recipe_accuracy_reuses_machine_info_and_readme_updating(tmp_path, monke
     readme.write_text(f"a\n{B.README_START}\nbench\n{B.README_END}\nb\n{ra.START}\nold\n{ra.END}\nc\n")
     B.update_readme(readme, text, ra.START, ra.END)
     assert readme.read_text() == f"a\n{B.README_START}\nbench\n{B.README_END}\nb\n{ra.START}\n{text}\n{ra.END}\nc\n"
+
+
+def test_cli_help_renders(capsys):
+    """argparse %-formats help texts: a stray % (as in '% peak') would crash `fastgd bench --help`."""
+    p = argparse.ArgumentParser()
+    cli_bench.add_arguments(p)
+    text = p.format_help()
+    assert "--peak-only" in text and "% peak" in text and "--peer-python" in text

@@ -3,7 +3,12 @@
     fastgd bench                              # the quick subset, every backend that loads here
     fastgd bench --preset full --networks large --batch-sizes 128
     fastgd bench --peers --plot bench.png     # add PyTorch / JAX when installed, write a chart
-    fastgd bench --preset readme --markdown --update-readme README.md
+    fastgd bench --preset issue --peers --peer-python /path/to/jax-venv/bin/python --peak
+    fastgd bench --preset readme --peers --peak --update-readme README.md
+    fastgd bench --peak-only                  # just this machine's FP32 FMA peak
+
+Training rounds are full 60,000-image epochs; --budget-seconds / --max-samples time a subsample
+instead (marked *, never written to the README).
 """
 from __future__ import annotations
 
@@ -43,12 +48,14 @@ def _threads(text):
 
 
 def add_arguments(p):
-    from .benchmarks import KINDS, NETWORKS, PRESETS
+    from .benchmarks import KINDS, NETWORKS, PEER_PYTHON_ENV, PRESETS
 
     nets = ", ".join(f"{n.key} ({n.name})" for n in NETWORKS)
     p.add_argument("--preset", default="quick", choices=tuple(PRESETS),
-                   help="which configurations: quick (the CI smoke subset, default), readme (the README table) "
-                        "or full (every network x batch size x threads x dtype); the filters below narrow it")
+                   help="which configurations: quick (a smoke subset, default), issue (the issue-11 table: 7 training "
+                        "cases, float32, 2 threads), readme (issue + 10k-image inference + single-image predict "
+                        "latency: the README table) or full (every network x batch size x threads x dtype); the "
+                        "filters below narrow it")
     p.add_argument("--backends", type=_list(), default=None,
                    help="comma-separated backends (default: every one that loads here)")
     p.add_argument("--networks", type=_list(), default=None, help=f"comma-separated networks: {nets}")
@@ -59,18 +66,29 @@ def add_arguments(p):
     p.add_argument("--nondeterministic", action="store_true",
                    help="let compiled backends use their faster nondeterministic (Hogwild-style) mode")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per config; medians are reported (default 5)")
-    p.add_argument("--budget-seconds", type=float, default=0.3,
-                   help="slow cases time a subsample: what the NumPy reference gets through in about this long "
-                        "(same samples for every backend; default 0.3)")
+    p.add_argument("--budget-seconds", type=float, default=None,
+                   help="time a subsample instead of full epochs: what the NumPy reference gets through in about "
+                        "this long (same samples for every backend; marked *, epoch time extrapolated)")
     p.add_argument("--max-samples", type=int, default=None,
-                   help="never time more than this many training samples per round (default: a full epoch)")
-    p.add_argument("--peers", action="store_true", help="also time PyTorch and JAX (each if installed)")
+                   help="time at most this many training samples per round (a subsample, marked *; default: "
+                        "full 60,000-image epochs)")
+    p.add_argument("--peers", action="store_true",
+                   help="also time PyTorch and JAX (each if installed), afterwards, each in a process of its own")
+    p.add_argument("--peer-python", default=None, metavar="PYTHON",
+                   help=f"interpreter for the peers (e.g. a venv with jax; default ${PEER_PYTHON_ENV} if set); "
+                        "each peer runs under the first of this one and the current one that has it")
+    p.add_argument("--peak", action="store_true",
+                   help="measure this machine's FP32 FMA peak (compiled probe, per thread count) first and add a "
+                        "'%% peak' column")
+    p.add_argument("--peak-gflops", default=None, metavar="T=G,...",
+                   help="give the peak instead of measuring it, GFLOP/s per thread count, e.g. 1=180,2=350")
+    p.add_argument("--peak-only", action="store_true", help="measure the peak (1 and every core) and stop")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG chart (needs matplotlib)")
     p.add_argument("--markdown", action="store_true", help="print the compact Markdown table (as in the README)")
     p.add_argument("--update-readme", default=None, metavar="PATH",
                    help="replace the text between <!-- bench-table:start --> and <!-- bench-table:end --> in PATH "
-                        "with the Markdown table")
+                        "with the Markdown table (full epochs only)")
 
 
 def _command_line(args):
@@ -83,9 +101,39 @@ def _command_line(args):
             parts.append(f"{flag} {','.join(str(v) for v in value)}")
     if args.nondeterministic:
         parts.append("--nondeterministic")
+    if args.budget_seconds is not None:
+        parts.append(f"--budget-seconds {args.budget_seconds:g}")
+    if args.max_samples is not None:
+        parts.append(f"--max-samples {args.max_samples}")
     if args.peers:
         parts.append("--peers")
+        if args.peer_python:
+            parts.append(f"--peer-python {args.peer_python}")
+    if args.peak_gflops:
+        parts.append(f"--peak-gflops {args.peak_gflops}")
+    elif args.peak:
+        parts.append("--peak")
     return " ".join(parts)
+
+
+def _peaks(args, thread_counts, log):
+    """GFLOP/s per thread count: given (--peak-gflops) or measured (--peak); {} for neither."""
+    from . import benchmarks as B
+
+    peaks = B.parse_peaks(args.peak_gflops) if args.peak_gflops else {}
+    if args.peak or args.peak_only:
+        if not B.probe_available():
+            raise RuntimeError("--peak needs the compiled probe fastgd._kernels.peak_fma, which is not built here "
+                               "(build the package with a C compiler: pip install .)")
+        for t in sorted(thread_counts):
+            if t in peaks:
+                continue
+            p = B.measure_peak(t)
+            peaks[t] = p.gflops
+            print(f"fastgd bench: FP32 FMA peak {p.describe()}", file=log, flush=True)
+        for w in B.peak_warnings(peaks):
+            print(f"fastgd bench: {w}", file=log, flush=True)
+    return peaks
 
 
 def run(args):
@@ -93,9 +141,18 @@ def run(args):
     from . import _checks
     from .backends import available_backends, backend_names
 
+    log = sys.stderr if args.json else sys.stdout
+    if args.peak_only:
+        machine = B.machine_info()
+        print(f"fastgd bench: {machine['cpu']}, {machine['cores']} cores, load average {machine['load_average']}",
+              file=log, flush=True)
+        peaks = _peaks(args, B.thread_counts(), log)
+        if args.json:
+            print(json.dumps({"machine": machine, "peaks_gflops": {str(t): g for t, g in sorted(peaks.items())}}))
+        return 0
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    if not args.budget_seconds > 0:
+    if args.budget_seconds is not None and not args.budget_seconds > 0:
         raise ValueError(f"--budget-seconds must be > 0, got {args.budget_seconds}")
     if args.max_samples is not None and args.max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
@@ -116,8 +173,11 @@ def run(args):
                                kinds=args.kinds, deterministic=not args.nondeterministic)
     if not configs:
         raise ValueError("no configuration matches those filters (the filters narrow --preset; try --preset full)")
+    subsample = args.budget_seconds is not None or args.max_samples is not None
+    if subsample and args.update_readme:
+        raise ValueError("--update-readme publishes full epochs only: drop --budget-seconds/--max-samples")
+    peaks = B.parse_peaks(args.peak_gflops) if args.peak_gflops else {}  # bad text fails before any timing
 
-    log = sys.stderr if args.json else sys.stdout
     n_cases = len({c.case for c in configs})
     machine = B.machine_info()
     print(f"fastgd bench: {n_cases} cases x backends {', '.join(B.ordered_backends({c.backend for c in configs}))}, "
@@ -126,26 +186,37 @@ def run(args):
     if machine["load_average"] is not None and machine["load_average"] > 0.5:
         print("fastgd bench: the machine is busy; multithreaded timings will be noisy and ratios unreliable",
               file=log, flush=True)
+    if subsample:
+        print("fastgd bench: NOT full epochs: --budget-seconds/--max-samples time a random subsample (rows marked *, "
+              "epoch time extrapolated)", file=log, flush=True)
+    else:
+        print("fastgd bench: training rounds are full 60,000-image epochs", file=log, flush=True)
+    peaks = _peaks(args, {c.threads for c in configs}, log) if (args.peak or peaks) else {}
 
     def progress(result):
-        print(f"  {result.config.label:<48} {result.config.backend:<7} {B.fmt_rate(result.samples_per_second):>8} samples/s",
-              file=log, flush=True)
+        ran = f"  [{result.ran}]" if result.ran else ("  [own process]" if result.separate_process else "")
+        print(f"  {result.config.label:<58} {result.config.backend:<7} {B.fmt_time(result):>10}"
+              f"{'*' if result.subsampled else ''}{ran}", file=log, flush=True)
 
-    results = B.measure(configs, repeats=args.repeats, budget_seconds=args.budget_seconds, progress=progress,
+    workload = B.Workload()
+    results = B.measure(configs, workload, repeats=args.repeats, budget_seconds=args.budget_seconds, progress=progress,
                         max_samples=args.max_samples)
     messages = []
     if args.peers:
-        peer_configs = [c for c in configs]
-        peer_results, messages = B.measure_peers(peer_configs, repeats=args.repeats, budget_seconds=args.budget_seconds,
-                                                 max_samples=args.max_samples)
+        print("fastgd bench: peers, each in a process of its own", file=log, flush=True)
+        peer_results, messages = B.measure_peers(configs, repeats=args.repeats, budget_seconds=args.budget_seconds,
+                                                 max_samples=args.max_samples, python=args.peer_python,
+                                                 workload=workload, progress=progress)
         for m in messages:
             print(f"fastgd bench: {m}", file=log, flush=True)
         results = _merge(results, peer_results)
 
     print("", file=log)
-    print(B.format_table(results), file=log, flush=True)
+    print(B.format_table(results, peaks), file=log, flush=True)
     if args.markdown or args.update_readme:
-        block = B.markdown_table(results, machine, command=_command_line(args))
+        block = B.markdown_table(results, machine, command=_command_line(args), peaks=peaks,
+                                 peak_note="measured with --peak" if args.peak and not args.peak_gflops else
+                                 "given with --peak-gflops" if args.peak_gflops else None)
         if args.markdown:
             print("", file=log)
             print(block, file=log)
@@ -157,8 +228,8 @@ def run(args):
         print(f"wrote {path}", file=log)
     if args.json:
         settings = {"command": _command_line(args), "repeats": args.repeats, "budget_seconds": args.budget_seconds,
-                    "max_samples": args.max_samples, "messages": messages}
-        print(json.dumps(B.to_json(results, machine, settings)))
+                    "max_samples": args.max_samples, "full_epochs": not subsample, "messages": messages}
+        print(json.dumps(B.to_json(results, machine, settings, peaks)))
     return 0
 
 
