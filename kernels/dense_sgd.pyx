@@ -1463,3 +1463,100 @@ def csr_rows_nnz(const int64_t[::1] ptr, const int64_t[::1] order):
         for s in range(order.shape[0]):
             total += ptr[order[s] + 1] - ptr[order[s]]
     return total
+
+
+# ---- low-latency inference on the flat (unpadded) parameters --------------------------------
+cdef void flat_layer(const floating* x, int64_t n_in, const floating* W, const floating* b,
+                     int64_t n_out, floating* e, floating* o) noexcept nogil:
+    """e[0:n_out] = x @ W + b with W (n_in x n_out) row-major, unpadded; even inputs sum in e
+    (bias first), odd ones in o, then e += o: dense_forward's two chains per lane."""
+    cdef int64_t i, j, n_even = n_in - n_in % 2
+    cdef floating xa, xb
+    cdef const floating* w
+    cdef const floating* v
+    for j in range(n_out):
+        e[j] = b[j]
+        o[j] = 0
+    for i in range(0, n_even, 2):
+        xa = x[i]
+        xb = x[i + 1]
+        w = W + i * n_out
+        v = w + n_out
+        for j in range(n_out):
+            e[j] += xa * w[j]
+            o[j] += xb * v[j]
+    if n_even < n_in:
+        xa = x[n_even]
+        w = W + n_even * n_out
+        for j in range(n_out):
+            e[j] += xa * w[j]
+    for j in range(n_out):
+        e[j] = e[j] + o[j]
+
+
+def forward_flat(floating[::1] params, const int64_t[:, ::1] layout, X, double x_scale,
+                 int hidden_act, int out_act, floating[:, ::1] out, floating[::1] work):
+    """Output activations of the (few) rows of X into out, straight from the network's flat
+    parameters (layout: Network.layout_array()): no padded copy, no scratch layout, one thread;
+    the single-sample predict path. work: >= 3 * (max layer width + 16) + n_in elements."""
+    cdef int64_t n = out.shape[0], L = layout.shape[0], l, r, i, n_in, n_out, width
+    cdef const uint8_t[:, ::1] xu
+    cdef const floating[:, ::1] xf
+    cdef floating* P = &params[0]
+    cdef floating* buf
+    cdef floating* cur
+    cdef floating* nxt
+    cdef floating* odd
+    cdef floating* tmp
+    cdef floating sc = <floating>x_scale
+    cdef bint u8 = X.dtype == np.uint8
+    cdef floating lut[256]
+    if layout.shape[1] != 4 or L < 1 or X.ndim != 2 or X.shape[0] != n or X.shape[1] != layout[0, 2] \
+            or out.shape[1] != layout[L - 1, 3]:
+        raise ValueError("forward_flat: X, layout and out do not fit together")
+    width = 0
+    for l in range(L):
+        if layout[l, 0] < 0 or layout[l, 1] + layout[l, 3] > params.shape[0] \
+                or layout[l, 1] - layout[l, 0] != layout[l, 2] * layout[l, 3] \
+                or (l > 0 and layout[l, 2] != layout[l - 1, 3]):
+            raise ValueError("forward_flat: layout does not fit the parameters")
+        width = max(width, layout[l, 3])
+    width = _round_width(width) + VL
+    if work.shape[0] < 3 * width + layout[0, 2]:
+        raise ValueError("forward_flat: work buffer too small")
+    if u8:
+        xu = X
+    else:
+        xf = X
+    for i in range(256):
+        lut[i] = (<floating>i) * sc
+    buf = &work[0]
+    with nogil:
+        for r in range(n):
+            cur = buf + 3 * width
+            n_in = layout[0, 2]
+            if u8:
+                for i in range(n_in):
+                    cur[i] = lut[xu[r, i]]
+            else:
+                for i in range(n_in):
+                    cur[i] = xf[r, i]
+            nxt = buf
+            odd = buf + width
+            for l in range(L):
+                n_in = layout[l, 2]
+                n_out = layout[l, 3]
+                flat_layer(cur, n_in, P + layout[l, 0], P + layout[l, 1], n_out, nxt, odd)
+                if l < L - 1:
+                    activation_forward(nxt, n_out, hidden_act)
+                    tmp = buf + 2 * width if l == 0 else cur
+                    cur = nxt
+                    nxt = tmp
+                else:  # the output activation into odd (>= 16 lanes: output_row may read them)
+                    output_row(nxt, odd, NULL, n_out, out_act, 0, NULL, NULL, NULL, -1)
+                    for i in range(n_out):
+                        out[r, i] = odd[i]
+
+
+cdef int64_t _round_width(int64_t n) noexcept nogil:
+    return (n + VL - 1) // VL * VL

@@ -8,6 +8,7 @@ import pytest
 
 import fastgd
 from fastgd.backends import cython_backend
+from fastgd.ops import HIDDEN, OUTPUTS
 
 from test_backends import configure, train
 from test_cython_backend import make_plan, problem
@@ -133,3 +134,53 @@ def test_loss_and_grad_with_sparse_input_matches_reference():
     ref_loss, ref_grad = fastgd.backends.get_backend("numpy").loss_and_grad(net, X, scale, targets, "cross_entropy")
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", [[784, 128, 10], [784, 37, 10], [100, 130, 33, 7], [5, 1], [3, 40, 17]])
+@pytest.mark.parametrize("uint8", [True, False])
+def test_flat_forward_matches_reference(dtype, sizes, uint8):
+    """Few rows (single-sample predict) run on the flat parameters: the reference's outputs."""
+    rng = np.random.default_rng(12)
+    for k, (hidden, output) in enumerate([(h, o) for h in HIDDEN for o in OUTPUTS]):
+        if sizes[-1] == 1 and output == "softmax":
+            continue
+        net = fastgd.Network(sizes, hidden, output, dtype=dtype, seed=k)
+        if uint8:
+            X = rng.integers(0, 256, size=(3, sizes[0]), dtype=np.uint8)
+            X[:, ::3] = 0
+            scale = 1 / 255
+        else:
+            X = rng.standard_normal((3, sizes[0])).astype(dtype)
+            scale = 1.0
+        b = cython_backend.CythonBackend()
+        for rows in (X[:1], X):
+            assert rows.shape[0] * net.n_params <= b.flat_forward_max_work or sizes[1] == 128
+            got = b.forward(net, rows, scale, 2)
+            ref = fastgd.backends.get_backend("numpy").forward(net, rows, scale)
+            rtol, atol = (1e-12, 1e-13) if dtype == np.float64 else (2e-5, 2e-6)
+            np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+            b.flat_forward_max_work = 0  # the chunked padded path agrees too
+            np.testing.assert_allclose(b.forward(net, rows, scale, 2), got, rtol=rtol, atol=atol)
+            b.flat_forward_max_work = 1 << 18
+
+
+def test_flat_forward_is_used_for_one_row_and_rejects_bad_input():
+    net = fastgd.Network([20, 9, 3], "relu", "softmax", dtype=np.float32, seed=0)
+    b = cython_backend.CythonBackend()
+    x = np.random.default_rng(0).random((1, 20)).astype(np.float32)
+    np.testing.assert_allclose(b.forward(net, x, 1.0, 1), net.predict_proba(x, backend="numpy"), rtol=1e-5)
+    with pytest.raises(ValueError):
+        b.forward(net, np.zeros((1, 21), np.float32), 1.0, 1)
+    with pytest.raises(TypeError):
+        b.forward(net, np.zeros((1, 20), np.float64), 1.0, 1)
+    with pytest.raises(ValueError):
+        b.forward(net, np.zeros((1, 20), np.float32), 1.0, 0)
+    from fastgd._kernels import dense_sgd
+    out = np.empty((1, 3), np.float32)
+    with pytest.raises(ValueError):  # a layout that does not fit the parameters
+        dense_sgd.forward_flat(net.params[:-1].copy(), net.layout_array(), x, 1.0, 0, 0, out, np.empty(200, np.float32))
+    with pytest.raises(ValueError):  # a work buffer too small
+        dense_sgd.forward_flat(net.params, net.layout_array(), x, 1.0, 0, 0, out, np.empty(5, np.float32))

@@ -69,6 +69,7 @@ LANES = _k.LANES
 
 _shared = {}  # process-wide helpers holding no run data: the threadpoolctl controller, a thread pool
 _shared_lock = threading.Lock()
+_flat_layouts = {}  # network sizes -> (Network.layout_array(), forward_flat work size)
 
 
 def _round_up(n, k=LANES):
@@ -170,6 +171,7 @@ class CythonBackend(Backend):
         self.sparse_max_density = 0.5
         self.blas_min_work = 1 << 20
         self.forward_chunk = 256
+        self.flat_forward_max_work = 1 << 18  # rows x n_params up to which forward skips the padded copy
         self.hogwild = None
         self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self.overlap_gather = True
@@ -359,7 +361,29 @@ class CythonBackend(Backend):
     def forward(self, net, X, x_scale, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:
             return np.empty((0, net.sizes[-1]), dtype=net.dtype)
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] * net.n_params <= self.flat_forward_max_work:
+            # a few rows (single-sample predict): straight from the flat parameters on this
+            # thread; the padded copy, layout and thread hand-off cost far more than the math
+            self._check_input(net, X, x_scale)
+            self._check_threads(threads)
+            return self._forward_flat(net, X, x_scale)
         return self._forward_parts(net, X, x_scale, threads)[0]
+
+    @staticmethod
+    def _forward_flat(net, X, x_scale):
+        sizes = tuple(net.sizes)
+        layout = _flat_layouts.get(sizes)
+        if layout is None:  # (layout table, work size): derived from the sizes only
+            width = _round_up(max(sizes[1:])) + LANES
+            layout = (net.layout_array(), 3 * width + sizes[0])
+            if len(_flat_layouts) > 64:
+                _flat_layouts.clear()
+            _flat_layouts[sizes] = layout
+        out = np.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)
+        hidden, output, _ = CythonBackend._codes(net)
+        _k.forward_flat(net.params, layout[0], X, float(x_scale), hidden, output, out,
+                        np.empty(layout[1], dtype=net.dtype))
+        return out
 
     def evaluate(self, net, X, x_scale, targets, labels, loss, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:
