@@ -361,7 +361,7 @@ class CythonBackend(Backend):
     def forward(self, net, X, x_scale, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:
             return np.empty((0, net.sizes[-1]), dtype=net.dtype)
-        if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] * net.n_params <= self.flat_forward_max_work:
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] * net.params.size <= self.flat_forward_max_work:
             # a few rows (single-sample predict): straight from the flat parameters on this
             # thread; the padded copy, layout and thread hand-off cost far more than the math
             self._check_input(net, X, x_scale)
