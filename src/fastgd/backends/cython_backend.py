@@ -11,9 +11,14 @@ How a call runs
     bias prefilled, the activation applied right after, and the SGD update done by gemm
     itself (beta = 1) instead of a separate gradient buffer.
   * uint8 input stays uint8 and is scaled inside the kernels (a 256-entry table of exactly the
-    reference's values). When it is mostly zeros (MNIST: 81%) and the first layer is not
-    BLAS-sized, that layer visits only non-zero pixels, from a per-row index list built by
-    `prepare` from plan.X as it is then (the next fit's prepare sees data changed in place).
+    reference's values). When it is mostly zeros (MNIST: 81%; at most `sparse_max_density`
+    non-zero, measured on the data, whatever the layer's size), the first layer visits only
+    non-zero pixels, from a per-row index list built by `prepare` from plan.X as it is then
+    (the next fit's prepare sees data changed in place): forward in groups of up to 8 vectors
+    (8 FMA chains at every width), the update by weight row through a per-step column index
+    (each touched row read and written once per step). Such a layer never calls BLAS.
+  * forward/predict of a few rows (rows x n_params <= `flat_forward_max_work`) runs on the
+    caller's thread straight from net.params (no padded copy, layout or pool hand-off).
   * Each call first copies its rows (index lists, or dense rows up to 256 MB) in visiting
     order into the workspace's buffers, so the kernel streams them: shuffled access over
     a 27-47 MB input otherwise stalls on memory about as long as the arithmetic takes.
