@@ -33,6 +33,7 @@ cimport cython
 from cython.parallel cimport parallel
 from libc.math cimport exp, log, logf, log1p, tanh, fabs, sqrt, pow
 from libc.string cimport memcpy
+from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -59,6 +60,19 @@ cdef extern from "fastgd_simd.h":
                               const float* d, long i0, long i1, float* Tw) noexcept nogil
     void fgd_sparse_update16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
                               const double* d, long i0, long i1, double* Tw) noexcept nogil
+    void fgd_sparse_forward_f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
+                              const float* W, const float* b, long pad, float* z) noexcept nogil
+    void fgd_sparse_forward_d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
+                              const double* W, const double* b, long pad, double* z) noexcept nogil
+    void fgd_csc_update_f(const int* cs, const int* es, const uint8_t* ev, long i0, long i1,
+                          const float* lut, const float* D, long pad, float coef,
+                          float* Tw) noexcept nogil
+    void fgd_csc_update_d(const int* cs, const int* es, const uint8_t* ev, long i0, long i1,
+                          const double* lut, const double* D, long pad, double coef,
+                          double* Tw) noexcept nogil
+    void fgd_build_csc(const int64_t* ptr, const uint16_t* idx, const uint8_t* val,
+                       const int64_t* rows, long B, long i0, long i1, int* cs, int* es,
+                       uint8_t* ev) noexcept nogil
 
 include "ops_codes.pxi"
 
@@ -153,6 +167,60 @@ cdef struct Rule:
     void* grad                  # padded gradient accumulator (zeros between steps), or NULL
     void* state1                # padded velocity (sgd) or first moment m (adam), or NULL
     void* state2                # padded second moment v (adam), or NULL
+
+
+cdef struct CscWork:
+    # one thread's buffers for the sparse first layer's update (fgd_build_csc): column starts
+    # (n_in + 2 ints) and the minibatch's (sample, value) entries, grown on demand
+    int64_t cap
+    int* cs
+    int* es
+    uint8_t* ev
+
+
+cdef CscWork* csc_new(int64_t n_in) noexcept nogil:
+    """A thread's update buffers, or NULL when memory is short (the update then falls back to
+    per-sample row updates)."""
+    cdef CscWork* w = <CscWork*>malloc(sizeof(CscWork))
+    if w == NULL:
+        return NULL
+    w.cap = 0
+    w.es = NULL
+    w.ev = NULL
+    w.cs = <int*>malloc((n_in + 2) * sizeof(int))
+    if w.cs == NULL:
+        free(w)
+        return NULL
+    return w
+
+
+cdef void csc_free(CscWork* w) noexcept nogil:
+    if w != NULL:
+        free(w.cs)
+        free(w.es)
+        free(w.ev)
+        free(w)
+
+
+cdef bint csc_reserve(CscWork* w, int64_t n) noexcept nogil:
+    """Room for n entries (False: no memory; the buffers are then unchanged)."""
+    cdef int* es
+    cdef uint8_t* ev
+    if n <= w.cap:
+        return True
+    if n > 2147483647:
+        return False
+    n = n + n // 4
+    es = <int*>realloc(w.es, n * sizeof(int))
+    if es == NULL:
+        return False
+    w.es = es
+    ev = <uint8_t*>realloc(w.ev, n)
+    if ev == NULL:
+        return False
+    w.ev = ev
+    w.cap = n
+    return True
 
 
 # ---- elementwise pieces ----------------------------------------------------------------------
@@ -302,58 +370,6 @@ cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0
             for jj in range(VL):
                 z[jj] = e0[jj]
             r += 1
-
-
-cdef inline void sparse_forward_row(const uint16_t* idx, const uint8_t* val, int64_t nnz,
-                                    const floating* lut, const floating* W, const floating* b,
-                                    int64_t pad, floating* z, int act) noexcept nogil:
-    """One input row given by its non-zero pixels: z = act(sum_k x_k W[idx_k] + b), with
-    x = lut[pixel] (the scaled value, exactly as the reference computes it). Four accumulators
-    keep four FMA chains in flight (one chain would stall on FMA latency). Inline, so the call
-    with pad == 16 compiles to constant strides."""
-    cdef floating acc0[VL]
-    cdef floating acc1[VL]
-    cdef floating acc2[VL]
-    cdef floating acc3[VL]
-    cdef floating x0, x1, x2, x3
-    cdef const floating* w0
-    cdef const floating* w1
-    cdef const floating* w2
-    cdef const floating* w3
-    cdef int64_t k, jb, jj
-    for jb in range(0, pad, 16):
-        for jj in range(VL):
-            acc0[jj] = b[jb + jj]
-            acc1[jj] = 0
-            acc2[jj] = 0
-            acc3[jj] = 0
-        k = 0
-        while k + 4 <= nnz:
-            x0 = lut[val[k]]
-            x1 = lut[val[k + 1]]
-            x2 = lut[val[k + 2]]
-            x3 = lut[val[k + 3]]
-            w0 = W + <int64_t>idx[k] * pad + jb
-            w1 = W + <int64_t>idx[k + 1] * pad + jb
-            w2 = W + <int64_t>idx[k + 2] * pad + jb
-            w3 = W + <int64_t>idx[k + 3] * pad + jb
-            for jj in range(VL):
-                acc0[jj] += x0 * w0[jj]
-                acc1[jj] += x1 * w1[jj]
-                acc2[jj] += x2 * w2[jj]
-                acc3[jj] += x3 * w3[jj]
-            k += 4
-        while k < nnz:
-            x0 = lut[val[k]]
-            w0 = W + <int64_t>idx[k] * pad + jb
-            for jj in range(VL):
-                acc0[jj] += x0 * w0[jj]
-            k += 1
-        for jj in range(VL):
-            acc0[jj] = (acc0[jj] + acc1[jj]) + (acc2[jj] + acc3[jj])
-        activation_forward(acc0, VL, act)
-        for jj in range(VL):
-            z[jb + jj] = acc0[jj]
 
 
 cdef inline void sparse_update_row(const uint16_t* idx, const uint8_t* val, int64_t nnz,
@@ -615,8 +631,13 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
                                                   W, W + n_in * VL, Z + s * VL)
                         activation_forward(Z + s * VL, VL, act)
                     else:
-                        sparse_forward_row(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut, W,
-                                           W + n_in * pad, pad, Z + s * pad, act)
+                        if floating is float:
+                            fgd_sparse_forward_f(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
+                                                 W, W + n_in * pad, pad, Z + s * pad)
+                        else:
+                            fgd_sparse_forward_d(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
+                                                 W, W + n_in * pad, pad, Z + s * pad)
+                        activation_forward(Z + s * pad, pad, act)
             else:
                 # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
                 for s in range(s0, s1):
@@ -809,11 +830,14 @@ cdef void hidden_deltas_small(const floating* D, int64_t pad, int64_t n_out, con
 
 # ---- one minibatch, phase B: apply T += coef * A^T D to weight rows i0..i1 --------------------
 cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const int64_t* rows,
-                           int64_t B, floating coef, int part, int parts) noexcept nogil:
+                           int64_t B, floating coef, int part, int parts,
+                           CscWork* wk) noexcept nogil:
     """Adds coef * (sum over the minibatch of input^T delta) to the weights and biases in T
     (coef = -lr/B updates the parameters; coef = 1/B into a zeroed buffer gives the gradient).
     Work is split by weight rows into `parts`; part `part` is done here. Each row sums its
-    samples in the same order whatever the split, so the result does not depend on `parts`."""
+    samples in the same order whatever the split, so the result does not depend on `parts`.
+    wk: this thread's buffers for the sparse first layer wider than 16 lanes (NULL: per-sample
+    row updates instead)."""
     cdef const int64_t* lay = c.lay
     cdef int L = c.n_layers
     cdef int l
@@ -826,6 +850,7 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
     cdef floating acc[VL]
     cdef floating scaled[256]  # coef * lut[v]: the sparse update's pixel factors this step
     cdef floating x
+    cdef int64_t total
 
     for l in range(L):
         n_in = lay[l * LAY_COLS + L_NIN]
@@ -846,6 +871,20 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                     Tb[jb + jj] += coef * acc[jj]
         if l == 0 and c.csr_ptr != NULL:
             # sparse input: only the rows of non-zero pixels change; samples in order
+            if pad != VL and wk != NULL:
+                # by weight row: the minibatch's pixels of rows i0..i1 as columns, then each
+                # touched row is read and written once (8 FMA chains over its samples)
+                total = 0
+                for s in range(B):
+                    total += c.csr_ptr[rows[s] + 1] - c.csr_ptr[rows[s]]
+                if csc_reserve(wk, total):
+                    fgd_build_csc(c.csr_ptr, c.csr_idx, c.csr_val, rows, B, i0, i1, wk.cs, wk.es,
+                                  wk.ev)
+                    if floating is float:
+                        fgd_csc_update_f(wk.cs, wk.es, wk.ev, i0, i1, lut, D, pad, coef, Tw)
+                    else:
+                        fgd_csc_update_d(wk.cs, wk.es, wk.ev, i0, i1, lut, D, pad, coef, Tw)
+                    continue
             if pad == VL:  # the step's coef * pixel value, by value (the same products)
                 for k in range(256):
                     scaled[k] = coef * lut[k]
@@ -1032,7 +1071,7 @@ cdef void optimizer_range(floating* W, floating* G, floating* S1, floating* S2, 
 
 cdef void apply_step(const Ctx* c, floating* P, const floating* S, floating* G,
                      const int64_t* rows, int64_t B, double lr, int64_t t, int part, int parts,
-                     const Rule* r) noexcept nogil:
+                     const Rule* r, CscWork* wk) noexcept nogil:
     """The parameter update of one minibatch for weight rows of part `part` of `parts`: plain
     SGD fused into the gradient pass, or (G not NULL) the gradient into G and then the
     optimiser step (the t-th, 1-based) over the same rows, so no extra barrier is needed."""
@@ -1043,12 +1082,12 @@ cdef void apply_step(const Ctx* c, floating* P, const floating* S, floating* G,
     cdef floating* S2 = <floating*>r.state2
     cdef double bc1, bc2
     if G == NULL:
-        minibatch_update(c, P, S, rows, B, <floating>(-lr / B), part, parts)
+        minibatch_update(c, P, S, rows, B, <floating>(-lr / B), part, parts, wk)
         return
     # Adam's bias corrections of step t, in double (plain SGD above never pays for the pow)
     bc1 = 1.0 - pow(r.beta1, <double>t)
     bc2 = 1.0 - pow(r.beta2, <double>t)
-    minibatch_update(c, G, S, rows, B, (<floating>1) / B, part, parts)
+    minibatch_update(c, G, S, rows, B, (<floating>1) / B, part, parts, wk)
     for l in range(c.n_layers):
         n_in = lay[l * LAY_COLS + L_NIN]
         pad = lay[l * LAY_COLS + L_PAD]
@@ -1218,6 +1257,8 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
     cdef int tid, nt
     cdef int64_t step, B, B1, s0, s1
     cdef floating lut[256]
+    cdef CscWork* wk = NULL
+    cdef bint sparse = c.csr_ptr != NULL
     if problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating):
         raise TypeError("X/targets and params have different float types")
     if m == 0 or lrs.shape[0] < n_steps or loss_out.shape[0] < threads or correct_out.shape[0] < threads:
@@ -1237,17 +1278,22 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
     set_lut(&c, lut)
     if mode == MODE_SERIAL:
         with nogil:
+            if sparse:
+                wk = csc_new(c.n_in)
             for step in range(n_steps):
                 B = min(batch_size, m - step * batch_size)
                 prefetch_input(&c, od, m, step * batch_size + ROWS_AHEAD,
                                (step + 1) * batch_size + ROWS_AHEAD)
                 minibatch_forward_backward(&c, P, S0, od + step * batch_size, 0, 0, B, True,
                                            lo, co, pos0 + step * batch_size)
-                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r)
+                apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r,
+                           wk)
+            csc_free(wk)
         return
     with nogil, parallel(num_threads=threads):
         tid = fgd_thread_num()
         nt = fgd_num_threads()
+        wk = csc_new(c.n_in) if sparse else NULL
         if mode == MODE_HOGWILD:
             step = tid
             while step < n_steps:
@@ -1258,7 +1304,7 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
                                            0, B, True, lo + tid, co + tid,
                                            pos0 + step * batch_size)
                 apply_step(&c, P, S0 + tid * sstride, G0 + tid * gstride if G0 != NULL else NULL,
-                           od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r)
+                           od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r, wk)
                 step = step + nt
         else:
             for step in range(n_steps):
@@ -1273,8 +1319,9 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
                                            lo + tid, co + tid, pos0 + step * batch_size)
                 fgd_barrier()  # every delta is computed from the pre-update weights
                 apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], t0 + step, tid, nt,
-                           &r)
+                           &r, wk)
                 fgd_barrier()  # the next step reads the updated weights
+        csc_free(wk)
 
 
 def loss_and_grad(floating[::1] params, floating[::1] grad, Problem problem,
@@ -1286,6 +1333,7 @@ def loss_and_grad(floating[::1] params, floating[::1] grad, Problem problem,
     cdef double loss_sum = 0
     cdef int64_t correct = 0
     cdef floating lut[256]
+    cdef CscWork* wk = NULL
     order_arr = np.arange(B, dtype=np.int64)
     cdef const int64_t[::1] order = order_arr
     if (problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating)) or c.targets == NULL:
@@ -1294,7 +1342,10 @@ def loss_and_grad(floating[::1] params, floating[::1] grad, Problem problem,
     with nogil:
         minibatch_forward_backward(&c, &params[0], &scratch[0, 0], &order[0], 0, 0, B, True,
                                    &loss_sum, &correct, 0)
-        minibatch_update(&c, &grad[0], &scratch[0, 0], &order[0], B, (<floating>1) / B, 0, 1)
+        if c.csr_ptr != NULL:
+            wk = csc_new(c.n_in)
+        minibatch_update(&c, &grad[0], &scratch[0, 0], &order[0], B, (<floating>1) / B, 0, 1, wk)
+        csc_free(wk)
     return loss_sum
 
 
@@ -1412,3 +1463,100 @@ def csr_rows_nnz(const int64_t[::1] ptr, const int64_t[::1] order):
         for s in range(order.shape[0]):
             total += ptr[order[s] + 1] - ptr[order[s]]
     return total
+
+
+# ---- low-latency inference on the flat (unpadded) parameters --------------------------------
+cdef void flat_layer(const floating* x, int64_t n_in, const floating* W, const floating* b,
+                     int64_t n_out, floating* e, floating* o) noexcept nogil:
+    """e[0:n_out] = x @ W + b with W (n_in x n_out) row-major, unpadded; even inputs sum in e
+    (bias first), odd ones in o, then e += o: dense_forward's two chains per lane."""
+    cdef int64_t i, j, n_even = n_in - n_in % 2
+    cdef floating xa, xb
+    cdef const floating* w
+    cdef const floating* v
+    for j in range(n_out):
+        e[j] = b[j]
+        o[j] = 0
+    for i in range(0, n_even, 2):
+        xa = x[i]
+        xb = x[i + 1]
+        w = W + i * n_out
+        v = w + n_out
+        for j in range(n_out):
+            e[j] += xa * w[j]
+            o[j] += xb * v[j]
+    if n_even < n_in:
+        xa = x[n_even]
+        w = W + n_even * n_out
+        for j in range(n_out):
+            e[j] += xa * w[j]
+    for j in range(n_out):
+        e[j] = e[j] + o[j]
+
+
+def forward_flat(floating[::1] params, const int64_t[:, ::1] layout, X, double x_scale,
+                 int hidden_act, int out_act, floating[:, ::1] out, floating[::1] work):
+    """Output activations of the (few) rows of X into out, straight from the network's flat
+    parameters (layout: Network.layout_array()): no padded copy, no scratch layout, one thread;
+    the single-sample predict path. work: >= 3 * (max layer width + 16) + n_in elements."""
+    cdef int64_t n = out.shape[0], L = layout.shape[0], l, r, i, n_in, n_out, width
+    cdef const uint8_t[:, ::1] xu
+    cdef const floating[:, ::1] xf
+    cdef floating* P = &params[0]
+    cdef floating* buf
+    cdef floating* cur
+    cdef floating* nxt
+    cdef floating* odd
+    cdef floating* tmp
+    cdef floating sc = <floating>x_scale
+    cdef bint u8 = X.dtype == np.uint8
+    cdef floating lut[256]
+    if layout.shape[1] != 4 or L < 1 or X.ndim != 2 or X.shape[0] != n or X.shape[1] != layout[0, 2] \
+            or out.shape[1] != layout[L - 1, 3]:
+        raise ValueError("forward_flat: X, layout and out do not fit together")
+    width = 0
+    for l in range(L):
+        if layout[l, 0] < 0 or layout[l, 1] + layout[l, 3] > params.shape[0] \
+                or layout[l, 1] - layout[l, 0] != layout[l, 2] * layout[l, 3] \
+                or (l > 0 and layout[l, 2] != layout[l - 1, 3]):
+            raise ValueError("forward_flat: layout does not fit the parameters")
+        width = max(width, layout[l, 3])
+    width = _round_width(width) + VL
+    if work.shape[0] < 3 * width + layout[0, 2]:
+        raise ValueError("forward_flat: work buffer too small")
+    if u8:
+        xu = X
+    else:
+        xf = X
+    for i in range(256):
+        lut[i] = (<floating>i) * sc
+    buf = &work[0]
+    with nogil:
+        for r in range(n):
+            cur = buf + 3 * width
+            n_in = layout[0, 2]
+            if u8:
+                for i in range(n_in):
+                    cur[i] = lut[xu[r, i]]
+            else:
+                for i in range(n_in):
+                    cur[i] = xf[r, i]
+            nxt = buf
+            odd = buf + width
+            for l in range(L):
+                n_in = layout[l, 2]
+                n_out = layout[l, 3]
+                flat_layer(cur, n_in, P + layout[l, 0], P + layout[l, 1], n_out, nxt, odd)
+                if l < L - 1:
+                    activation_forward(nxt, n_out, hidden_act)
+                    tmp = buf + 2 * width if l == 0 else cur
+                    cur = nxt
+                    nxt = tmp
+                else:  # the output activation into odd (>= 16 lanes: output_row may read them)
+                    output_row(nxt, odd, NULL, n_out, out_act, 0, NULL, NULL, NULL, -1)
+                    for i in range(n_out):
+                        out[r, i] = odd[i]
+
+
+cdef int64_t _round_width(int64_t n) noexcept nogil:
+    return (n + VL - 1) // VL * VL

@@ -5,6 +5,7 @@
 #define FASTGD_SIMD_H
 #include <math.h>
 #include <string.h>
+#include <stdint.h>
 /* which build this is (setup.py's FASTGD_DEBUG_BUILD=1: bounds checks on, -O0) */
 #ifdef FASTGD_DEBUG_BUILD
 #define FGD_DEBUG_BUILD 1
@@ -104,6 +105,169 @@ static inline void fgd_sparse_update16##SUFFIX(                                 
 }
 FGD_SPARSE16(float, fgd_v16f, f)
 FGD_SPARSE16(double, fgd_v16d, d)
+
+/* The sparse first layer at any padded width (a multiple of 16 lanes), forward and update.
+
+   Forward: z = b + sum_k lut[val_k] W[idx_k, :]. The width is walked in groups of 8, 4, 2, 1
+   vectors; a group of NB vectors keeps U = 8 / NB (at least 1) accumulator sets over
+   consecutive pixels, so 8 independent FMA chains are in flight whatever the width (2 FMA
+   ports x 4 cycles latency). A row's value depends only on its own pixels: the same whatever
+   the thread split.
+
+   Update: the minibatch's non-zero pixels of weight rows i0..i1, transposed to columns
+   (fgd_build_csc: per pixel row, its (sample, value) pairs in ascending sample order), then
+   each touched weight row is loaded and stored once per step:
+   Tw[i, :] += coef * sum_s lut[v_s] D[s, :], with the same 8-chain grouping. The per-row sum
+   runs over samples in a fixed order, so the result does not depend on how rows are split
+   across threads. */
+#define FGD_GROUP_FWD(T, V, SUFFIX, NB, U)                                                 \
+static inline void fgd_spfwd##NB##SUFFIX(const unsigned short* idx, const unsigned char* val, \
+        long nnz, const T* lut, const T* W, long pad, const T* b, T* z) {                  \
+    V a[U][NB], w, zero = {0};                                                            \
+    _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                                \
+        memcpy(&a[0][j], b + 16 * j, sizeof w);                                           \
+        _Pragma("GCC unroll 8") for (int u = 1; u < U; u++) a[u][j] = zero;                \
+    }                                                                                     \
+    long k = 0;                                                                           \
+    for (; k + U <= nnz; k += U) {                                                        \
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                              \
+            const T x = lut[val[k + u]];                                                  \
+            const T* r = W + (long)idx[k + u] * pad;                                      \
+            _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                        \
+                memcpy(&w, r + 16 * j, sizeof w);                                         \
+                a[u][j] += x * w;                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    for (; k < nnz; k++) {                                                                \
+        const T x = lut[val[k]];                                                          \
+        const T* r = W + (long)idx[k] * pad;                                              \
+        _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                            \
+            memcpy(&w, r + 16 * j, sizeof w);                                             \
+            a[0][j] += x * w;                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                                \
+        _Pragma("GCC unroll 8") for (int h = 1; h < U; h *= 2)                            \
+            _Pragma("GCC unroll 8") for (int u = 0; u + h < U; u += 2 * h)                \
+                a[u][j] += a[u + h][j];                                                   \
+        memcpy(z + 16 * j, &a[0][j], sizeof w);                                           \
+    }                                                                                     \
+}                                                                                         \
+static inline void fgd_csc_upd##NB##SUFFIX(const int* es, const unsigned char* ev,          \
+        long n, const T* lut, const T* D, long pad, T coef, T* t) {                        \
+    V a[U][NB], w, zero = {0};                                                            \
+    _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++)                                  \
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) a[u][j] = zero;                \
+    long k = 0;                                                                           \
+    for (; k + U <= n; k += U) {                                                          \
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                              \
+            const T x = lut[ev[k + u]];                                                   \
+            const T* r = D + (long)es[k + u] * pad;                                       \
+            _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                        \
+                memcpy(&w, r + 16 * j, sizeof w);                                         \
+                a[u][j] += x * w;                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    for (; k < n; k++) {                                                                  \
+        const T x = lut[ev[k]];                                                           \
+        const T* r = D + (long)es[k] * pad;                                               \
+        _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                            \
+            memcpy(&w, r + 16 * j, sizeof w);                                             \
+            a[0][j] += x * w;                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    _Pragma("GCC unroll 8") for (int j = 0; j < NB; j++) {                                \
+        _Pragma("GCC unroll 8") for (int h = 1; h < U; h *= 2)                            \
+            _Pragma("GCC unroll 8") for (int u = 0; u + h < U; u += 2 * h)                \
+                a[u][j] += a[u + h][j];                                                   \
+        memcpy(&w, t + 16 * j, sizeof w);                                                 \
+        w += coef * a[0][j];                                                              \
+        memcpy(t + 16 * j, &w, sizeof w);                                                 \
+    }                                                                                     \
+}
+
+#define FGD_SPARSE_ANY(T, V, SUFFIX)                                                      \
+FGD_GROUP_FWD(T, V, SUFFIX, 8, 1)                                                         \
+FGD_GROUP_FWD(T, V, SUFFIX, 4, 2)                                                         \
+FGD_GROUP_FWD(T, V, SUFFIX, 2, 4)                                                         \
+FGD_GROUP_FWD(T, V, SUFFIX, 1, 4)                                                         \
+/* z[0:pad] = b + sum_k lut[val_k] W[idx_k, :] (before the activation) */                 \
+static inline void fgd_sparse_forward_##SUFFIX(const unsigned short* idx,                 \
+        const unsigned char* val, long nnz, const T* lut, const T* W, const T* b,         \
+        long pad, T* z) {                                                                 \
+    long jb = 0;                                                                          \
+    for (; jb + 128 <= pad; jb += 128)                                                    \
+        fgd_spfwd8##SUFFIX(idx, val, nnz, lut, W + jb, pad, b + jb, z + jb);             \
+    if (jb + 64 <= pad) {                                                                 \
+        fgd_spfwd4##SUFFIX(idx, val, nnz, lut, W + jb, pad, b + jb, z + jb); jb += 64;   \
+    }                                                                                     \
+    if (jb + 32 <= pad) {                                                                 \
+        fgd_spfwd2##SUFFIX(idx, val, nnz, lut, W + jb, pad, b + jb, z + jb); jb += 32;   \
+    }                                                                                     \
+    if (jb < pad) fgd_spfwd1##SUFFIX(idx, val, nnz, lut, W + jb, pad, b + jb, z + jb);  \
+}                                                                                         \
+/* Tw[i, :] += coef * sum over column i's entries lut[ev] D[es, :], for i0 <= i < i1       \
+   (cs: fgd_build_csc's column starts). Lanes outer in slabs of at most 64, rows inner: the  \
+   slab of D every row reads (B x 64 lanes: 32 KB at batch 128) then stays in L1 instead of  \
+   whole delta rows streaming from L2 once per entry. */                                  \
+static inline void fgd_csc_update_##SUFFIX(const int* cs, const int* es,                  \
+        const unsigned char* ev, long i0, long i1, const T* lut, const T* D, long pad,    \
+        T coef, T* Tw) {                                                                  \
+    long jb = 0;                                                                          \
+    for (; jb + 64 <= pad; jb += 64)                                                      \
+        for (long i = i0; i < i1; i++) {                                                  \
+            long k0 = cs[i - i0], n = cs[i - i0 + 1] - k0;                                \
+            if (n) fgd_csc_upd4##SUFFIX(es + k0, ev + k0, n, lut, D + jb, pad, coef,      \
+                                       Tw + i * pad + jb);                                \
+        }                                                                                 \
+    if (jb + 32 <= pad) {                                                                 \
+        for (long i = i0; i < i1; i++) {                                                  \
+            long k0 = cs[i - i0], n = cs[i - i0 + 1] - k0;                                \
+            if (n) fgd_csc_upd2##SUFFIX(es + k0, ev + k0, n, lut, D + jb, pad, coef,      \
+                                       Tw + i * pad + jb);                                \
+        }                                                                                 \
+        jb += 32;                                                                         \
+    }                                                                                     \
+    if (jb < pad)                                                                         \
+        for (long i = i0; i < i1; i++) {                                                  \
+            long k0 = cs[i - i0], n = cs[i - i0 + 1] - k0;                                \
+            if (n) fgd_csc_upd1##SUFFIX(es + k0, ev + k0, n, lut, D + jb, pad, coef,      \
+                                       Tw + i * pad + jb);                                \
+        }                                                                                 \
+}
+FGD_SPARSE_ANY(float, fgd_v16f, f)
+FGD_SPARSE_ANY(double, fgd_v16d, d)
+
+/* The minibatch's non-zero pixels with index in [i0, i1), by column: column i holds entries
+   cs[i - i0] .. cs[i - i0 + 1] of es (sample number s in 0..B) and ev (pixel value), samples
+   ascending. rows[s]: sample s's CSR row. cs has i1 - i0 + 2 ints; es, ev hold every entry. */
+static inline void fgd_build_csc(const int64_t* ptr, const unsigned short* idx,
+                                 const unsigned char* val, const int64_t* rows, long B,
+                                 long i0, long i1, int* cs, int* es, unsigned char* ev) {
+    long n = i1 - i0;
+    memset(cs, 0, (size_t)(n + 2) * sizeof(int));
+    for (long s = 0; s < B; s++) {
+        int64_t k0 = ptr[rows[s]], k1 = ptr[rows[s] + 1];
+        for (int64_t k = k0; k < k1; k++) {
+            long i = idx[k];
+            if (i >= i0 && i < i1) cs[i - i0 + 2]++;
+        }
+    }
+    for (long j = 2; j < n + 2; j++) cs[j] += cs[j - 1];
+    for (long s = 0; s < B; s++) {
+        int64_t k0 = ptr[rows[s]], k1 = ptr[rows[s] + 1];
+        for (int64_t k = k0; k < k1; k++) {
+            long i = idx[k];
+            if (i >= i0 && i < i1) {
+                int p = cs[i - i0 + 1]++;
+                es[p] = (int)s;
+                ev[p] = val[k];
+            }
+        }
+    }
+}
 
 /* fastgd._random's counter-based uniform numbers (SplitMix64 finaliser), bit for bit. */
 static inline unsigned long long fgd_mix64(unsigned long long z) {

@@ -287,8 +287,12 @@ class Network:
         """
         from .backends import get_backend
 
-        X = self.scale_inputs(_as_input(X))
-        X, scale = _checks.check_X(X, self.sizes[0], self.dtype)
+        ready = self._ready_input(X)
+        if ready is None:
+            X = self.scale_inputs(_as_input(X))
+            X, scale = _checks.check_X(X, self.sizes[0], self.dtype)
+        else:
+            X, scale = ready
         out = self._unscale_outputs(get_backend(backend).forward(self, X, scale, _checks.check_threads(threads)))
         if not np.isfinite(out).all():  # never a quiet argmax over NaN
             if not np.isfinite(self.params).all():
@@ -297,6 +301,20 @@ class Network:
             raise FloatingPointError(f"the network's outputs overflow {self.dtype.name} for these inputs; "
                                      f"use dtype float64 or scale the inputs")
         return out
+
+    def _ready_input(self, X):
+        """(X, scale) when X is already what the kernels take and needs no input scaler: a
+        C-contiguous 2-D ndarray of uint8 or the network's dtype, finite, of the right width;
+        else None (then check_X converts it or raises). Saves most of check_X's per-call cost
+        on single-sample predicts."""
+        if (type(X) is not np.ndarray or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != self.sizes[0]
+                or not X.flags.c_contiguous or self.x_mean is not None or self.x_std is not None):
+            return None
+        if X.dtype == np.uint8:
+            return X, _checks.UINT8_SCALE
+        if X.dtype == self.dtype and np.isfinite(X).all():
+            return X, 1.0
+        return None
 
     def predict(self, X, backend="auto", threads=None):
         """Predictions for each row of X.

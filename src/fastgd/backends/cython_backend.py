@@ -11,9 +11,14 @@ How a call runs
     bias prefilled, the activation applied right after, and the SGD update done by gemm
     itself (beta = 1) instead of a separate gradient buffer.
   * uint8 input stays uint8 and is scaled inside the kernels (a 256-entry table of exactly the
-    reference's values). When it is mostly zeros (MNIST: 81%) and the first layer is not
-    BLAS-sized, that layer visits only non-zero pixels, from a per-row index list built by
-    `prepare` from plan.X as it is then (the next fit's prepare sees data changed in place).
+    reference's values). When it is mostly zeros (MNIST: 81%; at most `sparse_max_density`
+    non-zero, measured on the data, whatever the layer's size), the first layer visits only
+    non-zero pixels, from a per-row index list built by `prepare` from plan.X as it is then
+    (the next fit's prepare sees data changed in place): forward in groups of up to 8 vectors
+    (8 FMA chains at every width), the update by weight row through a per-step column index
+    (each touched row read and written once per step). Such a layer never calls BLAS.
+  * forward/predict of a few rows (rows x n_params <= `flat_forward_max_work`) runs on the
+    caller's thread straight from net.params (no padded copy, layout or pool hand-off).
   * Each call first copies its rows (index lists, or dense rows up to 256 MB) in visiting
     order into the workspace's buffers, so the kernel streams them: shuffled access over
     a 27-47 MB input otherwise stalls on memory about as long as the arithmetic takes.
@@ -69,6 +74,7 @@ LANES = _k.LANES
 
 _shared = {}  # process-wide helpers holding no run data: the threadpoolctl controller, a thread pool
 _shared_lock = threading.Lock()
+_flat_layouts = {}  # network sizes -> (Network.layout_array(), forward_flat work size)
 
 
 def _round_up(n, k=LANES):
@@ -100,12 +106,13 @@ def _thread_pool(workers):
 class _Layout:
     """Padded parameter layout and scratch offsets of one network at one batch size."""
 
-    def __init__(self, net, batch, blas_min_work):
+    def __init__(self, net, batch, blas_min_work, sparse_first=False):
         self.net = net
         rows, off, act_off = [], 0, 0
-        for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:]):
+        for l, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
             pad = _round_up(n_out)
-            blas = int(batch * n_in * pad >= blas_min_work)
+            # a sparse first layer runs the kernels' own zero-skipping loops, never BLAS
+            blas = int(batch * n_in * pad >= blas_min_work and not (l == 0 and sparse_first))
             rows.append((off, off + n_in * pad, n_in, n_out, pad, act_off, blas))
             off += n_in * pad + pad
             act_off += batch * pad
@@ -169,6 +176,7 @@ class CythonBackend(Backend):
         self.sparse_max_density = 0.5
         self.blas_min_work = 1 << 20
         self.forward_chunk = 256
+        self.flat_forward_max_work = 1 << 18  # rows x n_params up to which forward skips the padded copy
         self.hogwild = None
         self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self.overlap_gather = True
@@ -212,14 +220,12 @@ class CythonBackend(Backend):
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         return int(threads)
 
-    def _input_csr(self, X, first_layer_blas=False):
+    def _input_csr(self, X):
         """The sparse index (ptr, idx, val) of uint8 X when the first layer should use it, else
-        None, built from X now. A first layer big enough for BLAS stays dense in "auto" mode:
-        measured on 784-512-512-10 at batch 128, dense sgemm beat the sparse row updates by 2x
-        despite 81% zero pixels."""
+        None, built from X now. In "auto" mode the measured density of X decides, whatever the
+        layer's size: the zero-skipping loops (8 FMA chains at every width, the update by
+        weight row) do ~density of the dense work, and beat sgemm below `sparse_max_density`."""
         if X.dtype != np.uint8 or self.input_mode == "dense" or X.shape[1] > 65536:
-            return None
-        if first_layer_blas and self.input_mode == "auto":
             return None
         csr = _k.build_csr(X)
         if self.input_mode == "sparse" or csr[1].size <= self.sparse_max_density * max(X.size, 1):
@@ -295,19 +301,20 @@ class CythonBackend(Backend):
         """(layout, csr) of plan in ws, made on first use (a plan with another batch size or input
         array gets its own)."""
         bs = int(plan.batch_size)
-        key = (bs, net.dtype.str, tuple(net.sizes), self.blas_min_work)
-        if getattr(ws, "layout_key", None) != key:
-            ws.layout_key = key
-            ws.layout = _Layout(net, bs, self.blas_min_work)  # sized by batch_size: every slice alike
-        lay = ws.layout
-        if getattr(ws, "csr_of", None) is not plan.X:
+        if getattr(ws, "csr_of", None) is not plan.X or getattr(ws, "csr_mode", None) != self.input_mode:
             ws.csr_of = plan.X
+            ws.csr_mode = self.input_mode
             ws.csr = None
             if plan.X.dtype == np.uint8 and int(plan.max_shift) == 0:
-                ws.csr = self._input_csr(plan.X, bool(lay.table[0, 6]))
+                ws.csr = self._input_csr(plan.X)
             if touch and ws.csr is not None and self.permute_sparse:  # a call visits at most every row
                 self._perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, touch=True)
-        return lay, ws.csr
+        key = (bs, net.dtype.str, tuple(net.sizes), self.blas_min_work, ws.csr is not None)
+        if getattr(ws, "layout_key", None) != key:
+            ws.layout_key = key
+            # sized by batch_size: every slice alike
+            ws.layout = _Layout(net, bs, self.blas_min_work, sparse_first=ws.csr is not None)
+        return ws.layout, ws.csr
 
     def _problem(self, net, lay, X, x_scale, csr=None, targets=None, labels=None, loss=None, **augment):
         hidden, output, loss_code = self._codes(net, loss)
@@ -359,7 +366,29 @@ class CythonBackend(Backend):
     def forward(self, net, X, x_scale, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:
             return np.empty((0, net.sizes[-1]), dtype=net.dtype)
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] * net.params.size <= self.flat_forward_max_work:
+            # a few rows (single-sample predict): straight from the flat parameters on this
+            # thread; the padded copy, layout and thread hand-off cost far more than the math
+            self._check_input(net, X, x_scale)
+            self._check_threads(threads)
+            return self._forward_flat(net, X, x_scale)
         return self._forward_parts(net, X, x_scale, threads)[0]
+
+    @staticmethod
+    def _forward_flat(net, X, x_scale):
+        sizes = tuple(net.sizes)
+        layout = _flat_layouts.get(sizes)
+        if layout is None:  # (layout table, work size): derived from the sizes only
+            width = _round_up(max(sizes[1:])) + LANES
+            layout = (net.layout_array(), 3 * width + sizes[0])
+            if len(_flat_layouts) > 64:
+                _flat_layouts.clear()
+            _flat_layouts[sizes] = layout
+        out = np.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)
+        hidden, output, _ = CythonBackend._codes(net)
+        _k.forward_flat(net.params, layout[0], X, float(x_scale), hidden, output, out,
+                        np.empty(layout[1], dtype=net.dtype))
+        return out
 
     def evaluate(self, net, X, x_scale, targets, labels, loss, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:
@@ -378,11 +407,12 @@ class CythonBackend(Backend):
             raise ValueError("X has no rows")
         targets = np.ascontiguousarray(targets, dtype=net.dtype)
         labels = np.argmax(targets, axis=1).astype(np.int32)
-        lay = _Layout(net, n, self.blas_min_work)
+        csr = self._input_csr(X)
+        lay = _Layout(net, n, self.blas_min_work, sparse_first=csr is not None)
         params = lay.pad(net.params)
         grad = np.zeros_like(params)
         with self._blas_limit(self._check_threads(threads), lay):
-            loss_sum = _k.loss_and_grad(params, grad, self._problem(net, lay, X, x_scale, None, targets, labels, loss),
+            loss_sum = _k.loss_and_grad(params, grad, self._problem(net, lay, X, x_scale, csr, targets, labels, loss),
                                         lay.scratch(1))
         return loss_sum / n, lay.unpad(grad, np.zeros_like(net.params))
 

@@ -1,0 +1,186 @@
+"""The Cython backend's issue-11 speed paths against the NumPy reference: the zero-skipping
+first layer at every padded width (forward in groups of 8/4/2/1 vectors, the update by weight
+row through a per-step column index), chosen by the density of the data also when the layer is
+BLAS-sized; its thread-count independence; and the predict fast path. Odd widths exercise every
+group split (pad 16, 48 = 32 + 16, 80 = 64 + 16, 144 = 128 + 16, 208 = 128 + 64 + 16)."""
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd.backends import cython_backend
+from fastgd.ops import HIDDEN, OUTPUTS
+
+from test_backends import configure, train
+from test_cython_backend import make_plan, problem
+
+WIDTHS = [[784, 37, 10], [100, 130, 33, 7], [60, 200, 5], [30, 70, 4], [50, 9, 3]]
+
+
+def tol(dtype):
+    return (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 2e-5)
+
+
+def cy(input_mode="auto", sync_min_work=0, blas_min_work=None):
+    b = cython_backend.CythonBackend()
+    b.input_mode, b.sync_min_work = input_mode, sync_min_work
+    if blas_min_work is not None:
+        b.blas_min_work = blas_min_work
+    return b
+
+
+def reference(net, plan):
+    ref = net.copy()
+    train("numpy", ref, plan)
+    return ref.params
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", WIDTHS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_first_layer_every_width_matches_reference(dtype, sizes, threads):
+    net, X, scale, targets, labels = problem(sizes, 43, dtype, seed=5, activation="relu", output="softmax",
+                                             density=0.25)
+    X[4] = 0  # an all-zero image
+    X[7] = 255  # and a full one
+    # batch 6 over 43 rows: the last minibatch has one row (fewer rows than threads)
+    plan = make_plan(X, scale, targets, labels, 6, lr=0.2, loss="cross_entropy", threads=threads)
+    b = cy("sparse")
+    got = net.copy()
+    result = train(b, got, plan)
+    assert result.mode == ("serial" if threads == 1 else "sync")
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(got.params, reference(net, plan), rtol=rtol, atol=atol)
+    dense = net.copy()
+    dense_result = train(cy("dense"), dense, plan)
+    np.testing.assert_allclose(got.params, dense.params, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(result.loss_sum, dense_result.loss_sum, rtol=rtol)
+    assert result.n_correct == dense_result.n_correct
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", [[784, 37, 10], [100, 130, 33, 7], [60, 200, 5]])
+def test_sparse_path_is_bitwise_independent_of_threads(dtype, sizes):
+    net, X, scale, targets, labels = problem(sizes, 37, dtype, seed=6, activation="relu", output="softmax")
+    results = []
+    for threads in (1, 2, 3):
+        plan = make_plan(X, scale, targets, labels, 9, lr=0.2, loss="cross_entropy", threads=threads)
+        got = net.copy()
+        train(cy("sparse", blas_min_work=1 << 62), got, plan)
+        results.append(got.params)
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[2], results[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_sparse_first_layer_with_batch_sizes(dtype, batch):
+    """Batch 1, a small batch, and one minibatch holding every row (plus BLAS for layer 2)."""
+    net, X, scale, targets, labels = problem([100, 130, 33, 7], 64, dtype, seed=7, activation="tanh", density=0.2)
+    plan = make_plan(X, scale, targets, labels, batch, lr=0.1, threads=2)
+    got = net.copy()
+    train(cy("sparse", blas_min_work=1), got, plan)
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(got.params, reference(net, plan), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer,kw", [("sgd", dict(momentum=0.9, weight_decay=1e-3)), ("adam", {})])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_update_into_gradient_buffer(dtype, optimizer, kw, threads):
+    """A non-plain rule accumulates the sparse layer's gradient (coef 1/B) before its step."""
+    net, X, scale, targets, labels = problem([90, 50, 6], 31, dtype, seed=8, activation="relu", output="softmax")
+    plan = make_plan(X, scale, targets, labels, 4, lr=0.05, loss="cross_entropy", threads=threads)
+    configure(plan, net, optimizer, **kw)
+    ref_plan = make_plan(X, scale, targets, labels, 4, lr=0.05, loss="cross_entropy")
+    configure(ref_plan, net, optimizer, **kw)
+    got = net.copy()
+    train(cy("sparse"), got, plan)
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(got.params, reference(net, ref_plan), rtol=rtol, atol=atol)
+    for a, r in zip(plan.rule.state, ref_plan.rule.state):
+        np.testing.assert_allclose(a, r, rtol=rtol, atol=atol)
+
+
+def test_sparse_hogwild_trains():
+    net, X, scale, targets, labels = problem([784, 37, 10], 400, np.float32, seed=9, activation="relu",
+                                             output="softmax", density=0.2)
+    plan = make_plan(X, scale, targets, labels, 8, lr=0.05, loss="cross_entropy", threads=2, deterministic=False)
+    got = net.copy()
+    result = train(cy("sparse"), got, plan)
+    assert result.mode == "hogwild"
+    assert np.isfinite(got.params).all() and not np.array_equal(got.params, net.params)
+
+
+@pytest.mark.parametrize("uint8,density,expect_sparse", [(True, 0.2, True), (True, 0.9, False), (False, 0.2, False)])
+def test_auto_mode_picks_sparse_by_density_even_for_blas_sized_layers(uint8, density, expect_sparse):
+    net, X, scale, targets, labels = problem([784, 128, 10], 64, np.float32, seed=10, uint8=uint8, density=density)
+    b = cy("auto", blas_min_work=1)  # every layer BLAS-sized
+    plan = make_plan(X, scale, targets, labels, 32, threads=1)
+    ws = b.prepare(net, plan)
+    assert (ws.csr is not None) == expect_sparse
+    assert ws.layout.table[0, 6] == (0 if expect_sparse else 1)  # a sparse first layer never calls BLAS
+    assert ws.layout.table[1, 6] == 1
+    got = net.copy()
+    b.train_epoch(got, plan, ws)
+    rtol, atol = tol(np.float32)
+    np.testing.assert_allclose(got.params, reference(net, plan), rtol=rtol, atol=atol)
+
+
+def test_loss_and_grad_with_sparse_input_matches_reference():
+    net, X, scale, targets, labels = problem([100, 130, 33, 7], 11, np.float64, seed=11, activation="relu",
+                                             output="softmax")
+    b = cy("sparse")
+    loss, grad = b.loss_and_grad(net, X, scale, targets, "cross_entropy")
+    ref_loss, ref_grad = fastgd.backends.get_backend("numpy").loss_and_grad(net, X, scale, targets, "cross_entropy")
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", [[784, 128, 10], [784, 37, 10], [100, 130, 33, 7], [5, 1], [3, 40, 17]])
+@pytest.mark.parametrize("uint8", [True, False])
+def test_flat_forward_matches_reference(dtype, sizes, uint8):
+    """Few rows (single-sample predict) run on the flat parameters: the reference's outputs."""
+    rng = np.random.default_rng(12)
+    for k, (hidden, output) in enumerate([(h, o) for h in HIDDEN for o in OUTPUTS]):
+        if sizes[-1] == 1 and output == "softmax":
+            continue
+        net = fastgd.Network(sizes, hidden, output, dtype=dtype, seed=k)
+        if uint8:
+            X = rng.integers(0, 256, size=(3, sizes[0]), dtype=np.uint8)
+            X[:, ::3] = 0
+            scale = 1 / 255
+        else:
+            X = rng.standard_normal((3, sizes[0])).astype(dtype)
+            scale = 1.0
+        b = cython_backend.CythonBackend()
+        for rows in (X[:1], X):
+            assert rows.shape[0] * net.n_params <= b.flat_forward_max_work or sizes[1] == 128
+            got = b.forward(net, rows, scale, 2)
+            ref = fastgd.backends.get_backend("numpy").forward(net, rows, scale)
+            rtol, atol = (1e-12, 1e-13) if dtype == np.float64 else (2e-5, 2e-6)
+            np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+            b.flat_forward_max_work = 0  # the chunked padded path agrees too
+            np.testing.assert_allclose(b.forward(net, rows, scale, 2), got, rtol=rtol, atol=atol)
+            b.flat_forward_max_work = 1 << 18
+
+
+def test_flat_forward_is_used_for_one_row_and_rejects_bad_input():
+    net = fastgd.Network([20, 9, 3], "relu", "softmax", dtype=np.float32, seed=0)
+    b = cython_backend.CythonBackend()
+    x = np.random.default_rng(0).random((1, 20)).astype(np.float32)
+    np.testing.assert_allclose(b.forward(net, x, 1.0, 1), net.predict_proba(x, backend="numpy"), rtol=1e-5)
+    with pytest.raises(ValueError):
+        b.forward(net, np.zeros((1, 21), np.float32), 1.0, 1)
+    with pytest.raises(TypeError):
+        b.forward(net, np.zeros((1, 20), np.float64), 1.0, 1)
+    with pytest.raises(ValueError):
+        b.forward(net, np.zeros((1, 20), np.float32), 1.0, 0)
+    from fastgd._kernels import dense_sgd
+    out = np.empty((1, 3), np.float32)
+    with pytest.raises(ValueError):  # a layout that does not fit the parameters
+        dense_sgd.forward_flat(net.params[:-1].copy(), net.layout_array(), x, 1.0, 0, 0, out, np.empty(200, np.float32))
+    with pytest.raises(ValueError):  # a work buffer too small
+        dense_sgd.forward_flat(net.params, net.layout_array(), x, 1.0, 0, 0, out, np.empty(5, np.float32))
