@@ -51,7 +51,7 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
                         TANH)
 
 from .base import ADAM, ADAMW, SGD
-from .numba_simd import (HAVE_GOMP, VL, gemm_raw, ld, prefetch, team_barrier, team_size, team_thread_num, vadd, vdiv,  # noqa: F401
+from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size, team_thread_num, vadd, vdiv,  # noqa: F401
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
                          vwhere_positive_else, view1d, view2d)
 
@@ -70,6 +70,30 @@ Team = namedtuple("Team", "acts deltas zlast WT total wt_size bm act_off sizes u
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
                                 "mptr midx mval brows pixel_row pixel_col")
 
+
+
+@njit(**JIT)
+def borrowed_net(net):
+    """net with borrowed arrays (numba_simd.borrow): no atomic reference counting inside a call."""
+    return Net(borrow(net.params), borrow(net.layout), borrow(net.kinds))
+
+
+@njit(**JIT)
+def borrowed_data(d):
+    return Data(borrow(d.X), d.x_scale, borrow(d.csr_ptr), borrow(d.csr_idx), borrow(d.csr_val), borrow(d.targets),
+                borrow(d.labels), d.loss)
+
+
+@njit(**JIT)
+def borrowed_scratch(s):
+    return Scratch(borrow(s.acts), borrow(s.act_off), borrow(s.sizes), borrow(s.zlast), borrow(s.delta0),
+                   borrow(s.delta1), borrow(s.gW), borrow(s.use_blas), s.n_split)
+
+
+@njit(**JIT)
+def borrowed_team(t):
+    return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), t.total, t.wt_size, t.bm,
+                borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas))
 
 
 @njit(**JIT)
@@ -789,6 +813,10 @@ def train_epoch(net, data, order, lrs, batch_size, s, opt, aug):
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
     f = net.params.dtype.type
+    net = borrowed_net(net)
+    data = borrowed_data(data)
+    s = borrowed_scratch(s)
+    order = borrow(order)
     loss_sum = 0.0
     correct = 0
     first = 0
@@ -1179,8 +1207,12 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
     f = net.params.dtype.type
-    for w in prange(nw):
-        s = _team_scratch(t, w)
+    for w in prange(nw):  # borrowed views made inside: a parfor cannot take namedtuples built outside it
+        bnet = borrowed_net(net)
+        bdata = borrowed_data(data)
+        bt = borrowed_team(t)
+        border = borrow(order)
+        s = _team_scratch(bt, w)
         ls = 0.0
         cor = 0
         for k in range(n_steps):
@@ -1190,17 +1222,17 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
             s0 = B * w // nw
             Bw = B * (w + 1) // nw - s0
             nB = min(n, stop + batch_size) - stop
-            prefetch_rows(data.X, data.csr_ptr, data.csr_idx, data.csr_val, data.targets, data.labels,
-                          view1d(order, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
+            prefetch_rows(bdata.X, bdata.csr_ptr, bdata.csr_idx, bdata.csr_val, bdata.targets, bdata.labels,
+                          view1d(border, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
             if Bw > 0:
-                rows = view1d(order, start + s0, Bw)
-                team_forward(net, data, rows, t, s, w)
-                a, c = output_delta(net, data, rows, s)
+                rows = view1d(border, start + s0, Bw)
+                team_forward(bnet, bdata, rows, bt, s, w)
+                a, c = output_delta(bnet, bdata, rows, s)
                 ls += a
                 cor += c
-                team_deltas(net, t, s, w, Bw)
+                team_deltas(bnet, bt, s, w, Bw)
             team_barrier()  # every delta from the pre-update weights
-            team_update(net, data, order, start, B, t, w, nw, f(lrs[k]) / f(B))
+            team_update(bnet, bdata, border, start, B, bt, w, nw, f(lrs[k]) / f(B))
             team_barrier()  # the next minibatch reads the updated weights
         losses[w] = ls
         corrects[w] = cor
