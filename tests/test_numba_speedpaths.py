@@ -78,7 +78,7 @@ def test_team_epoch_matches_numpy(dtype, path, uint8, case, threads):
     assert team is not None  # the team epoch ran
     workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path.startswith("gemm") else 1
     assert (result.mode, result.threads_used) == (("sync", workers) if workers > 1 else ("serial", 1))
-    assert team.acts.shape[0] // team.total == workers
+    assert team.woff.shape[0] // team.act_off.shape[0] == workers
     for l in range(len(sizes) - 1):
         assert_close(net.weights[l], ref.weights[l], dtype, f"weights {l}")
         assert_close(net.biases[l], ref.biases[l], dtype, f"biases {l}")

@@ -126,17 +126,18 @@ def make_scratch(sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
 
 
 def make_team(sizes, bmax, n_workers, dtype, use_blas):
-    """numba_kernels.Team for minibatches of up to bmax rows on n_workers workers: per worker, the
-    activations and deltas of its share of the rows (up to ceil(bmax / n_workers)), the output
-    pre-activations, and the transposed-weight scratch of the loop layers' deltas."""
+    """numba_kernels.Team for minibatches of up to bmax rows on n_workers workers: activations and
+    deltas laid out like a Scratch (one (bmax, width) block per layer; worker w fills its rows),
+    the output pre-activations, per-worker layer offsets, and per-worker transposed-weight
+    scratch for the loop layers' deltas."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    bm = -(-int(bmax) // int(n_workers))
-    act_off = np.concatenate([[0], np.cumsum(sizes * bm)]).astype(np.int64)
+    bmax, n_workers = int(bmax), int(n_workers)
+    act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
     total = int(act_off[-1])
     wt = max([int(sizes[l] * sizes[l + 1]) for l in range(1, len(sizes) - 1) if not use_blas[l]] or [1])
-    return K.Team(np.zeros(n_workers * total, dtype=dtype), np.zeros(n_workers * total, dtype=dtype),
-                  np.zeros(n_workers * bm * int(sizes[-1]), dtype=dtype), np.zeros(n_workers * wt, dtype=dtype),
-                  total, wt, bm, act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_))
+    return K.Team(np.zeros(total, dtype=dtype), np.zeros(total, dtype=dtype), np.zeros(bmax * int(sizes[-1]), dtype=dtype),
+                  np.zeros(n_workers * wt, dtype=dtype), np.zeros(n_workers * act_off.shape[0], dtype=np.int64), wt,
+                  -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_))
 
 
 def team_works(n_workers):
@@ -343,7 +344,7 @@ class NumbaBackend(Backend):
         data = self._data(plan.X, plan.x_scale, csr, plan.targets, plan.labels, ops.LOSS_CODES[plan.loss], net.dtype)
         n_blas = 1 if use_blas.any() else None
         if ws.team is not None:
-            nw = ws.team.acts.shape[0] // ws.team.total
+            nw = ws.team.woff.shape[0] // ws.team.act_off.shape[0]
             set_threads(nw)
             losses, corrects = np.zeros(nw), np.zeros(nw, dtype=np.int64)
             with blas_threads(1 if use_blas.any() else None):

@@ -66,7 +66,7 @@ Net = namedtuple("Net", "params layout kinds")
 Data = namedtuple("Data", "X x_scale csr_ptr csr_idx csr_val targets labels loss")
 Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_blas n_split")
 Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
-Team = namedtuple("Team", "acts deltas zlast WT total wt_size bm act_off sizes use_blas")
+Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas")
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
                                 "mptr midx mval brows pixel_row pixel_col")
 
@@ -92,7 +92,7 @@ def borrowed_scratch(s):
 
 @njit(**JIT)
 def borrowed_team(t):
-    return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), t.total, t.wt_size, t.bm,
+    return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), borrow(t.woff), t.wt_size, t.bm,
                 borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas))
 
 
@@ -1022,7 +1022,8 @@ def gemm(ta, tb, m, n, k, alpha, A, offa, lda, B, offb, ldb, beta, C, offc, ldc)
 
 # ---- the team epoch: one parallel region per call, two barriers per minibatch -------------------
 # Worker w of nw computes the forward pass and every delta of its share of the minibatch's
-# samples (rows B*w//nw .. B*(w+1)//nw) into its own slice of the Team buffers; after a barrier
+# samples (rows B*w//nw .. B*(w+1)//nw) into those rows of the shared Team buffers (laid out like
+# a Scratch: one (bmax, width) block per layer, so each update is one gemm over all B rows); after a barrier
 # it applies the update of its share of every layer's weights (weight rows for gemm and loop
 # layers, 16-column blocks for the sparse input layer, the biases on the last worker) from all
 # workers' samples; a second barrier and the next minibatch follows. The per-gemm parallel
@@ -1038,33 +1039,36 @@ def team_probe(nums, sizes):
 
 
 @njit(**JIT)
-def _team_scratch(t, w):
-    """Worker w's Scratch inside the Team buffers (borrowed views): its acts, output z, output
-    delta (the deltas block of the last layer) and transposed-weight scratch."""
-    L = t.act_off.shape[0] - 2
-    bm = t.bm
-    out = view1d(t.deltas, w * t.total + t.act_off[L], bm * t.sizes[L])
-    return Scratch(view1d(t.acts, w * t.total, t.total), t.act_off, t.sizes,
-                   view2d(t.zlast, w * bm * t.sizes[L], bm, t.sizes[L]), out, out,
+def _team_scratch(t, w, s0):
+    """Worker w's Scratch for the rows from s0 on (borrowed views): its per-layer offsets (in its
+    row of t.woff), output z, output delta (the deltas block of the last layer) and
+    transposed-weight scratch. Views are t.bm = ceil(bmax / nw) rows, inside each block."""
+    n = t.act_off.shape[0]
+    L = n - 2
+    off = view1d(t.woff, w * n, n)
+    for l in range(L + 1):
+        off[l] = t.act_off[l] + s0 * t.sizes[l]
+    off[L + 1] = t.act_off[L + 1]
+    out = view1d(t.deltas, off[L], t.bm * t.sizes[L])
+    return Scratch(t.acts, off, t.sizes, view2d(t.zlast, s0 * t.sizes[L], t.bm, t.sizes[L]), out, out,
                    view1d(t.WT, w * t.wt_size, t.wt_size), t.use_blas, None)
 
 
 @njit(**JIT)
-def team_deltas(net, t, s, w, Bw):
-    """Hidden deltas of worker w's Bw samples from the top down, each into its own block of the
-    worker's deltas (layer l's at act_off[l]), with the pre-update weights."""
+def team_deltas(net, t, s, Bw):
+    """Hidden deltas of the worker's Bw samples from the top down, each into its rows of the
+    layer's deltas block (layer l's at act_off[l]), with the pre-update weights."""
     bm = s.zlast.shape[0]
     L = net.layout.shape[0]
-    base = w * t.total
     for l in range(L - 1, 0, -1):
         W, _ = _layer_views(net.params, net.layout, l)
-        cur = view2d(t.deltas, base + t.act_off[l + 1], bm, t.sizes[l + 1])
-        dx = view2d(t.deltas, base + t.act_off[l], bm, t.sizes[l])
+        cur = view2d(t.deltas, s.act_off[l + 1], bm, t.sizes[l + 1])
+        dx = view2d(t.deltas, s.act_off[l], bm, t.sizes[l])
         a_in = _acts(s.acts, s.act_off, s.sizes, l, bm)
         if t.use_blas[l]:
             n_in, n_out = t.sizes[l], t.sizes[l + 1]
-            gemm(False, True, Bw, n_in, n_out, 1.0, t.deltas, base + t.act_off[l + 1], n_out, net.params,
-                 net.layout[l, 0], n_out, 0.0, t.deltas, base + t.act_off[l], n_in)
+            gemm(False, True, Bw, n_in, n_out, 1.0, t.deltas, s.act_off[l + 1], n_out, net.params,
+                 net.layout[l, 0], n_out, 0.0, t.deltas, s.act_off[l], n_in)
             for i in range(Bw):
                 activation_backward(a_in, dx, i, net.kinds[l - 1])
         else:
@@ -1072,17 +1076,15 @@ def team_deltas(net, t, s, w, Bw):
 
 
 @njit(**JIT)
-def team_forward_blas(net, t, s, w, Bw, l):
-    """z = x @ W + b for worker w's Bw samples of a gemm-sized layer (activation applied by the caller)."""
-    bm = s.zlast.shape[0]
+def team_forward_blas(net, t, s, Bw, l, s0):
+    """z = x @ W + b for the worker's Bw samples of a gemm-sized layer (activation applied by the caller)."""
     L = net.layout.shape[0]
     n_in, n_out = t.sizes[l], t.sizes[l + 1]
-    base = w * t.total
     if l == L - 1:
-        zbuf, zoff = t.zlast, w * bm * n_out
+        zbuf, zoff = t.zlast, s0 * n_out
     else:
-        zbuf, zoff = t.acts, base + t.act_off[l + 1]
-    gemm(False, False, Bw, n_out, n_in, 1.0, t.acts, base + t.act_off[l], n_in, net.params, net.layout[l, 0], n_out,
+        zbuf, zoff = t.acts, s.act_off[l + 1]
+    gemm(False, False, Bw, n_out, n_in, 1.0, t.acts, s.act_off[l], n_in, net.params, net.layout[l, 0], n_out,
          0.0, zbuf, zoff, n_out)
     b = view1d(net.params, net.layout[l, 1], n_out)
     for i in range(Bw):
@@ -1092,9 +1094,9 @@ def team_forward_blas(net, t, s, w, Bw, l):
 
 
 @njit(**JIT)
-def team_forward(net, data, rows, t, s, w):
-    """network_forward for worker w's samples (plain, no augmentation); gemm layers call BLAS
-    directly on the worker's rows."""
+def team_forward(net, data, rows, t, s, s0):
+    """network_forward for the worker's samples (plain, no augmentation; the input gathered by
+    input_rows); gemm layers call BLAS directly on the worker's rows."""
     B = rows.shape[0]
     bm = s.zlast.shape[0]
     L = net.layout.shape[0]
@@ -1107,7 +1109,7 @@ def team_forward(net, data, rows, t, s, w):
         if l == 0 and data.csr_ptr.shape[0] > 0:
             dense_forward_sparse(ptr, idx, val, data.x_scale, in_rows, W, b, z)
         elif s.use_blas[l]:
-            team_forward_blas(net, t, s, w, B, l)
+            team_forward_blas(net, t, s, B, l, s0)
         else:
             dense_forward_loops(x, B, W, b, z)
         for i in range(B):
@@ -1115,9 +1117,9 @@ def team_forward(net, data, rows, t, s, w):
 
 
 @njit(**JIT)
-def team_update_loops(t, l, B, nw, coef, tW, k0, k1):
-    """tW[k0:k1] -= coef * sum over every worker's samples (in sample order) of x[i, k] * d[i]:
-    four weight rows share each delta load (four FMA chains per 16-column block)."""
+def team_update_loops(t, l, B, coef, tW, k0, k1):
+    """tW[k0:k1] -= coef * sum over the minibatch's samples (in order) of x[i, k] * d[i]: four
+    weight rows share each delta load (four FMA chains per 16-column block)."""
     n_in, n_out = tW.shape
     xo = t.act_off[l]
     do = t.act_off[l + 1]
@@ -1125,75 +1127,61 @@ def team_update_loops(t, l, B, nw, coef, tW, k0, k1):
     for j0 in range(0, n_out, VL):
         m = min(VL, n_out - j0)
         k = k0
-        while k < k1:
-            nk = min(4, k1 - k)
+        while k + 4 <= k1:
             g0 = zero
             g1 = zero
             g2 = zero
             g3 = zero
-            for q in range(nw):
-                base = q * t.total
-                for i in range(B * (q + 1) // nw - B * q // nw):
-                    dv = vload(t.deltas, base + do + i * n_out + j0, m)
-                    xr = base + xo + i * n_in + k
-                    g0 = vfma(g0, t.acts[xr], dv)
-                    if nk > 1:
-                        g1 = vfma(g1, t.acts[xr + 1], dv)
-                    if nk > 2:
-                        g2 = vfma(g2, t.acts[xr + 2], dv)
-                    if nk > 3:
-                        g3 = vfma(g3, t.acts[xr + 3], dv)
+            for i in range(B):
+                dv = vload(t.deltas, do + i * n_out + j0, m)
+                xr = xo + i * n_in + k
+                g0 = vfma(g0, ld(t.acts, xr), dv)
+                g1 = vfma(g1, ld(t.acts, xr + 1), dv)
+                g2 = vfma(g2, ld(t.acts, xr + 2), dv)
+                g3 = vfma(g3, ld(t.acts, xr + 3), dv)
             vstore(tW, k * n_out + j0, m, vfma(vload(tW, k * n_out + j0, m), -coef, g0))
-            if nk > 1:
-                vstore(tW, (k + 1) * n_out + j0, m, vfma(vload(tW, (k + 1) * n_out + j0, m), -coef, g1))
-            if nk > 2:
-                vstore(tW, (k + 2) * n_out + j0, m, vfma(vload(tW, (k + 2) * n_out + j0, m), -coef, g2))
-            if nk > 3:
-                vstore(tW, (k + 3) * n_out + j0, m, vfma(vload(tW, (k + 3) * n_out + j0, m), -coef, g3))
-            k += nk
+            vstore(tW, (k + 1) * n_out + j0, m, vfma(vload(tW, (k + 1) * n_out + j0, m), -coef, g1))
+            vstore(tW, (k + 2) * n_out + j0, m, vfma(vload(tW, (k + 2) * n_out + j0, m), -coef, g2))
+            vstore(tW, (k + 3) * n_out + j0, m, vfma(vload(tW, (k + 3) * n_out + j0, m), -coef, g3))
+            k += 4
+        while k < k1:
+            g0 = zero
+            for i in range(B):
+                g0 = vfma(g0, ld(t.acts, xo + i * n_in + k), vload(t.deltas, do + i * n_out + j0, m))
+            vstore(tW, k * n_out + j0, m, vfma(vload(tW, k * n_out + j0, m), -coef, g0))
+            k += 1
 
 
 @njit(**JIT)
 def team_update(net, data, order, start, B, t, w, nw, coef):
-    """Worker w's share of the minibatch's update: every layer's weights from all workers' samples."""
+    """Worker w's share of the minibatch's update, every layer's weights from all B samples:
+    weight rows k0..k1 of gemm and loop layers, 16-column blocks of the sparse input layer, the
+    biases on the last worker."""
     L = net.layout.shape[0]
     sparse = data.csr_ptr.shape[0] > 0
+    rows = view1d(order, start, B)
     for l in range(L):
         tW, tb = _layer_views(net.params, net.layout, l)
         n_in, n_out = t.sizes[l], t.sizes[l + 1]
         do = t.act_off[l + 1]
         if w == nw - 1:  # the biases, samples in order
-            for j0 in range(0, n_out, VL):
-                m = min(VL, n_out - j0)
-                g = vsplat(0, tb)
-                for q in range(nw):
-                    base = q * t.total
-                    for i in range(B * (q + 1) // nw - B * q // nw):
-                        g = vadd(g, vload(t.deltas, base + do + i * n_out + j0, m))
-                vstore(tb, j0, m, vfma(vload(tb, j0, m), -coef, g))
+            bias_update(view2d(t.deltas, do, B, n_out), B, coef, tb)
         if l == 0 and sparse:
             n_blocks = (n_out + VL - 1) // VL
             table = pixel_table(data.x_scale, coef, tW)
+            d = view2d(t.deltas, do, B, n_out)
             for jb in range(n_blocks * w // nw, n_blocks * (w + 1) // nw):
-                for q in range(nw):
-                    q0 = B * q // nw
-                    Bq = B * (q + 1) // nw - q0
-                    if Bq > 0:
-                        sparse_update_block(data.csr_ptr, data.csr_idx, data.csr_val, table,
-                                            view1d(order, start + q0, Bq),
-                                            view2d(t.deltas, q * t.total + do, Bq, n_out), tW, jb * VL)
+                sparse_update_block(data.csr_ptr, data.csr_idx, data.csr_val, table, rows, d, tW, jb * VL)
             continue
         k0 = n_in * w // nw
         k1 = n_in * (w + 1) // nw
         if k1 <= k0:
             continue
         if t.use_blas[l]:
-            for q in range(nw):
-                Bq = B * (q + 1) // nw - B * q // nw
-                gemm(True, False, k1 - k0, n_out, Bq, -coef, t.acts, q * t.total + t.act_off[l] + k0, n_in,
-                     t.deltas, q * t.total + do, n_out, 1.0, net.params, net.layout[l, 0] + k0 * n_out, n_out)
+            gemm(True, False, k1 - k0, n_out, B, -coef, t.acts, t.act_off[l] + k0, n_in,
+                 t.deltas, do, n_out, 1.0, net.params, net.layout[l, 0] + k0 * n_out, n_out)
         else:
-            team_update_loops(t, l, B, nw, coef, tW, k0, k1)
+            team_update_loops(t, l, B, coef, tW, k0, k1)
 
 
 @njit(parallel=True, **JIT)
@@ -1202,7 +1190,7 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
     barriers per minibatch (see above). Worker w's loss sum and correct count go to losses[w],
     corrects[w]. Needs a prange whose iterations run one per OpenMP thread (team_probe) when
     len(losses) > 1. Per weight, the sparse and loop layers sum their samples in order whatever
-    the worker count; gemm layers add one gemm per worker's samples."""
+    the worker count; gemm layers are one gemm over all the minibatch's rows."""
     nw = losses.shape[0]
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
@@ -1212,7 +1200,6 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
         bdata = borrowed_data(data)
         bt = borrowed_team(t)
         border = borrow(order)
-        s = _team_scratch(bt, w)
         ls = 0.0
         cor = 0
         for k in range(n_steps):
@@ -1225,12 +1212,13 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
             prefetch_rows(bdata.X, bdata.csr_ptr, bdata.csr_idx, bdata.csr_val, bdata.targets, bdata.labels,
                           view1d(border, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
             if Bw > 0:
+                s = _team_scratch(bt, w, s0)
                 rows = view1d(border, start + s0, Bw)
-                team_forward(bnet, bdata, rows, bt, s, w)
+                team_forward(bnet, bdata, rows, bt, s, s0)
                 a, c = output_delta(bnet, bdata, rows, s)
                 ls += a
                 cor += c
-                team_deltas(bnet, bt, s, w, Bw)
+                team_deltas(bnet, bt, s, Bw)
             team_barrier()  # every delta from the pre-update weights
             team_update(bnet, bdata, border, start, B, bt, w, nw, f(lrs[k]) / f(B))
             team_barrier()  # the next minibatch reads the updated weights
