@@ -7,9 +7,18 @@ augmentation is passed as ``None`` and its branches are pruned.
 
 Threads
 -------
-* Deterministic mode (the default): the epoch runs minibatch after minibatch in one compiled
-  call. Layers big enough for BLAS split each gemm into fixed row chunks, one per Numba
-  thread, each a single-threaded gemm (the result depends on the thread count through the
+* Deterministic plain SGD without augmentation (the issue-11 table): the team epoch
+  (numba_kernels.train_epoch_team), ONE parallel region per call and two OpenMP team barriers
+  per minibatch, like the Cython sync mode: each worker runs the forward pass and deltas of its
+  share of the minibatch's rows (single-threaded gemm on its rows for BLAS-sized layers, the
+  column-blocked sparse input layer, loops), then applies the update of its share of every
+  layer's weights (weight rows: one gemm with beta = 1 over all B rows; 16-column blocks of the
+  sparse input layer), in a fixed order. More than one worker only when some layer is BLAS-sized
+  (small networks stay on one thread), and only when `team_works` (Numba's "omp" layer, a prange
+  running one iteration per OpenMP thread); otherwise the per-gemm split below.
+* Deterministic mode otherwise (optimisers, augmentation): the epoch runs minibatch after
+  minibatch in one compiled call. Layers big enough for BLAS split each gemm into fixed row
+  chunks, one per Numba thread, each a single-threaded gemm (the result depends on the thread count through the
   gradient's partial sums, never on timing); OpenBLAS's own threads are not used because they
   collapsed on this busy 2-core machine (31 s vs 2 s per 784-512-512-10 epoch). Small layers
   stay serial, identical for any thread count: a Numba prange region measured 1.2 us with one
@@ -135,7 +144,8 @@ def make_team(sizes, bmax, n_workers, dtype, use_blas):
     act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
     total = int(act_off[-1])
     wt = max([int(sizes[l] * sizes[l + 1]) for l in range(1, len(sizes) - 1) if not use_blas[l]] or [1])
-    return K.Team(np.zeros(total, dtype=dtype), np.zeros(total, dtype=dtype), np.zeros(bmax * int(sizes[-1]), dtype=dtype),
+    return K.Team(np.zeros(total, dtype=dtype), np.zeros(total, dtype=dtype),
+                  np.zeros(bmax * int(sizes[-1]), dtype=dtype),
                   np.zeros(n_workers * wt, dtype=dtype), np.zeros(n_workers * act_off.shape[0], dtype=np.int64), wt,
                   -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_))
 

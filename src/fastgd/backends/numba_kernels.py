@@ -51,7 +51,8 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
                         TANH)
 
 from .base import ADAM, ADAMW, SGD
-from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size, team_thread_num, vadd, vdiv,  # noqa: F401
+from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size,  # noqa: F401
+                         team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
                          vwhere_positive_else, view1d, view2d)
 
