@@ -7,9 +7,18 @@ augmentation is passed as ``None`` and its branches are pruned.
 
 Threads
 -------
-* Deterministic mode (the default): the epoch runs minibatch after minibatch in one compiled
-  call. Layers big enough for BLAS split each gemm into fixed row chunks, one per Numba
-  thread, each a single-threaded gemm (the result depends on the thread count through the
+* Deterministic plain SGD without augmentation (the issue-11 table): the team epoch
+  (numba_kernels.train_epoch_team), ONE parallel region per call and two OpenMP team barriers
+  per minibatch, like the Cython sync mode: each worker runs the forward pass and deltas of its
+  share of the minibatch's rows (single-threaded gemm on its rows for BLAS-sized layers, the
+  column-blocked sparse input layer, loops), then applies the update of its share of every
+  layer's weights (weight rows: one gemm with beta = 1 over all B rows; 16-column blocks of the
+  sparse input layer), in a fixed order. More than one worker only when some layer is BLAS-sized
+  (small networks stay on one thread), and only when `team_works` (Numba's "omp" layer, a prange
+  running one iteration per OpenMP thread); otherwise the per-gemm split below.
+* Deterministic mode otherwise (optimisers, augmentation): the epoch runs minibatch after
+  minibatch in one compiled call. Layers big enough for BLAS split each gemm into fixed row
+  chunks, one per Numba thread, each a single-threaded gemm (the result depends on the thread count through the
   gradient's partial sums, never on timing); OpenBLAS's own threads are not used because they
   collapsed on this busy 2-core machine (31 s vs 2 s per 784-512-512-10 epoch). Small layers
   stay serial, identical for any thread count: a Numba prange region measured 1.2 us with one
@@ -64,6 +73,14 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from . import numba_kernels as K  # noqa: E402
 
+try:  # load SciPy's BLAS now: threadpool_limits only reaches libraries already loaded, and the
+    # kernels' first gemm would otherwise load it inside a `blas_threads(1)` block, unlimited (two
+    # OpenBLAS threads on the busy 2-core machine: 128x784x512 sgemm 28 ms instead of 1.3 ms)
+    from numba.np.linalg import ensure_blas
+    ensure_blas()
+except ImportError:  # pragma: no cover - SciPy missing: only the loop kernels can run
+    pass
+
 NAME = "numba"
 
 #: A layer goes through BLAS gemm when batch * n_in * n_out reaches this.
@@ -117,6 +134,37 @@ def make_scratch(sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
                      None if n_workers is not None else int(n_split))
 
 
+def make_team(sizes, bmax, n_workers, dtype, use_blas):
+    """numba_kernels.Team for minibatches of up to bmax rows on n_workers workers: activations and
+    deltas laid out like a Scratch (one (bmax, width) block per layer; worker w fills its rows),
+    the output pre-activations, per-worker layer offsets, and per-worker transposed-weight
+    scratch for the loop layers' deltas."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    bmax, n_workers = int(bmax), int(n_workers)
+    act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
+    total = int(act_off[-1])
+    wt = max([int(sizes[l] * sizes[l + 1]) for l in range(1, len(sizes) - 1) if not use_blas[l]] or [1])
+    return K.Team(np.zeros(total, dtype=dtype), np.zeros(total, dtype=dtype),
+                  np.zeros(bmax * int(sizes[-1]), dtype=dtype),
+                  np.zeros(n_workers * wt, dtype=dtype), np.zeros(n_workers * act_off.shape[0], dtype=np.int64), wt,
+                  -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_))
+
+
+def team_works(n_workers):
+    """Can train_epoch_team run on n_workers threads here: Numba's "omp" layer, libgomp's
+    barrier, and a prange that runs its iterations one per OpenMP thread (checked by running
+    one). One worker needs no barrier."""
+    if n_workers == 1:
+        return True
+    if not K.HAVE_GOMP:
+        return False
+    nums = np.full(n_workers, -1, dtype=np.int64)
+    sizes = np.zeros(n_workers, dtype=np.int64)
+    _call(K.team_probe, nums, sizes)
+    return (numba.threading_layer() == "omp" and bool((nums == np.arange(n_workers)).all())
+            and bool((sizes == n_workers).all()))
+
+
 NO_CSR = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.uint8))
 
 
@@ -156,7 +204,8 @@ class NumbaBackend(Backend):
     features = frozenset(FEATURES)
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
-                 sparse_max_density=0.5):
+                 sparse_max_density=0.5, team_epoch=True):
+        self.team_epoch = team_epoch
         self.blas_min_work = blas_min_work
         self.forward_chunk = forward_chunk
         self.sparse_input = sparse_input
@@ -225,6 +274,10 @@ class NumbaBackend(Backend):
         return float(value), grad
 
     # ---- training -------------------------------------------------------------------------------
+    def _team(self, plan, hogwild):
+        return (not hogwild and _plain_sgd(plan.rule) and plan.dropout == 0 and plan.max_shift == 0
+                and self.team_epoch)
+
     def _hogwild(self, plan, workers):
         return (not plan.deterministic and workers > 1 and plan.n_steps > 1 and _plain_sgd(plan.rule)
                 and plan.dropout == 0 and plan.max_shift == 0)
@@ -245,6 +298,15 @@ class NumbaBackend(Backend):
         if getattr(ws, "csr_of", None) is not plan.X:
             ws.csr_of = plan.X
             ws.csr = self._csr(plan.X, bool(use_blas[0]))
+        ws.team = None
+        if self._team(plan, hogwild):
+            n_team = workers if use_blas.any() else 1  # small networks: one thread (see the module doc)
+            tkey = (key, n_team)
+            if getattr(ws, "team_key", None) != tkey:
+                set_threads(n_team)
+                ws.team_key = tkey
+                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas) if team_works(n_team) else None
+            ws.team = ws.team_buffers
         return hogwild, workers, use_blas
 
     @staticmethod
@@ -291,6 +353,14 @@ class NumbaBackend(Backend):
         csr = ws.csr
         data = self._data(plan.X, plan.x_scale, csr, plan.targets, plan.labels, ops.LOSS_CODES[plan.loss], net.dtype)
         n_blas = 1 if use_blas.any() else None
+        if ws.team is not None:
+            nw = ws.team.woff.shape[0] // ws.team.act_off.shape[0]
+            set_threads(nw)
+            losses, corrects = np.zeros(nw), np.zeros(nw, dtype=np.int64)
+            with blas_threads(1 if use_blas.any() else None):
+                _call(K.train_epoch_team, model, data, plan.order, plan.lrs, int(plan.batch_size), ws.team, losses,
+                      corrects)
+            return EpochResult(float(losses.sum()), int(corrects.sum()), nw, "sync" if nw > 1 else "serial")
         set_threads(workers)
         with blas_threads(n_blas):
             if hogwild:
@@ -308,7 +378,7 @@ class NumbaBackend(Backend):
         scratch and the gradient buffer. `ws.compile_seconds` is 0.0 when every kernel came from
         the cache; `ws.info` records the warm-up time, cache hits and misses. Leaves net.params
         and plan.rule.state untouched."""
-        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.forward_chunks, K.csr_fill)
+        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.train_epoch_team, K.forward_chunks, K.csr_fill)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()
         small = net.copy()

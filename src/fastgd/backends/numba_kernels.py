@@ -51,22 +51,50 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
                         TANH)
 
 from .base import ADAM, ADAMW, SGD
-from .numba_simd import (VL, prefetch, vadd, vdiv, vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat,  # noqa: F401
-                         vsqrt, vstore, vsub, vsum, vwhere_positive, vwhere_positive_else, view1d, view2d)
+from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size,  # noqa: F401
+                         team_thread_num, vadd, vdiv,
+                         vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
+                         vwhere_positive_else, view1d, view2d)
 
 # Reassociation lets LLVM vectorise the dot products and reductions; no 'nnan'/'ninf', because
 # sigmoid relies on exp overflowing to inf (1 / (1 + inf) = 0) exactly like the reference.
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 # A bounds-checked build is not cached: the on-disk cache would hand it the unchecked code.
+BOUNDS = bool(config.BOUNDSCHECK)
 JIT = dict(cache=not config.BOUNDSCHECK, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 Net = namedtuple("Net", "params layout kinds")
 Data = namedtuple("Data", "X x_scale csr_ptr csr_idx csr_val targets labels loss")
 Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_blas n_split")
 Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
+Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas")
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
                                 "mptr midx mval brows pixel_row pixel_col")
 
+
+
+@njit(**JIT)
+def borrowed_net(net):
+    """net with borrowed arrays (numba_simd.borrow): no atomic reference counting inside a call."""
+    return Net(borrow(net.params), borrow(net.layout), borrow(net.kinds))
+
+
+@njit(**JIT)
+def borrowed_data(d):
+    return Data(borrow(d.X), d.x_scale, borrow(d.csr_ptr), borrow(d.csr_idx), borrow(d.csr_val), borrow(d.targets),
+                borrow(d.labels), d.loss)
+
+
+@njit(**JIT)
+def borrowed_scratch(s):
+    return Scratch(borrow(s.acts), borrow(s.act_off), borrow(s.sizes), borrow(s.zlast), borrow(s.delta0),
+                   borrow(s.delta1), borrow(s.gW), borrow(s.use_blas), s.n_split)
+
+
+@njit(**JIT)
+def borrowed_team(t):
+    return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), borrow(t.woff), t.wt_size, t.bm,
+                borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas))
 
 
 @njit(**JIT)
@@ -282,32 +310,48 @@ def gather_dense(X, rows, x_scale, x):
 
 # ---- one dense layer on the loop path ---------------------------------------------------------
 @njit(**JIT)
+def pixel_table(x_scale, coef, like):
+    """t[v] = coef * (dtype(v) * dtype(x_scale)) for every uint8 value v: the reference's scaled
+    pixel (coef 1) or the update's factor, looked up instead of a convert and multiplies per pixel."""
+    t = np.empty(256, dtype=like.dtype)
+    scale = like.dtype.type(x_scale)
+    c = like.dtype.type(coef)
+    for v in range(256):
+        t[v] = c * (like.dtype.type(v) * scale)
+    return t
+
+
+@njit(**JIT)
 def dense_forward_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, W, b, z):
     """z[i] = b + sum over the non-zero pixels k of row rows[i] of x_k * W[k] (no activation).
 
-    x_k = dtype(pixel) * dtype(x_scale) like the reference. Per 16-column block, four vector
-    accumulators keep four independent FMA chains in flight (one chain stalls on latency)."""
+    x_k = dtype(pixel) * dtype(x_scale) like the reference, from a 256-entry table. Column blocks
+    outermost: one 16-column block of W (n_in x 16, 50 KB for MNIST, mostly the ~600 pixels
+    that are ever non-zero) stays in L1 while every sample of the minibatch reads it, so wide
+    layers read W from L1 instead of L2. Four vector accumulators per sample keep four FMA
+    chains in flight; `ld` loads without Numba's wraparound test."""
     n_out = W.shape[1]
-    scale = z.dtype.type(x_scale)
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        start = csr_ptr[r]
-        end = csr_ptr[r + 1]
-        for j0 in range(0, n_out, VL):
-            m = min(VL, n_out - j0)
-            acc0 = vload(b, j0, m)
+    lut = pixel_table(x_scale, 1.0, z)
+    for j0 in range(0, n_out, VL):
+        m = min(VL, n_out - j0)
+        bv = vload(b, j0, m)
+        for i in range(rows.shape[0]):
+            r = ld(rows, i)
+            start = ld(csr_ptr, r)
+            end = ld(csr_ptr, r + 1)
+            acc0 = bv
             acc1 = vsplat(0, b)
             acc2 = acc1
             acc3 = acc1
             p = start
             while p + 4 <= end:
-                acc0 = vfma(acc0, z.dtype.type(csr_val[p]) * scale, vload(W, csr_idx[p] * n_out + j0, m))
-                acc1 = vfma(acc1, z.dtype.type(csr_val[p + 1]) * scale, vload(W, csr_idx[p + 1] * n_out + j0, m))
-                acc2 = vfma(acc2, z.dtype.type(csr_val[p + 2]) * scale, vload(W, csr_idx[p + 2] * n_out + j0, m))
-                acc3 = vfma(acc3, z.dtype.type(csr_val[p + 3]) * scale, vload(W, csr_idx[p + 3] * n_out + j0, m))
+                acc0 = vfma(acc0, ld(lut, ld(csr_val, p)), vload(W, np.int64(ld(csr_idx, p)) * n_out + j0, m))
+                acc1 = vfma(acc1, ld(lut, ld(csr_val, p + 1)), vload(W, np.int64(ld(csr_idx, p + 1)) * n_out + j0, m))
+                acc2 = vfma(acc2, ld(lut, ld(csr_val, p + 2)), vload(W, np.int64(ld(csr_idx, p + 2)) * n_out + j0, m))
+                acc3 = vfma(acc3, ld(lut, ld(csr_val, p + 3)), vload(W, np.int64(ld(csr_idx, p + 3)) * n_out + j0, m))
                 p += 4
             while p < end:
-                acc0 = vfma(acc0, z.dtype.type(csr_val[p]) * scale, vload(W, csr_idx[p] * n_out + j0, m))
+                acc0 = vfma(acc0, ld(lut, ld(csr_val, p)), vload(W, np.int64(ld(csr_idx, p)) * n_out + j0, m))
                 p += 1
             vstore(z, i * n_out + j0, m, vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
 
@@ -390,22 +434,29 @@ def dense_update_loops(x, d, B, coef, tW, tb):
 
 
 @njit(**JIT)
+def sparse_update_block(csr_ptr, csr_idx, csr_val, table, rows, d, tW, j0):
+    """tW[k, j0:j0 + 16] -= table[pixel] * d[i, j0:j0 + 16] for every non-zero pixel k of every
+    sample i, samples in order (the block of W stays in L1 for the whole minibatch); table from
+    pixel_table(x_scale, coef): the same coef * x products as before."""
+    n_out = tW.shape[1]
+    m = min(VL, n_out - j0)
+    for i in range(rows.shape[0]):
+        r = ld(rows, i)
+        di = vload(d, i * n_out + j0, m)
+        for p in range(ld(csr_ptr, r), ld(csr_ptr, r + 1)):
+            off = np.int64(ld(csr_idx, p)) * n_out + j0
+            vstore(tW, off, m, vfma(vload(tW, off, m), -ld(table, ld(csr_val, p)), di))
+
+
+@njit(**JIT)
 def dense_update_sparse(csr_ptr, csr_idx, csr_val, x_scale, rows, d, coef, tW, tb):
     """The input layer's update from its non-zero pixels: only their rows of W are written,
-    sample by sample in order."""
+    each weight gets its samples' terms in sample order; column blocks outermost."""
     n_out = tW.shape[1]
-    B = rows.shape[0]
-    scale = d.dtype.type(x_scale)
-    for i in range(B):
-        r = rows[i]
-        for j0 in range(0, n_out, VL):
-            m = min(VL, n_out - j0)
-            di = vload(d, i * n_out + j0, m)
-            for p in range(csr_ptr[r], csr_ptr[r + 1]):
-                off = csr_idx[p] * n_out + j0
-                v = coef * (d.dtype.type(csr_val[p]) * scale)
-                vstore(tW, off, m, vfma(vload(tW, off, m), -v, di))
-    bias_update(d, B, coef, tb)
+    table = pixel_table(x_scale, coef, d)
+    for j0 in range(0, n_out, VL):
+        sparse_update_block(csr_ptr, csr_idx, csr_val, table, rows, d, tW, j0)
+    bias_update(d, rows.shape[0], coef, tb)
 
 
 # ---- one dense layer on the BLAS path ---------------------------------------------------------
@@ -763,6 +814,10 @@ def train_epoch(net, data, order, lrs, batch_size, s, opt, aug):
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
     f = net.params.dtype.type
+    net = borrowed_net(net)
+    data = borrowed_data(data)
+    s = borrowed_scratch(s)
+    order = borrow(order)
     loss_sum = 0.0
     correct = 0
     first = 0
@@ -942,3 +997,231 @@ def gather_dense_shifted(X, rows, x_scale, x, seed, pos0, max_shift, img_rows, i
                     x[i, row * img_cols + col] = x.dtype.type(X[src, sr * img_cols + sc]) * scale
                 else:
                     x[i, row * img_cols + col] = zero
+
+
+# ---- direct gemm ------------------------------------------------------------------------------
+@njit(**JIT)
+def _operand_ok(size, off, rows, cols, ld):
+    return rows <= 0 or cols <= 0 or (off >= 0 and ld >= cols and off + (rows - 1) * ld + cols <= size)
+
+
+@njit(**JIT)
+def gemm(ta, tb, m, n, k, alpha, A, offa, lda, B, offb, ldb, beta, C, offc, ldc):
+    """Row-major C[offc:] (m x n, row stride ldc) = alpha * op(A) @ op(B) + beta * C on flat arrays
+    (numba_simd.gemm_raw; op = transpose when ta / tb). Nothing happens when m, n or k is 0.
+    Under NUMBA_BOUNDSCHECK=1 every operand's range is checked first (IndexError)."""
+    if m <= 0 or n <= 0 or k <= 0:
+        return
+    if BOUNDS:
+        ra, ca = (k, m) if ta else (m, k)
+        rb, cb = (n, k) if tb else (k, n)
+        if not (_operand_ok(A.size, offa, ra, ca, lda) and _operand_ok(B.size, offb, rb, cb, ldb)
+                and _operand_ok(C.size, offc, m, n, ldc)):
+            raise IndexError("fastgd gemm: operand out of range")
+    gemm_raw(ta, tb, m, n, k, alpha, A, offa, lda, B, offb, ldb, beta, C, offc, ldc)
+
+
+# ---- the team epoch: one parallel region per call, two barriers per minibatch -------------------
+# Worker w of nw computes the forward pass and every delta of its share of the minibatch's
+# samples (rows B*w//nw .. B*(w+1)//nw) into those rows of the shared Team buffers (laid out like
+# a Scratch: one (bmax, width) block per layer, so each update is one gemm over all B rows); after a barrier
+# it applies the update of its share of every layer's weights (weight rows for gemm and loop
+# layers, 16-column blocks for the sparse input layer, the biases on the last worker) from all
+# workers' samples; a second barrier and the next minibatch follows. The per-gemm parallel
+# regions this replaces launched ~6 times per minibatch, and on a loaded 2-core machine each
+# launch could wait a scheduler slice (784-128-10 b32 measured 45 s per epoch on 2 threads).
+@njit(parallel=True, **JIT)
+def team_probe(nums, sizes):
+    """Per iteration w of a prange over len(nums): the OpenMP thread number and team size that ran
+    it. The team epoch is valid only if nums == arange(n) and sizes == n (one iteration each)."""
+    for w in prange(nums.shape[0]):
+        nums[w] = team_thread_num()
+        sizes[w] = team_size()
+
+
+@njit(**JIT)
+def _team_scratch(t, w, s0):
+    """Worker w's Scratch for the rows from s0 on (borrowed views): its per-layer offsets (in its
+    row of t.woff), output z, output delta (the deltas block of the last layer) and
+    transposed-weight scratch. Views are t.bm = ceil(bmax / nw) rows, inside each block."""
+    n = t.act_off.shape[0]
+    L = n - 2
+    off = view1d(t.woff, w * n, n)
+    for l in range(L + 1):
+        off[l] = t.act_off[l] + s0 * t.sizes[l]
+    off[L + 1] = t.act_off[L + 1]
+    out = view1d(t.deltas, off[L], t.bm * t.sizes[L])
+    return Scratch(t.acts, off, t.sizes, view2d(t.zlast, s0 * t.sizes[L], t.bm, t.sizes[L]), out, out,
+                   view1d(t.WT, w * t.wt_size, t.wt_size), t.use_blas, None)
+
+
+@njit(**JIT)
+def team_deltas(net, t, s, Bw):
+    """Hidden deltas of the worker's Bw samples from the top down, each into its rows of the
+    layer's deltas block (layer l's at act_off[l]), with the pre-update weights."""
+    bm = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    for l in range(L - 1, 0, -1):
+        W, _ = _layer_views(net.params, net.layout, l)
+        cur = view2d(t.deltas, s.act_off[l + 1], bm, t.sizes[l + 1])
+        dx = view2d(t.deltas, s.act_off[l], bm, t.sizes[l])
+        a_in = _acts(s.acts, s.act_off, s.sizes, l, bm)
+        if t.use_blas[l]:
+            n_in, n_out = t.sizes[l], t.sizes[l + 1]
+            gemm(False, True, Bw, n_in, n_out, 1.0, t.deltas, s.act_off[l + 1], n_out, net.params,
+                 net.layout[l, 0], n_out, 0.0, t.deltas, s.act_off[l], n_in)
+            for i in range(Bw):
+                activation_backward(a_in, dx, i, net.kinds[l - 1])
+        else:
+            dense_backward_dx_loops(cur, Bw, W, a_in, net.kinds[l - 1], dx, s.gW)
+
+
+@njit(**JIT)
+def team_forward_blas(net, t, s, Bw, l, s0):
+    """z = x @ W + b for the worker's Bw samples of a gemm-sized layer (activation applied by the caller)."""
+    L = net.layout.shape[0]
+    n_in, n_out = t.sizes[l], t.sizes[l + 1]
+    if l == L - 1:
+        zbuf, zoff = t.zlast, s0 * n_out
+    else:
+        zbuf, zoff = t.acts, s.act_off[l + 1]
+    gemm(False, False, Bw, n_out, n_in, 1.0, t.acts, s.act_off[l], n_in, net.params, net.layout[l, 0], n_out,
+         0.0, zbuf, zoff, n_out)
+    b = view1d(net.params, net.layout[l, 1], n_out)
+    for i in range(Bw):
+        for j0 in range(0, n_out, VL):
+            m = min(VL, n_out - j0)
+            vstore(zbuf, zoff + i * n_out + j0, m, vadd(vload(zbuf, zoff + i * n_out + j0, m), vload(b, j0, m)))
+
+
+@njit(**JIT)
+def team_forward(net, data, rows, t, s, s0):
+    """network_forward for the worker's samples (plain, no augmentation; the input gathered by
+    input_rows); gemm layers call BLAS directly on the worker's rows."""
+    B = rows.shape[0]
+    bm = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    ptr, idx, val, in_rows = input_rows(data, rows, s, None, 0)
+    for l in range(L):
+        W, b = _layer_views(net.params, net.layout, l)
+        x = _acts(s.acts, s.act_off, s.sizes, l, bm)
+        a = _acts(s.acts, s.act_off, s.sizes, l + 1, bm)
+        z = s.zlast if l == L - 1 else a
+        if l == 0 and data.csr_ptr.shape[0] > 0:
+            dense_forward_sparse(ptr, idx, val, data.x_scale, in_rows, W, b, z)
+        elif s.use_blas[l]:
+            team_forward_blas(net, t, s, B, l, s0)
+        else:
+            dense_forward_loops(x, B, W, b, z)
+        for i in range(B):
+            activation_forward(z, a, i, net.kinds[l])
+
+
+@njit(**JIT)
+def team_update_loops(t, l, B, coef, tW, k0, k1):
+    """tW[k0:k1] -= coef * sum over the minibatch's samples (in order) of x[i, k] * d[i]: four
+    weight rows share each delta load (four FMA chains per 16-column block)."""
+    n_in, n_out = tW.shape
+    xo = t.act_off[l]
+    do = t.act_off[l + 1]
+    zero = vsplat(0, tW)
+    for j0 in range(0, n_out, VL):
+        m = min(VL, n_out - j0)
+        k = k0
+        while k + 4 <= k1:
+            g0 = zero
+            g1 = zero
+            g2 = zero
+            g3 = zero
+            for i in range(B):
+                dv = vload(t.deltas, do + i * n_out + j0, m)
+                xr = xo + i * n_in + k
+                g0 = vfma(g0, ld(t.acts, xr), dv)
+                g1 = vfma(g1, ld(t.acts, xr + 1), dv)
+                g2 = vfma(g2, ld(t.acts, xr + 2), dv)
+                g3 = vfma(g3, ld(t.acts, xr + 3), dv)
+            vstore(tW, k * n_out + j0, m, vfma(vload(tW, k * n_out + j0, m), -coef, g0))
+            vstore(tW, (k + 1) * n_out + j0, m, vfma(vload(tW, (k + 1) * n_out + j0, m), -coef, g1))
+            vstore(tW, (k + 2) * n_out + j0, m, vfma(vload(tW, (k + 2) * n_out + j0, m), -coef, g2))
+            vstore(tW, (k + 3) * n_out + j0, m, vfma(vload(tW, (k + 3) * n_out + j0, m), -coef, g3))
+            k += 4
+        while k < k1:
+            g0 = zero
+            for i in range(B):
+                g0 = vfma(g0, ld(t.acts, xo + i * n_in + k), vload(t.deltas, do + i * n_out + j0, m))
+            vstore(tW, k * n_out + j0, m, vfma(vload(tW, k * n_out + j0, m), -coef, g0))
+            k += 1
+
+
+@njit(**JIT)
+def team_update(net, data, order, start, B, t, w, nw, coef):
+    """Worker w's share of the minibatch's update, every layer's weights from all B samples:
+    weight rows k0..k1 of gemm and loop layers, 16-column blocks of the sparse input layer, the
+    biases on the last worker."""
+    L = net.layout.shape[0]
+    sparse = data.csr_ptr.shape[0] > 0
+    rows = view1d(order, start, B)
+    for l in range(L):
+        tW, tb = _layer_views(net.params, net.layout, l)
+        n_in, n_out = t.sizes[l], t.sizes[l + 1]
+        do = t.act_off[l + 1]
+        if w == nw - 1:  # the biases, samples in order
+            bias_update(view2d(t.deltas, do, B, n_out), B, coef, tb)
+        if l == 0 and sparse:
+            n_blocks = (n_out + VL - 1) // VL
+            table = pixel_table(data.x_scale, coef, tW)
+            d = view2d(t.deltas, do, B, n_out)
+            for jb in range(n_blocks * w // nw, n_blocks * (w + 1) // nw):
+                sparse_update_block(data.csr_ptr, data.csr_idx, data.csr_val, table, rows, d, tW, jb * VL)
+            continue
+        k0 = n_in * w // nw
+        k1 = n_in * (w + 1) // nw
+        if k1 <= k0:
+            continue
+        if t.use_blas[l]:
+            gemm(True, False, k1 - k0, n_out, B, -coef, t.acts, t.act_off[l] + k0, n_in,
+                 t.deltas, do, n_out, 1.0, net.params, net.layout[l, 0] + k0 * n_out, n_out)
+        else:
+            team_update_loops(t, l, B, coef, tW, k0, k1)
+
+
+@njit(parallel=True, **JIT)
+def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
+    """Plain-SGD deterministic epoch on len(losses) workers in ONE parallel region, two team
+    barriers per minibatch (see above). Worker w's loss sum and correct count go to losses[w],
+    corrects[w]. Needs a prange whose iterations run one per OpenMP thread (team_probe) when
+    len(losses) > 1. Per weight, the sparse and loop layers sum their samples in order whatever
+    the worker count; gemm layers are one gemm over all the minibatch's rows."""
+    nw = losses.shape[0]
+    n = order.shape[0]
+    n_steps = (n + batch_size - 1) // batch_size
+    f = net.params.dtype.type
+    for w in prange(nw):  # borrowed views made inside: a parfor cannot take namedtuples built outside it
+        bnet = borrowed_net(net)
+        bdata = borrowed_data(data)
+        bt = borrowed_team(t)
+        border = borrow(order)
+        ls = 0.0
+        cor = 0
+        for k in range(n_steps):
+            start = k * batch_size
+            stop = min(n, start + batch_size)
+            B = stop - start
+            s0 = B * w // nw
+            Bw = B * (w + 1) // nw - s0
+            nB = min(n, stop + batch_size) - stop
+            prefetch_rows(bdata.X, bdata.csr_ptr, bdata.csr_idx, bdata.csr_val, bdata.targets, bdata.labels,
+                          view1d(border, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
+            if Bw > 0:
+                s = _team_scratch(bt, w, s0)
+                rows = view1d(border, start + s0, Bw)
+                team_forward(bnet, bdata, rows, bt, s, s0)
+                a, c = output_delta(bnet, bdata, rows, s)
+                ls += a
+                cor += c
+                team_deltas(bnet, bt, s, Bw)
+            team_barrier()  # every delta from the pre-update weights
+            team_update(bnet, bdata, border, start, B, bt, w, nw, f(lrs[k]) / f(B))
+            team_barrier()  # the next minibatch reads the updated weights
+        losses[w] = ls
+        corrects[w] = cor

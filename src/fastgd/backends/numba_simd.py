@@ -373,3 +373,142 @@ def prefetch(typingctx, arr, off):
 
     return types.none(arr, off), codegen
 
+
+
+# ---- an OpenMP team barrier and direct BLAS gemm -------------------------------------------
+def _load_gomp():
+    """Make libgomp's symbols visible to the JIT linker (Numba's "omp" threading layer and the
+    Cython backend load the same library). False if it cannot be loaded: no team barrier then."""
+    import ctypes.util
+
+    import llvmlite.binding as llb
+    for name in ("libgomp.so.1", ctypes.util.find_library("gomp")):
+        if not name:
+            continue
+        try:
+            llb.load_library_permanently(name)
+            return True
+        except Exception:  # pragma: no cover - no libgomp on this system
+            continue
+    return False  # pragma: no cover
+
+
+HAVE_GOMP = _load_gomp()
+
+
+def _void_call(name):
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), name)
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return codegen
+
+
+def _int_call(name):
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, []), name)
+        return builder.sext(builder.call(fn, []), _I64)
+    return codegen
+
+
+@intrinsic
+def team_barrier(typingctx):
+    """GOMP_barrier(): wait until every thread of the current OpenMP team arrives. Only valid in
+    a prange region of Numba's "omp" layer in which each thread runs exactly one iteration (see
+    numba_kernels.team_probe); outside a team it returns at once."""
+    return types.none(), _void_call("GOMP_barrier")
+
+
+@intrinsic
+def team_thread_num(typingctx):
+    """omp_get_thread_num() as int64."""
+    return types.int64(), _int_call("omp_get_thread_num")
+
+
+@intrinsic
+def team_size(typingctx):
+    """omp_get_num_threads() as int64 (1 outside an OpenMP team)."""
+    return types.int64(), _int_call("omp_get_num_threads")
+
+
+@intrinsic
+def gemm_raw(typingctx, ta, tb, m, n, k, alpha, A, offa, lda, B, offb, ldb, beta, C, offc, ldc):
+    """Row-major C[offc:] (m x n, row stride ldc) = alpha * op(A) @ op(B) + beta * C, op = transpose
+    when ta / tb is true; A, B, C flat float arrays of one dtype with element offsets and row
+    strides. Calls Numba's numba_xxgemm (SciPy's BLAS, the gemm np.dot uses) with the operands
+    swapped for column-major order. No range check: use numba_kernels.gemm."""
+    if not all(_check_array(x) and x.ndim == 1 for x in (A, B, C)) or not (A.dtype == B.dtype == C.dtype):
+        return None
+    dtype = C.dtype
+
+    def codegen(context, builder, sig, args):
+        (ta_, tb_, m_, n_, k_, alpha_, a_, offa_, lda_, b_, offb_, ldb_, beta_, c_, offc_, ldc_) = args
+        st = sig.args
+        intp = context.get_value_type(types.intp)
+        vp = ir.IntType(8).as_pointer()
+        ch = ir.IntType(8)
+        fnty = ir.FunctionType(_I32, [ch, ch, ch, intp, intp, intp, vp, vp, intp, vp, intp, vp, vp, intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+
+        def ptr(arr, arrty, off, offty):
+            ary = context.make_array(arrty)(context, builder, arr)
+            return builder.bitcast(builder.gep(ary.data, [context.cast(builder, off, offty, types.intp)]), vp)
+
+        def slot(value, ty):
+            p = cgutils.alloca_once(builder, context.get_value_type(dtype))
+            builder.store(context.cast(builder, value, ty, dtype), p)
+            return builder.bitcast(p, vp)
+
+        def trans(flag, ty):
+            flag = context.cast(builder, flag, ty, types.boolean)
+            return builder.select(flag, ir.Constant(ch, ord("t")), ir.Constant(ch, ord("n")))
+
+        def ip(v, ty):
+            return context.cast(builder, v, ty, types.intp)
+
+        kind = ir.Constant(ch, ord("s" if dtype == types.float32 else "d"))
+        builder.call(fn, [kind, trans(tb_, st[1]), trans(ta_, st[0]), ip(n_, st[3]), ip(m_, st[2]), ip(k_, st[4]),
+                          slot(alpha_, st[5]), ptr(b_, st[9], offb_, st[10]), ip(ldb_, st[11]),
+                          ptr(a_, st[6], offa_, st[7]), ip(lda_, st[8]), slot(beta_, st[12]),
+                          ptr(c_, st[13], offc_, st[14]), ip(ldc_, st[15])])
+        return context.get_dummy_value()
+
+    return types.none(ta, tb, m, n, k, alpha, A, offa, lda, B, offb, ldb, beta, C, offc, ldc), codegen
+
+
+@intrinsic
+def ld(typingctx, arr, i):
+    """arr[i] of a 1-D C-contiguous array without Numba's negative-index wraparound (a sign test
+    and a conditional move per access, measured ~40% of the sparse input layer's time); i must
+    be in range (checked under NUMBA_BOUNDSCHECK=1)."""
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C":
+        return None
+
+    def codegen(context, builder, sig, args):
+        i_ = context.cast(builder, args[1], sig.args[1], types.intp)
+        if _boundscheck():
+            _check_range(context, builder, sig.args[0], args[0], i_, ir.Constant(_I64, 1))
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.load(builder.gep(ary.data, [i_]))
+
+    return arr.dtype(arr, i), codegen
+
+
+@intrinsic
+def borrow(typingctx, arr):
+    """The same array without its meminfo: a borrowed view whose reference counting compiles to
+    a null test instead of atomic increments and decrements. Numba increfs an array every time
+    a function reads it out of a namedtuple argument, and with dozens of such reads per layer
+    per minibatch that measured ~2 us per lesson-network minibatch (more than its arithmetic).
+    Only for arrays that outlive the kernel call (its arguments)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        out = context.make_array(sig.return_type)(context, builder)
+        context.populate_array(out, data=src.data, shape=src.shape, strides=src.strides, itemsize=src.itemsize,
+                               meminfo=None)
+        return out._getvalue()
+
+    return arr(arr), codegen

@@ -1,0 +1,230 @@
+"""The Numba backend's speed paths against the NumPy reference: the team epoch (one parallel
+region, GOMP barriers, samples split for forward/deltas, weight rows/columns split for the update),
+the direct gemm, the column-blocked sparse input layer, borrowed arrays and unchecked loads.
+
+Every case trains with the NumPy reference and with Numba on the same plan and compares the
+weights (float64 tight, float32 loose, conftest.tol): odd widths, batch 1, minibatches with fewer
+rows than threads, a last minibatch of one row, uint8 sparse / uint8 dense / float input, one and
+two threads, gemm and loop layers.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd.backends import get_backend, numba_backend
+from fastgd.backends import numba_kernels as K
+from fastgd.backends.numba_backend import NumbaBackend
+from fastgd.backends.numba_simd import borrow, ld
+
+from test_backends import assert_close, make_problem, plan_for, train
+
+LOOPS = 1 << 62  # blas_min_work that keeps every layer on the loop path
+TWO = min(2, numba.config.NUMBA_NUM_THREADS)
+
+
+def run_both(sizes, n, dtype, batch, threads, uint8, backend, order_seed=1, activation="relu", output="softmax",
+             loss="cross_entropy", lr=0.3, epochs=2):
+    """Train NumPy and `backend` on the same problem and plan; returns (numpy net, numba net, last result)."""
+    nets, result = {}, None
+    for name in ("numpy", "numba"):
+        net, X, scale, targets, labels = make_problem(sizes, n, dtype, seed=3, uint8=uint8, activation=activation,
+                                                      output=output)
+        order = np.random.default_rng(order_seed).permutation(n)
+        b = get_backend("numpy") if name == "numpy" else backend
+        plan = plan_for(X, scale, targets, labels, order, batch, lr, loss, threads)
+        ws = b.prepare(net, plan)
+        for _ in range(epochs):
+            r = b.train_epoch(net, plan, ws)
+        if name == "numba":
+            result, team = r, ws.team
+        nets[name] = net
+    return nets["numpy"], nets["numba"], result, team
+
+
+CASES = [  # sizes, rows, batch
+    ([784, 37, 10], 23, 5),       # last minibatch of 3 rows
+    ([100, 130, 33, 7], 17, 4),   # last minibatch of one row
+    ([100, 130, 33, 7], 9, 1),    # batch 1: fewer rows than threads every step
+    ([60, 48, 32, 5], 21, 16),    # a minibatch of 5 rows after one of 16
+]
+BACKENDS = {
+    "loops": lambda: NumbaBackend(blas_min_work=LOOPS),                                   # sparse input when uint8
+    "loops_dense": lambda: NumbaBackend(blas_min_work=LOOPS, sparse_input="never"),
+    "gemm": lambda: NumbaBackend(blas_min_work=0, sparse_input="never"),                  # every layer through gemm
+    "gemm_sparse": lambda: NumbaBackend(blas_min_work=0, sparse_input="always"),          # sparse input + gemm layers
+}
+
+
+# float input has no sparse index: "gemm_sparse" only with uint8
+INPUTS = [(path, uint8) for path in sorted(BACKENDS) for uint8 in (True, False) if uint8 or path != "gemm_sparse"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("path,uint8", INPUTS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_team_epoch_matches_numpy(dtype, path, uint8, case, threads):
+    sizes, n, batch = CASES[case]
+    # standard-normal float input takes bigger steps than [0, 1] pixels: a smaller rate keeps
+    # float32 well conditioned (weights of ~60 lost 3 digits against the reference at 0.3)
+    ref, net, result, team = run_both(sizes, n, dtype, batch, threads, uint8, BACKENDS[path](),
+                                      lr=0.3 if uint8 else 0.05)
+    assert team is not None  # the team epoch ran
+    workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path.startswith("gemm") else 1
+    assert (result.mode, result.threads_used) == (("sync", workers) if workers > 1 else ("serial", 1))
+    assert team.woff.shape[0] // team.act_off.shape[0] == workers
+    for l in range(len(sizes) - 1):
+        assert_close(net.weights[l], ref.weights[l], dtype, f"weights {l}")
+        assert_close(net.biases[l], ref.biases[l], dtype, f"biases {l}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lesson_network_sigmoid_mse_uint8_matches_numpy(dtype):
+    """The lesson configuration (sigmoid/MSE, batch 10, sparse uint8 input, serial team)."""
+    ref, net, result, team = run_both([784, 16, 16, 10], 41, dtype, 10, 2, True, NumbaBackend(), activation="sigmoid",
+                                      output="sigmoid", loss="mse", lr=3.0)
+    assert (result.mode, result.threads_used) == ("serial", 1)
+    assert_close(net.params, ref.params, dtype, "lesson")
+
+
+def test_team_with_two_threads_is_repeatable_and_matches_one_thread():
+    """Two workers: the same bits on every run (fixed sample split, fixed summation order), and
+    the one-worker result up to rounding (gemm rows may round differently in smaller blocks)."""
+    results = []
+    for threads in (1, 2, 2):
+        net, X, scale, targets, labels = make_problem([50, 40, 6], 30, np.float64, seed=5, uint8=True,
+                                                      activation="relu", output="softmax")
+        plan = plan_for(X, scale, targets, labels, np.arange(30), 8, 0.2, "cross_entropy", threads)
+        train(NumbaBackend(blas_min_work=0, sparse_input="always"), net, plan)
+        results.append(net.params.copy())
+    np.testing.assert_array_equal(results[1], results[2])
+    assert_close(results[1], results[0], np.float64)
+
+
+def test_optimiser_and_augmentation_do_not_take_the_team_path():
+    net, X, scale, targets, labels = make_problem([20, 8, 4], 12, np.float64, uint8=True)
+    plan = plan_for(X, scale, targets, labels, np.arange(12), 4, 0.5, "mse")
+    b = NumbaBackend()
+    ws = b.prepare(net, plan)
+    b.train_epoch(net, plan, ws)
+    assert ws.team is not None
+    plan.dropout = 0.2
+    b.train_epoch(net, plan, ws)
+    assert ws.team is None
+    assert NumbaBackend(team_epoch=False)._team(plan_for(X, scale, targets, labels, np.arange(12), 4, 0.5, "mse"),
+                                                False) is False
+
+
+def test_team_probe_runs_one_iteration_per_thread():
+    """The team barrier needs each prange iteration on its own OpenMP thread."""
+    numba_backend.set_threads(TWO)
+    assert numba_backend.team_works(1)
+    nums, sizes = np.full(TWO, -1, dtype=np.int64), np.zeros(TWO, dtype=np.int64)
+    K.team_probe(nums, sizes)
+    if numba.threading_layer() == "omp":
+        np.testing.assert_array_equal(nums, np.arange(TWO))
+        np.testing.assert_array_equal(sizes, TWO)
+        assert numba_backend.team_works(TWO)
+    else:  # another layer: no barrier, the backend falls back to the per-gemm split
+        assert not numba_backend.team_works(TWO) or TWO == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_matches_numpy_with_offsets_strides_and_beta(dtype, ta, tb):
+    rng = np.random.default_rng(0)
+    m, n, k = 5, 7, 3
+    lda, ldb, ldc = (m if ta else k) + 2, (k if tb else n) + 1, n + 3
+    ra = k if ta else m
+    rb = n if tb else k
+    A = rng.standard_normal(4 + ra * lda).astype(dtype)
+    B = rng.standard_normal(2 + rb * ldb).astype(dtype)
+    C = rng.standard_normal(1 + m * ldc).astype(dtype)
+    a = A[4:].reshape(ra, lda)[:, :(m if ta else k)]
+    b = B[2:].reshape(rb, ldb)[:, :(k if tb else n)]
+    opa = a.T if ta else a
+    opb = b.T if tb else b
+    want = C.copy()
+    want[1:].reshape(m, ldc)[:, :n] = 0.5 * (opa @ opb) - 2.0 * C[1:].reshape(m, ldc)[:, :n]
+    K.gemm(ta, tb, m, n, k, 0.5, A, 4, lda, B, 2, ldb, -2.0, C, 1, ldc)
+    assert_close(C, want, dtype)
+    before = C.copy()
+    K.gemm(ta, tb, m, n, 0, 1.0, A, 4, lda, B, 2, ldb, 0.0, C, 1, ldc)  # k = 0: nothing happens
+    np.testing.assert_array_equal(C, before)
+
+
+def test_borrow_and_ld_read_the_same_values():
+    from numba import njit
+
+    @njit
+    def f(a, b):
+        v = borrow(a)
+        s = 0.0
+        for i in range(v.shape[0]):
+            s += ld(v, i) * b[i]
+        return s
+
+    a = np.arange(5.0)
+    assert f(a, np.ones(5)) == 10.0
+
+
+def test_sparse_input_layer_blocks_match_the_formula():
+    """dense_forward_sparse / dense_update_sparse (column blocks outermost, pixel tables) on a
+    width that is not a multiple of 16, against dense NumPy arithmetic."""
+    rng = np.random.default_rng(2)
+    X = rng.integers(0, 256, size=(9, 40), dtype=np.uint8)
+    X[rng.random(X.shape) < 0.7] = 0
+    X[3] = 0  # a row with no pixel
+    ptr, idx, val = K.build_csr(X, np.uint16)
+    W = rng.standard_normal((40, 37))
+    b = rng.standard_normal(37)
+    rows = np.array([3, 0, 8, 8, 5])
+    z = np.zeros((5, 37))
+    K.dense_forward_sparse(ptr, idx, val, 1 / 255, rows, W, b, z)
+    x = X[rows] * (1 / 255)
+    np.testing.assert_allclose(z, x @ W + b, rtol=1e-12, atol=1e-12)
+    d = rng.standard_normal((5, 37))
+    W2, b2 = W.copy(), b.copy()
+    K.dense_update_sparse(ptr, idx, val, 1 / 255, rows, d, 0.1, W2, b2)
+    np.testing.assert_allclose(W2, W - 0.1 * x.T @ d, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b2, b - 0.1 * d.sum(0), rtol=1e-12, atol=1e-12)
+
+
+def test_trainer_mnist_shaped_two_threads_matches_numpy():
+    """784-512-512-10-like shapes through the Trainer with 2 threads (gemm layers, team of two),
+    a last minibatch of one row, float64."""
+    rng = np.random.default_rng(0)
+    X = rng.random((65, 784))
+    y = rng.integers(0, 10, size=65)
+    nets = {}
+    for backend in ("numpy", "numba"):
+        net = fastgd.Network([784, 96, 64, 10], dtype=np.float64, seed=1)
+        fastgd.Trainer(net, backend=backend, batch_size=32, threads=2, epochs=1, seed=0, lr=0.5).fit(X, y)
+        nets[backend] = net
+    for l in range(3):
+        np.testing.assert_allclose(nets["numba"].weights[l], nets["numpy"].weights[l], rtol=1e-9, atol=1e-12)
+
+
+def test_bounds_checked_gemm_raises_index_error():
+    code = ("import numpy as np\n"
+            "from fastgd.backends import numba_kernels as K\n"
+            "A = np.ones(6); B = np.ones(6); C = np.zeros(4)\n"
+            "K.gemm(False, False, 2, 2, 3, 1.0, A, 0, 3, B, 0, 2, 0.0, C, 0, 2)\n"
+            "assert (C == 3).all()\n"
+            "try:\n"
+            "    K.gemm(False, False, 2, 2, 3, 1.0, A, 1, 3, B, 0, 2, 0.0, C, 0, 2)\n"
+            "except IndexError:\n"
+            "    print('IndexError')\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "IndexError"
