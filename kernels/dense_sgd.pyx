@@ -108,8 +108,10 @@ cdef enum:
     MODE_SYNC = 1
     MODE_HOGWILD = 2
     # hidden deltas of a layer with n_in x pad <= WT_MAX go through its transposed weights
-    # (a stack buffer of WT_MAX values: 16 KB in float32)
-    WT_MAX = 4096
+    # (a stack buffer of WT_MAX values: 32 KB in float32, 64 KB in float64; 8192 takes the
+    # 512-wide hidden layer under a 10-unit output, whose per-unit horizontal sums cost a
+    # quarter of the deltas phase at batch 32)
+    WT_MAX = 8192
     # prefetch distances, in samples: row data, and (further ahead) CSR row pointers
     ROWS_AHEAD = 20
     PTR_AHEAD = 40

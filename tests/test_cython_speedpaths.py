@@ -184,3 +184,29 @@ def test_flat_forward_is_used_for_one_row_and_rejects_bad_input():
         dense_sgd.forward_flat(net.params[:-1].copy(), net.layout_array(), x, 1.0, 0, 0, out, np.empty(200, np.float32))
     with pytest.raises(ValueError):  # a work buffer too small
         dense_sgd.forward_flat(net.params, net.layout_array(), x, 1.0, 0, 0, out, np.empty(5, np.float32))
+
+
+# hidden deltas through the transposed weights (hidden_deltas_small) up to n_in_pad x pad = 8192:
+# 512 x 16 sits at the limit (the 784-512-512-10 output layer), 528 x 16 just above it (the
+# per-unit horizontal sums), 496 x 32 at the limit with two output blocks
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", [[40, 512, 10], [33, 511, 13], [40, 520, 10], [24, 490, 17]])
+@pytest.mark.parametrize("uint8", [True, False])
+def test_transposed_weight_deltas_at_the_limit_match_reference(dtype, sizes, uint8):
+    net, X, scale, targets, labels = problem(sizes, 13, dtype, seed=3, uint8=uint8, activation="relu",
+                                             output="softmax", density=0.4)
+    rtol, atol = tol(dtype)
+    results = []
+    for threads, batch in ((1, 1), (2, 1), (1, 4), (2, 4)):
+        # batch 1: one row per step (fewer rows than threads); batch 4 over 13 rows: the last
+        # minibatch has one row
+        plan = make_plan(X, scale, targets, labels, batch, lr=0.1, loss="cross_entropy", threads=threads)
+        got = net.copy()
+        result = train(cy(), got, plan)
+        assert result.mode == ("serial" if threads == 1 else "sync")
+        np.testing.assert_allclose(got.params, reference(net, plan), rtol=rtol, atol=atol)
+        assert not np.array_equal(got.params, net.params)
+        results.append(got.params)
+    # own kernels only (no layer is BLAS-sized here): bitwise independent of the thread count
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_array_equal(results[3], results[2])
