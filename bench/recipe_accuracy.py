@@ -39,18 +39,19 @@ def table(results, backend):
     machine = machine_info()
     lines = [f"Measured {machine['date'][:10]} on {machine['cpu']}, {machine['cores']} cores, backend `{backend}` "
              f"(`python bench/recipe_accuracy.py`):", "",
-             "| recipe | network | epochs | test accuracy, mean (min–max) | seeds | training time, median (max) "
+             "| recipe | network | test accuracy, mean (min–max) | seeds | training time, median (max) | epochs "
              "| wall time, median |",
              "|---|---|---|---|---|---|---|"]
     for recipe, runs in results.items():
         acc = [r["test_accuracy"] * 100 for r in runs]
         secs = [r["train_seconds"] for r in runs]
         net = "-".join(map(str, runs[0]["sizes"])) + f" {runs[0]['activation']}/{runs[0]['output']}"
-        walls = [r["wall_seconds"] for r in runs]
-        epochs = sorted({r["epochs"] for r in runs})
-        lines.append(f"| `{recipe}` | {net} | {'/'.join(map(str, epochs))} | {statistics.mean(acc):.2f}% "
-                     f"({min(acc):.2f}–{max(acc):.2f}) | {len(runs)} | {statistics.median(secs):.2f} s "
-                     f"({max(secs):.2f} s) | {statistics.median(walls):.1f} s |")
+        walls = [r["wall_seconds"] for r in runs if "wall_seconds" in r]
+        epochs = sorted({r["epochs"] for r in runs if "epochs" in r})
+        lines.append(f"| `{recipe}` | {net} | {statistics.mean(acc):.2f}% ({min(acc):.2f}–{max(acc):.2f}) | "
+                     f"{len(runs)} | {statistics.median(secs):.2f} s ({max(secs):.2f} s) | "
+                     f"{'/'.join(map(str, epochs)) or '–'} | "
+                     f"{f'{statistics.median(walls):.1f} s' if walls else '–'} |")
     return "\n".join(lines)
 
 
