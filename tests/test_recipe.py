@@ -275,3 +275,121 @@ def test_auto_picks_a_backend_that_implements_the_settings(monkeypatch):
     if fastest != "numpy":
         with pytest.raises(ValueError, match="does not implement dropout"):
             Trainer(Network([16, 5, 4]), dropout=0.2, backend=fastest)
+
+
+# ---- named recipes and their command-line flags (issue 15) -----------------------------------------
+from conftest import BACKENDS  # noqa: E402
+from fastgd.recipes import RECIPES  # noqa: E402
+
+NETWORK_KEYS = ("sizes", "activation", "output")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_loads_and_runs_a_short_fit_on_every_backend(name, backend, mnist):
+    recipe = RECIPES[name]
+    X_train, y_train, X_test, y_test = mnist
+    net = Network(recipe["sizes"], activation=recipe["activation"], output=recipe["output"], seed=0)
+    settings = {k: v for k, v in recipe.items() if k not in NETWORK_KEYS}
+    settings["epochs"] = 1
+    trainer = Trainer(net, backend=backend, seed=0, **settings)
+    history = trainer.fit(X_train[:3000], y_train[:3000])
+    assert len(history) == 1 and np.isfinite(net.params).all()
+    accuracy = trainer.evaluate(X_test[:500], y_test[:500])["accuracy"]
+    assert accuracy > 0.3, f"{name} on {backend}: {accuracy}"  # 3000 samples, one epoch: far above chance
+
+
+def test_the_issue_15_presets_are_what_the_readme_says():
+    assert RECIPES["fast97"]["sizes"] == [784, 16, 16, 10]
+    assert RECIPES["mlp99"]["sizes"][0] == 784 and RECIPES["mlp99"]["sizes"][-1] == 10
+    for name in ("fast97", "mlp99"):
+        assert set(RECIPES[name]) >= {"sizes", "activation", "output", "loss", "lr", "batch_size", "epochs"}
+
+
+def _cli_summary(capsys):
+    import json
+
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _image_data(tmp_path):
+    from test_datasets import write_idx_folder
+
+    write_idx_folder(tmp_path, n_train=80, n_test=20, rows=4, cols=4)
+    return ["train", "--data", str(tmp_path), "--sizes", "16,8,10", "--activation", "relu", "--output", "softmax",
+            "--loss", "cross_entropy", "--lr", "0.1", "--backend", "numpy", "--seed", "0", "--json"]
+
+
+def test_cli_recipe_flags_reach_the_trainer(tmp_path, capsys, monkeypatch):
+    from fastgd.cli import main
+
+    base = _image_data(tmp_path)
+    assert main(base + ["--epochs", "3", "--lr-schedule", "onecycle", "--pct-start", "0.4",
+                        "--label-smoothing", "0.1"]) == 0
+    summary = _cli_summary(capsys)
+    assert summary["settings"]["lr_schedule"] == "onecycle" and summary["settings"]["pct_start"] == 0.4
+    assert summary["settings"]["label_smoothing"] == 0.1
+    assert summary["history"][-1]["lr"] == pytest.approx(0.1 / 2.5e5)  # the cycle completed
+    # --time-budget: a generous budget for a tiny problem plans at least the guessed epochs
+    assert main(base + ["--epochs", "2", "--time-budget", "30"]) == 0
+    summary = _cli_summary(capsys)
+    assert summary["settings"]["time_budget"] == 30.0 and summary["epochs"] >= 2
+    assert summary["epochs"] == summary["settings"]["epochs"]  # the run ended where it planned to
+
+
+def test_cli_rotate_and_elastic_reach_the_trainer(tmp_path, capsys, monkeypatch):
+    import fastgd.trainer
+    from fastgd.cli import main
+
+    seen = {}
+
+    class Recording(fastgd.trainer.Trainer):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            kwargs.pop("augment_rotate"), kwargs.pop("augment_elastic")  # the kernels are another test's subject
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(fastgd.trainer, "Trainer", Recording)
+    assert main(_image_data(tmp_path) + ["--epochs", "1", "--augment-rotate", "10", "--augment-elastic", "1.5"]) == 0
+    assert seen["augment_rotate"] == 10.0 and seen["augment_elastic"] == 1.5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--time-budget", "0"], "--time-budget must be a finite number of seconds > 0, got 0.0"),
+    (["--time-budget", "nan"], "--time-budget must be a finite number of seconds > 0"),
+    (["--label-smoothing", "1"], "--label-smoothing must lie in [0, 1), got 1.0"),
+    (["--label-smoothing", "0.1", "--loss", "mse", "--output", "sigmoid"],
+     "--label-smoothing: label_smoothing applies to loss='cross_entropy', not 'mse'"),
+    (["--augment-rotate", "-5"], "--augment-rotate must be a finite number >= 0, got -5.0"),
+    (["--augment-rotate", "200"], "--augment-rotate: augment_rotate is the largest angle in degrees, at most 180"),
+    (["--augment-elastic", "-1"], "--augment-elastic must be a finite number >= 0, got -1.0"),
+    (["--pct-start", "1.5", "--lr-schedule", "onecycle"], "--pct-start: pct_start must lie in [0, 1]"),
+])
+def test_cli_recipe_flags_report_bad_values_by_flag(tmp_path, args, message, capsys):
+    from fastgd.cli import main
+
+    assert main(_image_data(tmp_path) + ["--epochs", "1", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_names_the_flag_when_a_backend_lacks_rotations(tmp_path, capsys, monkeypatch):
+    from fastgd.cli import main
+
+    numpy_backend = get_backend("numpy")
+    monkeypatch.setattr(type(numpy_backend), "features", frozenset(numpy_backend.features) - {"rotate", "elastic"})
+    assert main(_image_data(tmp_path) + ["--epochs", "1", "--augment-rotate", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--augment-rotate: backend 'numpy' does not implement rotate yet" in err
+    assert main(_image_data(tmp_path) + ["--epochs", "1", "--augment-elastic", "2"]) == 2
+    assert "--augment-elastic: backend 'numpy' does not implement elastic yet" in capsys.readouterr().err
+
+
+def test_cli_rotations_on_non_image_data_name_the_flag(tmp_path, capsys):
+    from fastgd.cli import main
+    from test_datasets import write_idx_folder
+
+    write_idx_folder(tmp_path, n_train=40, n_test=10, rows=4, cols=3)
+    assert main(["train", "--data", str(tmp_path), "--sizes", "12,5,10", "--epochs", "1", "--backend", "numpy",
+                 "--augment-elastic", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--augment-elastic" in err and "not a square image" in err

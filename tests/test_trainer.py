@@ -346,3 +346,223 @@ def test_ctrl_c_while_the_backend_prepares_waits_for_it_then_raises_keyboard_int
         trainer.fit(X, y)
     assert finished == [True] and trainer.interrupted
     assert len(trainer.history) == 0 and np.array_equal(net.params, before)
+
+
+# ---- time budget (a fake clock: no timed assertions) ------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class TimedBackend:
+    """Wraps the reference backend: each train_epoch call advances the fake clock by
+    steps * per_step (the first call of a fit by `warmup` more); prepare by `prepare_seconds`."""
+
+    def __init__(self, clock, per_step, warmup=0.0, prepare_seconds=0.0):
+        from fastgd.backends import get_backend
+
+        self.inner = get_backend("numpy")
+        self.name, self.features = self.inner.name, self.inner.features
+        self.clock, self.per_step, self.warmup, self.prepare_seconds = clock, per_step, warmup, prepare_seconds
+        self.calls = 0
+        self.plans = []
+
+    def prepare(self, net, plan):
+        self.clock.now += self.prepare_seconds  # JIT compiling: not training time
+        self.calls = 0
+        return self.inner.prepare(net, plan)
+
+    def train_epoch(self, net, plan, ws):
+        self.plans.append(plan)
+        per_step = self.per_step(self) if callable(self.per_step) else self.per_step
+        self.clock.now += plan.n_steps * per_step + (self.warmup if self.calls == 0 else 0.0)
+        self.calls += 1
+        return self.inner.train_epoch(net, plan, ws)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def budgeted(budget, per_step, warmup=0.0, prepare_seconds=0.0, epochs=2, **kw):
+    """A trainer on 100 samples, batch 10 (10 steps per epoch), 3 steps per backend call."""
+    clock = FakeClock()
+    trainer = Trainer(Network([12, 6, 4], seed=0), lr=0.5, batch_size=10, epochs=epochs, backend="numpy", seed=0,
+                      time_budget=budget, lr_schedule="cosine", min_lr=0.01, **kw)
+    trainer.clock = clock
+    trainer.backend = TimedBackend(clock, per_step, warmup, prepare_seconds)
+    trainer.slice_steps = 3
+    return trainer
+
+
+def test_time_budget_sets_the_epochs_from_the_steady_step_time_and_completes_the_schedule():
+    from fastgd.schedules import Cosine
+
+    # epoch 1: 0.1 s of steps plus 0.5 s of warm-up in its first call (left out of the estimate);
+    # room after it: 0.97 * 1.0 - 0.6 = 0.37 s -> 3 more epochs of 0.1 s. Compiling (100 s) is not counted.
+    trainer = budgeted(1.0, per_step=0.01, warmup=0.5, prepare_seconds=100.0, epochs=10)
+    X, y = small_problem(n=100)
+    history = trainer.fit(X, y)
+    assert len(history) == 4 and trainer.epochs == 4
+    assert history.budget_plans == [{"after_epoch": 1, "epoch_seconds": pytest.approx(0.1), "epochs": 4}]
+    assert history.train_seconds == pytest.approx(0.9) and history.train_seconds <= 1.0
+    # epochs 2-4 follow the schedule of a 4-epoch run, so it ends on its last rate
+    expected = Cosine(min_lr=0.01).rates(0.5, 4, 4, 10)
+    assert history["lr"][-1] == pytest.approx(expected[-1])
+    last_epoch_lrs = np.concatenate([p.lrs for p in trainer.backend.plans[-4:]])
+    np.testing.assert_allclose(last_epoch_lrs, expected)
+    # epoch 1 ran with the first guess (epochs=10)
+    np.testing.assert_allclose(trainer.backend.plans[0].lrs, Cosine(min_lr=0.01).rates(0.5, 1, 10, 10)[:3])
+
+
+def test_time_budget_shortens_the_plan_when_epochs_slow_down_and_never_lengthens_it():
+    # epoch 1 at 0.1 s plans 1 + (1.94 - 0.1) // 0.1 = 19 epochs; from epoch 2 on every step takes 3x
+    # as long: after epoch 2 the plan becomes 2 + (1.94 - 0.4) // 0.3 = 7 epochs, and stays there.
+    trainer = budgeted(2.0, per_step=lambda b: 0.01 if len(b.plans) <= 4 else 0.03)
+    X, y = small_problem(n=100)
+    history = trainer.fit(X, y)
+    assert [p["epochs"] for p in history.budget_plans] == [19, 7]
+    assert len(history) == 7 and history.train_seconds == pytest.approx(1.9)
+    from fastgd.schedules import Cosine
+
+    # the schedule completed: the last step has the last rate of a 7-epoch cosine
+    assert history["lr"][-1] == pytest.approx(Cosine(min_lr=0.01).rates(0.5, 7, 7, 10)[-1])
+    # faster epochs later never lengthen a plan (the schedule would climb back up)
+    fast_later = budgeted(1.0, per_step=lambda b: 0.01 if len(b.plans) <= 4 else 0.001)
+    history = fast_later.fit(X, y)
+    assert [p["epochs"] for p in history.budget_plans] == [9] and len(history) == 9
+
+
+def test_time_budget_smaller_than_one_epoch_runs_one_epoch():
+    trainer = budgeted(0.05, per_step=0.01)
+    X, y = small_problem(n=100)
+    history = trainer.fit(X, y)
+    assert len(history) == 1 and history.budget_plans[0]["epochs"] == 1
+
+
+def test_time_budget_plans_again_on_each_fit():
+    trainer = budgeted(1.0, per_step=0.01, epochs=3)
+    X, y = small_problem(n=100)
+    trainer.fit(X, y)
+    assert trainer.epochs == 9
+    trainer.backend.per_step = 0.02
+    trainer.fit(X, y)  # starts again from the first guess, 3 epochs, then plans from the new time
+    assert trainer.backend.plans[-1].lrs.size and trainer.epochs == 1 + int((0.97 - 0.2) // 0.2)
+    assert trainer.plan_epochs(2, 0.5, 0.1) == 6 and trainer.plan_epochs(3, 5.0, 0.1) == 3
+
+
+@pytest.mark.parametrize("budget,exc,match", [
+    (0, ValueError, "time_budget must be a finite number of seconds > 0"),
+    (-1.0, ValueError, "time_budget must be"),
+    (float("nan"), ValueError, "time_budget must be"),
+    (float("inf"), ValueError, "time_budget must be"),
+    (True, TypeError, "time_budget must be a number"),
+    ("1", TypeError, "time_budget must be a number"),
+])
+def test_time_budget_is_validated(budget, exc, match):
+    with pytest.raises(exc, match=match):
+        Trainer(Network([12, 4]), backend="numpy", time_budget=budget)
+
+
+def test_time_budget_refuses_to_resume(tmp_path):
+    X, y = small_problem(n=50)
+    ckpt = tmp_path / "c.npz"
+    Trainer(Network([12, 5, 4], seed=0), epochs=1, backend="numpy", checkpoint=ckpt).fit(X, y)
+    with pytest.raises(ValueError, match="time_budget cannot resume"):
+        Trainer(Network([12, 5, 4], seed=0), backend="numpy", time_budget=1.0).fit(X, y, resume=ckpt)
+
+
+# ---- label smoothing ------------------------------------------------------------------------
+def test_label_smoothing_trains_on_smoothed_targets_and_validates_on_the_labels():
+    X, y = small_problem(n=60)
+    clock = FakeClock()
+    trainer = Trainer(Network([12, 6, 4], output="softmax", seed=0), loss="cross_entropy", lr=0.5, batch_size=10,
+                      epochs=2, backend="numpy", seed=0, label_smoothing=0.2)
+    trainer.backend = TimedBackend(clock, 0.0)
+    history = trainer.fit(X, y, validation_data=(X, y))
+    targets = trainer.backend.plans[0].targets
+    expected = np.full((60, 4), 0.05)
+    expected[np.arange(60), y] = 0.85
+    np.testing.assert_allclose(targets, expected)
+    assert targets.dtype == np.float32
+    assert history["val_loss"][-1] == pytest.approx(trainer.evaluate(X, y)["loss"])
+    proba = trainer.net.predict_proba(X, backend="numpy").astype(np.float64)
+    hard = -np.log(proba[np.arange(60), y]).mean()  # the loss against the labels, not the smoothed targets
+    assert history["val_loss"][-1] == pytest.approx(hard, rel=1e-4)
+
+
+def test_label_smoothing_of_one_sigmoid_unit_uses_two_classes():
+    X, y = small_problem(n=40, n_out=2)
+    y = (y == 1).astype(np.int64)
+    trainer = Trainer(Network([12, 5, 1], output="sigmoid", seed=0), loss="cross_entropy", lr=0.5, epochs=1,
+                      backend="numpy", seed=0, label_smoothing=0.1)
+    trainer.backend = TimedBackend(FakeClock(), 0.0)
+    trainer.fit(X, y)
+    np.testing.assert_allclose(trainer.backend.plans[0].targets[:, 0], np.where(y == 1, 0.95, 0.05), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(label_smoothing=0.1), ValueError, "label_smoothing applies to loss='cross_entropy', not 'mse'"),
+    (dict(label_smoothing=1.0, loss="cross_entropy"), ValueError, r"label_smoothing must lie in \[0, 1\)"),
+    (dict(label_smoothing=-0.1, loss="cross_entropy"), ValueError, "label_smoothing must lie in"),
+    (dict(label_smoothing="0.1", loss="cross_entropy"), TypeError, "label_smoothing must be a number"),
+])
+def test_label_smoothing_is_validated(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Trainer(Network([12, 4], output="softmax" if "loss" in kwargs else "sigmoid"), backend="numpy", **kwargs)
+
+
+# ---- rotations and elastic distortions --------------------------------------------------------
+def test_augment_rotate_and_elastic_reach_the_epoch_plan(monkeypatch):
+    import dataclasses
+
+    from fastgd.backends import get_backend
+
+    numpy_backend = get_backend("numpy")
+    monkeypatch.setattr(type(numpy_backend), "features", frozenset(numpy_backend.features) | {"rotate", "elastic"})
+    X, y = small_problem(n=30, n_in=16)
+    trainer = Trainer(Network([16, 5, 4], seed=0), lr=0.5, epochs=1, backend="numpy", seed=0, augment_rotate=12.5,
+                      augment_elastic=2.0)
+    timed = TimedBackend(FakeClock(), 0.0)
+
+    def record_then_train_plain(net, plan, ws):  # the kernels' augmentation is another test's subject
+        timed.plans.append(plan)
+        return timed.inner.train_epoch(net, dataclasses.replace(plan, max_rotate=0.0, elastic_alpha=0.0), ws)
+
+    timed.train_epoch = record_then_train_plain
+    trainer.backend = timed
+    trainer.fit(X, y)
+    plan = timed.plans[0]
+    assert plan.max_rotate == 12.5 and plan.elastic_alpha == 2.0 and plan.image_shape == (4, 4)
+    assert {"rotate", "elastic"} <= plan.requested_features()
+
+
+def test_a_backend_without_rotations_refuses_them_naming_the_keyword(monkeypatch):
+    from fastgd.backends import get_backend
+
+    numpy_backend = get_backend("numpy")
+    monkeypatch.setattr(type(numpy_backend), "features", frozenset(numpy_backend.features) - {"rotate", "elastic"})
+    with pytest.raises(ValueError, match=r"does not implement rotate yet \(augment_rotate\)"):
+        Trainer(Network([16, 4]), backend="numpy", augment_rotate=5)
+    with pytest.raises(ValueError, match=r"does not implement elastic yet \(augment_elastic\)"):
+        Trainer(Network([16, 4]), backend="numpy", augment_elastic=1.5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(augment_rotate=-1), "augment_rotate must be a finite number >= 0"),
+    (dict(augment_rotate=181), "augment_rotate is the largest angle in degrees, at most 180"),
+    (dict(augment_rotate=float("nan")), "augment_rotate must be"),
+    (dict(augment_elastic=-0.5), "augment_elastic must be a finite number >= 0"),
+    (dict(augment_elastic=float("inf")), "augment_elastic must be"),
+])
+def test_rotate_and_elastic_settings_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(Network([16, 4]), backend="numpy", **kwargs)
+
+
+@pytest.mark.parametrize("key", ["augment_rotate", "augment_elastic"])
+def test_rotate_and_elastic_need_an_image(key):
+    with pytest.raises(ValueError, match=f"{key} needs image_shape"):
+        Trainer(Network([12, 4]), backend="numpy", **{key: 3.0})

@@ -23,7 +23,7 @@ import numpy as np
 from . import _checks
 from .backends import FASTEST_FIRST, BackendUnavailable, EpochPlan, backend_names, get_backend
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
-from .schedules import SCHEDULES, make_schedule
+from .schedules import SCHEDULES, OneCycle, make_schedule
 
 CHECKPOINT_TAG = "fastgd.Checkpoint"
 TASKS = ("classification", "binary", "regression")
@@ -41,6 +41,8 @@ class History:
     "numpy") and ``partial`` (True for an epoch cut short by Ctrl-C). ``history["train_loss"]``
     is the list of one key. ``compile_seconds`` is the time a JIT backend spent compiling before
     the first epoch; ``stopped_early`` and ``best_epoch`` say what early stopping did.
+    ``budget_plans`` (runs with a time budget) lists each planning decision as a dict with
+    ``after_epoch``, ``epoch_seconds`` (the estimate used) and ``epochs`` (the run's new length).
     """
 
     KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_r2", "val_mae", "lr",
@@ -51,6 +53,7 @@ class History:
         self.compile_seconds = compile_seconds
         self.stopped_early = False
         self.best_epoch = None
+        self.budget_plans = []
 
     def __len__(self):
         return len(self.records)
@@ -205,12 +208,35 @@ class Trainer:
     dropout : float
         Inverted dropout on the hidden layers during training: each hidden unit is dropped with
         this probability and the survivors are scaled by 1 / (1 - dropout).
-    lr_schedule : {"constant", "step", "cosine"} or fastgd.schedules.Schedule
+    lr_schedule : {"constant", "step", "cosine", "onecycle"} or fastgd.schedules.Schedule
         Learning rate per step: constant; step (× lr_gamma every lr_step_size epochs); cosine
-        (down to min_lr over the run). warmup_epochs of linear warm-up apply to any of them.
+        (down to min_lr over the run); onecycle (up from lr/25 to the peak lr over the first
+        pct_start of the run, then down to lr/2.5e5; `fastgd.schedules.OneCycle`). warmup_epochs
+        of linear warm-up apply to any of them.
+    pct_start : float
+        onecycle: the fraction of the run spent rising to the peak (default 0.25).
+    time_budget : float or None
+        Seconds of training (as ``History.train_seconds`` counts them: the backend's epoch calls
+        only; not the backend's prepare/JIT compile before the first epoch, not validation,
+        checkpoints or callbacks). `epochs` is then the first guess only: epoch 1 runs with
+        the schedule of `epochs` epochs, then the number of epochs is set so the run ends within
+        ``(1 - budget_margin)`` of the budget, from the steady time per step of epoch 1 (its
+        first backend call, which warms caches and threads, is left out of the estimate). After
+        each later epoch the plan is checked against the median measured epoch time and only
+        ever shortened, so the schedule (e.g. onecycle) completes within the budget. At least one
+        epoch runs. ``history.budget_plans`` records the decisions.
+    label_smoothing : float
+        cross_entropy only: train on targets (1 - ε)·onehot + ε/K (K classes for softmax, 2 for a
+        sigmoid unit) instead of the labels. Validation loss uses the unsmoothed targets.
     augment_shift : int
         Shift each training image by a random (dx, dy) in [-k, k]² pixels each epoch (zero fill).
         Needs square images or image_shape=(rows, cols).
+    augment_rotate : float
+        Rotate each training image by a random angle in [-deg, deg] degrees each epoch (needs a
+        backend that lists the "rotate" feature; numpy, the reference, first).
+    augment_elastic : float
+        Elastic distortion of each training image, displacement scale in pixels (backend
+        feature "elastic").
     validation_split : float
         Hold out this fraction of the training data (seeded) as validation data.
     early_stopping : int or None
@@ -232,13 +258,18 @@ class Trainer:
     #: small: at 10 ms it cost Numba ~15-30% of a 784-128-10 epoch on 2 cores.
     slice_seconds = 0.05
     slice_steps = None
+    #: With a time budget, plan to end within (1 - budget_margin) of it (timings vary between epochs).
+    budget_margin = 0.03
+    #: The clock training time is measured with (tests replace it with a fake one).
+    clock = staticmethod(time.perf_counter)
 
     def __init__(self, net, loss="mse", lr=None, batch_size=10, epochs=30, backend="auto", threads=None,
                  seed=None, shuffle=True, deterministic=True, *, optimizer="sgd", momentum=0.0, nesterov=False,
                  weight_decay=None, l2=None, l1=0.0, beta1=0.9, beta2=0.999, eps=1e-8, dropout=0.0,
                  lr_schedule="constant", warmup_epochs=0.0, lr_step_size=10, lr_gamma=0.1, min_lr=0.0,
                  augment_shift=0, image_shape=None, validation_split=0.0, early_stopping=None, checkpoint=None,
-                 checkpoint_every=1):
+                 checkpoint_every=1, pct_start=0.25, time_budget=None, label_smoothing=0.0, augment_rotate=0.0,
+                 augment_elastic=0.0):
         from .network import Network
 
         if not isinstance(net, Network):
@@ -263,17 +294,37 @@ class Trainer:
         self.lr_step_size = _checks.check_positive_int(lr_step_size, "lr_step_size")
         self.lr_gamma = _checks.check_positive_float(lr_gamma, "lr_gamma")
         self.min_lr = _check_nonnegative(min_lr, "min_lr")
+        self.pct_start = _check_fraction(pct_start, "pct_start", upper_inclusive=True)
         if isinstance(lr_schedule, str):
             self.lr_schedule = _checks.check_choice(lr_schedule, SCHEDULES, "lr_schedule")
             self.schedule = make_schedule(lr_schedule, self.warmup_epochs, self.lr_step_size, self.lr_gamma,
                                           self.min_lr)
+            if lr_schedule == "onecycle":
+                self.schedule = OneCycle(pct_start=self.pct_start, warmup_epochs=self.warmup_epochs)
         elif hasattr(lr_schedule, "rates"):
             self.schedule, self.lr_schedule = lr_schedule, getattr(lr_schedule, "name", type(lr_schedule).__name__)
         else:
             raise TypeError(f"lr_schedule must be one of {', '.join(SCHEDULES)} or a schedule object, "
                             f"got {lr_schedule!r}")
         self.augment_shift = _checks.check_positive_int(augment_shift, "augment_shift", minimum=0)
-        self.image_shape = self._check_image_shape(image_shape) if self.augment_shift else (0, 0)
+        self.augment_rotate = _check_nonnegative(augment_rotate, "augment_rotate")
+        if self.augment_rotate > 180:
+            raise ValueError(f"augment_rotate is the largest angle in degrees, at most 180; got {self.augment_rotate}")
+        self.augment_elastic = _check_nonnegative(augment_elastic, "augment_elastic")
+        augmenting = self.augment_shift or self.augment_rotate or self.augment_elastic
+        used = [k for k in ("augment_shift", "augment_rotate", "augment_elastic") if getattr(self, k)]
+        self.image_shape = self._check_image_shape(image_shape, used[0]) if augmenting else (0, 0)
+        self.label_smoothing = _check_fraction(label_smoothing, "label_smoothing")
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise ValueError(f"label_smoothing applies to loss='cross_entropy', not {self.loss!r}")
+        if time_budget is not None:
+            if isinstance(time_budget, (bool, np.bool_)) or not isinstance(time_budget, numbers.Real):
+                raise TypeError(f"time_budget must be a number of seconds or None, got {time_budget!r}")
+            if not (math.isfinite(time_budget) and time_budget > 0):
+                raise ValueError(f"time_budget must be a finite number of seconds > 0, got {time_budget}")
+            time_budget = float(time_budget)
+        self.time_budget = time_budget
+        self._epochs_setting = self.epochs  # with a time budget, fit() plans self.epochs from this guess
         self.validation_split = _check_fraction(validation_split, "validation_split")
         self.early_stopping = (None if early_stopping is None
                                else _checks.check_positive_int(early_stopping, "early_stopping"))
@@ -283,8 +334,10 @@ class Trainer:
         self.backend = self._pick_backend(backend)
         missing = self._features() - set(getattr(self.backend, "features", ()))
         if missing:
-            raise ValueError(f"backend {self.backend.name!r} does not implement {', '.join(sorted(missing))} yet; "
-                             f"use backend='numpy' for it")
+            keywords = {"rotate": "augment_rotate", "elastic": "augment_elastic", "shift": "augment_shift"}
+            asked = [keywords[f] for f in sorted(missing) if f in keywords]
+            raise ValueError(f"backend {self.backend.name!r} does not implement {', '.join(sorted(missing))} yet"
+                             f"{' (' + ', '.join(asked) + ')' if asked else ''}; use backend='numpy' for it")
         self._rng = np.random.default_rng(seed)
         self.history = History()
         self.interrupted = False
@@ -330,7 +383,8 @@ class Trainer:
     def _features(self):
         probe = EpochPlan(X=None, x_scale=1.0, targets=None, labels=None, order=None, lrs=None, batch_size=1,
                           loss=self.loss, rule=self.optimizer.step_rule(), dropout=self.dropout,
-                          max_shift=self.augment_shift)
+                          max_shift=self.augment_shift, max_rotate=self.augment_rotate,
+                          elastic_alpha=self.augment_elastic)
         return probe.requested_features()
 
     def _pick_backend(self, name):
@@ -347,12 +401,12 @@ class Trainer:
                 return backend
         return get_backend("auto")
 
-    def _check_image_shape(self, image_shape):
+    def _check_image_shape(self, image_shape, what="augment_shift"):
         n_in = self.net.sizes[0]
         if image_shape is None:
             side = math.isqrt(n_in)
             if side * side != n_in:
-                raise ValueError(f"augment_shift needs image_shape=(rows, cols): {n_in} inputs are not a square image")
+                raise ValueError(f"{what} needs image_shape=(rows, cols): {n_in} inputs are not a square image")
             return (side, side)
         rows, cols = (int(v) for v in image_shape)
         if rows * cols != n_in:
@@ -403,7 +457,8 @@ class Trainer:
         return EpochPlan(X=X, x_scale=scale, targets=targets, labels=labels, order=order, lrs=lrs,
                          batch_size=self.batch_size, loss=self.loss, threads=self.threads,
                          deterministic=self.deterministic, rule=self.optimizer.step_rule(), dropout=self.dropout,
-                         max_shift=self.augment_shift, image_shape=self.image_shape, seed=epoch_seed)
+                         max_shift=self.augment_shift, image_shape=self.image_shape, max_rotate=self.augment_rotate,
+                         elastic_alpha=self.augment_elastic, seed=epoch_seed)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, X, y, validation_data=None, callbacks=(), resume=None):
@@ -433,6 +488,9 @@ class Trainer:
         val = self._prepare(*validation_data, task=self.task) if validation_data is not None else None
         if self.early_stopping and val is None and not self.validation_split:
             raise ValueError("early_stopping needs validation_data or validation_split")
+        if self.time_budget is not None and resume is not None:
+            raise ValueError("time_budget cannot resume a checkpoint: the budget plans a whole run (resume without it, "
+                             "with the epochs the run planned)")
         for cb in callbacks:
             if not callable(cb):
                 raise TypeError(f"callbacks must be callables, got {cb!r}")
@@ -446,6 +504,11 @@ class Trainer:
             state = self._load_checkpoint(resume, history, stopper)
         if self.validation_split:
             data, val = self._split(data, state["split_seed"])
+        if self.label_smoothing:
+            data = self._smooth(data)
+        if self.time_budget is not None:
+            self.epochs = max(1, self._epochs_setting)  # the first guess; planned after epoch 1
+        self._calls = []  # (steps, seconds) of every backend call this fit, for the time budget
         n = data[0].shape[0]
         self._run = {"state": state, "history": history, "stopper": stopper}
 
@@ -467,15 +530,57 @@ class Trainer:
             history.best_epoch = stopper.best_epoch
         return history
 
+    def _smooth(self, data):
+        """Training targets with label smoothing: (1 - eps) t + eps / K (K classes; 2 for sigmoid units)."""
+        X, scale, targets, labels = data
+        k = targets.shape[1] if self.net.output == "softmax" else 2
+        eps = self.label_smoothing
+        smoothed = (targets.astype(np.float64) * (1.0 - eps) + eps / k).astype(targets.dtype)
+        return X, scale, np.ascontiguousarray(smoothed), labels
+
+    def _steady_step_seconds(self):
+        """Seconds per optimiser step measured so far, leaving out the fit's first backend call (it
+        warms caches and threads); None before there is anything else to go by."""
+        rest = self._calls[1:] or self._calls
+        steps = sum(k for k, _ in rest)
+        return sum(t for _, t in rest) / steps if steps else None
+
+    def plan_epochs(self, done, spent, epoch_seconds):
+        """The run's length in epochs for a time budget: `done` epochs took `spent` seconds and
+        one more is expected to take `epoch_seconds`. At least `done` (and at least 1)."""
+        room = self.time_budget * (1.0 - self.budget_margin) - spent
+        more = int(room // epoch_seconds) if epoch_seconds > 0 and room > 0 else 0
+        return max(done + more, 1)
+
+    def _replan(self, epoch, steps, history):
+        """After each epoch of a budgeted run: set (epoch 1) or shorten (later) the number of epochs."""
+        done = [r for r in history.records if not r.get("partial")]
+        spent = sum(r["seconds"] for r in done)
+        if epoch == 1:
+            per_step = self._steady_step_seconds()
+            estimate = per_step * steps if per_step is not None else spent
+        else:
+            estimate = float(np.median([r["seconds"] for r in done[1:]]))
+        planned = self.plan_epochs(epoch, spent, estimate)
+        if epoch > 1:
+            planned = min(planned, self.epochs)  # only ever shorter: the schedule never climbs back
+        if epoch == 1 or planned != self.epochs:
+            history.budget_plans.append({"after_epoch": epoch, "epoch_seconds": estimate, "epochs": planned})
+        self.epochs = planned
+
     def _epochs(self, data, val, n, ws, state, history, stopper, callbacks):
         with _DeferredInterrupt() as interrupt:
-            for epoch in range(state["epoch"] + 1, self.epochs + 1):
+            epoch = state["epoch"]
+            while epoch < self.epochs:
+                epoch += 1
                 record = self._epoch(epoch, data, n, ws, state, history, interrupt)
                 if val is not None:
                     record.update(self._metrics(val, prefix="val_"))
                 history.records.append(record)
                 self.net.history = history.to_list()
                 state["epoch"], state["partial"] = epoch, None
+                if self.time_budget is not None:
+                    self._replan(epoch, -(-n // self.batch_size), history)
                 stop = stopper.update(epoch, record["val_loss"], self.net.params) if stopper else False
                 if self.checkpoint is not None and (epoch % self.checkpoint_every == 0 or epoch == self.epochs or stop):
                     self.save_checkpoint()
@@ -515,9 +620,11 @@ class Trainer:
             a, b = k * bs, min((k + n_slice) * bs, n)
             plan = dataclasses.replace(full, order=order[a:b], lrs=lrs[k:k + n_slice], first_position=a,
                                        rule=opt.step_rule())
-            start = time.perf_counter()
+            start = self.clock()
             result = self.backend.train_epoch(self.net, plan, ws)
-            took = time.perf_counter() - start
+            took = self.clock() - start
+            if self.time_budget is not None and epoch == 1:
+                self._calls.append((plan.n_steps, took))
             seconds += took
             opt.step_count += plan.n_steps
             k += plan.n_steps
@@ -610,6 +717,12 @@ class Trainer:
                 "lr_schedule", "warmup_epochs", "lr_step_size", "lr_gamma", "min_lr", "augment_shift",
                 "validation_split", "early_stopping")
         out = {k: getattr(self, k) for k in keys}
+        # newer settings join the key set only when used, so older checkpoints still resume
+        for key, default in (("label_smoothing", 0.0), ("augment_rotate", 0.0), ("augment_elastic", 0.0)):
+            if getattr(self, key) != default:
+                out[key] = getattr(self, key)
+        if self.lr_schedule == "onecycle":
+            out["pct_start"] = self.pct_start
         if self.optimizer.name != "sgd":  # sgd runs keep the key set older checkpoints have
             out["optimizer"] = self.optimizer.name
             out["optimizer_settings"] = self.optimizer.hyperparameters()
