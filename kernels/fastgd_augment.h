@@ -1,0 +1,232 @@
+/* Image augmentation for the Cython kernels: fastgd.augment's sampling map (rotation, shift and
+   elastic distortion with bilinear interpolation) in C, one image at a time. fastgd/augment.py
+   defines it and is the reference; this file performs the same double-precision operations in
+   the same order, with floating-point contraction (FMA) switched off (no-trapping-math only
+   lets gcc vectorise floor; it changes no result), so the augmented pixels
+   equal the reference's bit for bit. fastgd/backends/numba_augment.py is the Numba twin.
+
+   Entry points (T = float for _f, double for _d):
+     fgd_augment_image_f/_d(srcf, srcu8, lut, rows, cols, seed, pos, max_shift, max_rotate,
+                            alpha, out)
+       out (rows * cols values of T) = the augmented image of the sample at epoch position pos.
+       The source is srcu8 (uint8 pixels, value lut[pixel]: lut[v] = (T)v * x_scale) when
+       srcu8 != NULL, else srcf (T values). work: FGD_AUG_WORK(rows, cols) doubles of scratch
+       (the zero-bordered source). Needs max_rotate in [0, 180], alpha >= 0 finite, rows,
+       cols >= 1 (EpochPlan.validate checks them). No allocation; ~9 KB of stack.
+   Everything is static: one copy per extension module that includes it. */
+#ifndef FASTGD_AUGMENT_H
+#define FASTGD_AUGMENT_H
+#include <math.h>
+
+/* a * b + c must stay two roundings, as in the NumPy reference and Numba (no fastmath) */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
+#elif defined(_MSC_VER)
+#pragma fp_contract(off)
+#endif
+
+#define FGD_AUG_CELLS 4                      /* fastgd.augment.ELASTIC_CELLS */
+#define FGD_AUG_GRID 7                       /* control points per axis: cells + 3 */
+#define FGD_AUG_POINTS 49
+#define FGD_AUG_SHIFT_STREAM 1048575ULL      /* fastgd._random.SHIFT_STREAM */
+#define FGD_AUG_ROTATE_STREAM 1048574ULL     /* fastgd._random.ROTATE_STREAM */
+#define FGD_AUG_ELASTIC_STREAM 1048525ULL    /* fastgd._random.ELASTIC_STREAM */
+#define FGD_AUG_SIXTH 0.16666666666666666  /* 1.0 / 6.0 */
+#define FGD_AUG_CHUNK 64                     /* columns per pass */
+#define FGD_AUG_WORK(rows, cols) (((rows) + 2) * ((cols) + 2))  /* doubles of scratch per image */
+
+static inline unsigned long long fgd_aug_mix64(unsigned long long z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static inline unsigned long long fgd_aug_draw(unsigned long long seed, unsigned long long pos,
+                                              unsigned long long unit) {
+    return fgd_aug_mix64(seed ^ fgd_aug_mix64(pos * 1048576ULL + unit));
+}
+
+/* One sample's random geometry (fastgd.augment.sample_params). */
+typedef struct {
+    double cs, sn;     /* cos and sin of the angle */
+    double bx0, by0;   /* cx - dx, cy - dy */
+    int elastic;       /* alpha > 0: px, py hold the control-point displacements */
+    double px[FGD_AUG_POINTS], py[FGD_AUG_POINTS];
+} fgd_aug_params;
+
+static const double fgd_aug_sin_coeffs[11] = {
+    1.0, -0.16666666666666666, 0.008333333333333333, -0.0001984126984126984, 2.7557319223985893e-06,
+    -2.505210838544172e-08, 1.6059043836821613e-10, -7.647163731819816e-13, 2.8114572543455206e-15,
+    -8.22063524662433e-18, 1.9572941063391263e-20};
+static const double fgd_aug_cos_coeffs[11] = {
+    1.0, -0.5, 0.041666666666666664, -0.001388888888888889, 2.48015873015873e-05,
+    -2.755731922398589e-07, 2.08767569878681e-09, -1.1470745597729725e-11, 4.779477332387385e-14,
+    -1.5619206968586225e-16, 4.110317623312165e-19};
+
+static inline void fgd_aug_params_draw(unsigned long long seed, unsigned long long pos, long long max_shift,
+                                double max_rotate, double alpha, long rows, long cols,
+                                fgd_aug_params* p) {
+    long long dx = 0, dy = 0;
+    if (max_shift > 0) {  /* fastgd._random.shifts */
+        unsigned long long r = fgd_aug_draw(seed, pos, FGD_AUG_SHIFT_STREAM);
+        unsigned long long span = (unsigned long long)(2 * max_shift + 1);
+        dx = (long long)((r & 0xFFFFFFFFULL) % span) - max_shift;
+        dy = (long long)((r >> 32) % span) - max_shift;
+    }
+    p->bx0 = 0.5 * (double)(cols - 1) - (double)dx;
+    p->by0 = 0.5 * (double)(rows - 1) - (double)dy;
+    p->cs = 1.0;
+    p->sn = 0.0;
+    if (max_rotate > 0) {  /* fastgd.augment.rotation */
+        double u = (double)(fgd_aug_draw(seed, pos, FGD_AUG_ROTATE_STREAM) >> 40) * 5.9604644775390625e-08;
+        double deg = (2.0 * u - 1.0) * max_rotate;
+        double h = deg * 0.017453292519943295 * 0.5;
+        double h2 = h * h;
+        double ps = fgd_aug_sin_coeffs[10], pc = fgd_aug_cos_coeffs[10];
+        for (int k = 9; k >= 0; k--) {
+            ps = ps * h2 + fgd_aug_sin_coeffs[k];
+            pc = pc * h2 + fgd_aug_cos_coeffs[k];
+        }
+        double sh = h * ps;
+        p->cs = pc * pc - sh * sh;
+        p->sn = 2.0 * (sh * pc);
+    }
+    p->elastic = alpha > 0;
+    if (p->elastic) {  /* fastgd._random.elastic_uniforms */
+        for (int q = 0; q < FGD_AUG_POINTS; q++) {
+            unsigned long long r = fgd_aug_draw(seed, pos, FGD_AUG_ELASTIC_STREAM + (unsigned long long)q);
+            double ux = (double)((r & 0xFFFFFFFFULL) >> 8) * 5.9604644775390625e-08;
+            double uy = (double)(r >> 40) * 5.9604644775390625e-08;
+            p->px[q] = (2.0 * ux - 1.0) * alpha;
+            p->py[q] = (2.0 * uy - 1.0) * alpha;
+        }
+    }
+}
+
+/* Lattice cell of pixel i along an axis of n pixels (scale = FGD_AUG_CELLS / n), and its four
+   B-spline weights (augment.lattice). */
+static inline long fgd_aug_cell(long i, double scale, double* w) {
+    double u = ((double)i + 0.5) * scale;
+    double k = floor(u);
+    double t = u - k;
+    double s = 1.0 - t, t2 = t * t;
+    double t3 = t2 * t;
+    w[0] = ((s * s) * s) * FGD_AUG_SIXTH;
+    w[1] = ((3.0 * t3 - 6.0 * t2) + 4.0) * FGD_AUG_SIXTH;
+    w[2] = (((3.0 * t2 - 3.0 * t3) + 3.0 * t) + 1.0) * FGD_AUG_SIXTH;
+    w[3] = t3 * FGD_AUG_SIXTH;
+    return (long)k;
+}
+
+/* Bilinear samples v[j] at (sx[j], sy[j]) of the zero-bordered image pad (row length W = cols + 2),
+   j < n; points outside (-1, cols) x (-1, rows) give 0 (augment.bilinear). */
+static inline void fgd_aug_sample(const double* __restrict pad, long W, const double* __restrict sxb,
+                                  const double* __restrict syb, long n, double colsd, double rowsd,
+                                  double* __restrict v) {
+    for (long j = 0; j < n; j++) {
+        double sx = sxb[j], sy = syb[j];
+        int in = (sx > -1.0) & (sx < colsd) & (sy > -1.0) & (sy < rowsd);
+        sx = in ? sx : 0.0;
+        sy = in ? sy : 0.0;
+        double fx0 = floor(sx), fy0 = floor(sy);
+        double fx = sx - fx0, fy = sy - fy0;
+        long i = ((long)fy0 + 1) * W + ((long)fx0 + 1);
+        double a = pad[i], b = pad[i + 1], c = pad[i + W], d = pad[i + W + 1];
+        double vv = (1.0 - fy) * ((1.0 - fx) * a + fx * b) + fy * ((1.0 - fx) * c + fx * d);
+        v[j] = in ? vv : 0.0;
+    }
+}
+
+/* The warp, in column chunks of FGD_AUG_CHUNK: the coordinates of a chunk of one output row
+   (vectorisable), then the bilinear samples (vectorisable with gathers) from `pad`, the source
+   image as doubles with a border of zeros (rows + 2) x (cols + 2), so a pixel's four neighbours
+   need no bound tests: a pixel outside (-1, cols) x (-1, rows) reads (0, 0) and is set to 0. */
+#define FGD_AUGMENT(T, SUFFIX)                                                                    \
+static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long cols,             \
+                                             const fgd_aug_params* p, T* out) {                   \
+    double sxb[FGD_AUG_CHUNK], syb[FGD_AUG_CHUNK], vb[FGD_AUG_CHUNK];                             \
+    double rcx[FGD_AUG_GRID * FGD_AUG_CHUNK], rcy[FGD_AUG_GRID * FGD_AUG_CHUNK];                  \
+    const double cx = 0.5 * (double)(cols - 1), cy = 0.5 * (double)(rows - 1);                    \
+    const double colsd = (double)cols, rowsd = (double)rows;                                      \
+    const double cscale = (double)FGD_AUG_CELLS / colsd, rscale = (double)FGD_AUG_CELLS / rowsd;   \
+    const double cs = p->cs, sn = p->sn;                                                          \
+    const long W = cols + 2;                                                                      \
+    for (long c0 = 0; c0 < cols; c0 += FGD_AUG_CHUNK) {                                           \
+        long n = cols - c0 < FGD_AUG_CHUNK ? cols - c0 : FGD_AUG_CHUNK;                           \
+        if (p->elastic) {  /* the field's column pass: Rc[i, c] for every control row i */        \
+            for (long j = 0; j < n; j++) {                                                        \
+                double w[4];                                                                      \
+                long k = fgd_aug_cell(c0 + j, cscale, w);                                           \
+                for (int i = 0; i < FGD_AUG_GRID; i++) {                                          \
+                    const double* X = p->px + i * FGD_AUG_GRID + k;                               \
+                    const double* Y = p->py + i * FGD_AUG_GRID + k;                               \
+                    rcx[i * FGD_AUG_CHUNK + j] = ((w[0] * X[0] + w[1] * X[1]) + w[2] * X[2]) + w[3] * X[3]; \
+                    rcy[i * FGD_AUG_CHUNK + j] = ((w[0] * Y[0] + w[1] * Y[1]) + w[2] * Y[2]) + w[3] * Y[3]; \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        for (long r = 0; r < rows; r++) {                                                         \
+            const double y = (double)r - cy;                                                      \
+            const double bx = p->bx0 - sn * y, by = p->by0 + cs * y;                              \
+            for (long j = 0; j < n; j++) {                                                        \
+                double x = (double)(c0 + j) - cx;                                                 \
+                sxb[j] = cs * x + bx;                                                             \
+                syb[j] = sn * x + by;                                                             \
+            }                                                                                     \
+            if (p->elastic) {  /* the row pass: the field at (r, c0 + j) */                       \
+                double w[4];                                                                      \
+                long k = fgd_aug_cell(r, rscale, w);                                                \
+                const double* X = rcx + k * FGD_AUG_CHUNK;                                        \
+                const double* Y = rcy + k * FGD_AUG_CHUNK;                                        \
+                for (long j = 0; j < n; j++) {                                                    \
+                    sxb[j] = sxb[j] + (((w[0] * X[j] + w[1] * X[j + FGD_AUG_CHUNK])               \
+                                        + w[2] * X[j + 2 * FGD_AUG_CHUNK]) + w[3] * X[j + 3 * FGD_AUG_CHUNK]); \
+                    syb[j] = syb[j] + (((w[0] * Y[j] + w[1] * Y[j + FGD_AUG_CHUNK])               \
+                                        + w[2] * Y[j + 2 * FGD_AUG_CHUNK]) + w[3] * Y[j + 3 * FGD_AUG_CHUNK]); \
+                }                                                                                 \
+            }                                                                                     \
+            fgd_aug_sample(pad, W, sxb, syb, n, colsd, rowsd, vb);                               \
+            T* o = out + r * cols + c0;                                                           \
+            for (long j = 0; j < n; j++) o[j] = (T)vb[j];                                         \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+static inline void fgd_augment_image_##SUFFIX(const T* srcf, const unsigned char* srcu8, const T* lut, \
+                                              long rows, long cols, unsigned long long seed,      \
+                                              unsigned long long pos, long long max_shift,        \
+                                              double max_rotate, double alpha, double* work,      \
+                                              T* out) {                                           \
+    fgd_aug_params p;                                                                             \
+    const long W = cols + 2;                                                                      \
+    fgd_aug_params_draw(seed, pos, max_shift, max_rotate, alpha, rows, cols, &p);                 \
+    for (long j = 0; j < W; j++) {                                                                \
+        work[j] = 0.0;                                                                            \
+        work[(rows + 1) * W + j] = 0.0;                                                           \
+    }                                                                                             \
+    for (long r = 0; r < rows; r++) {                                                             \
+        double* d = work + (r + 1) * W;                                                           \
+        d[0] = 0.0;                                                                               \
+        d[cols + 1] = 0.0;                                                                        \
+        if (srcu8 != 0) {                                                                         \
+            const unsigned char* s = srcu8 + r * cols;                                            \
+            for (long c = 0; c < cols; c++) d[c + 1] = (double)lut[s[c]];                         \
+        } else {                                                                                  \
+            const T* s = srcf + r * cols;                                                         \
+            for (long c = 0; c < cols; c++) d[c + 1] = (double)s[c];                              \
+        }                                                                                         \
+    }                                                                                             \
+    fgd_augment_warp_##SUFFIX(work, rows, cols, &p, out);                                         \
+}
+FGD_AUGMENT(float, f)
+FGD_AUGMENT(double, d)
+
+#if defined(__clang__)
+#pragma clang fp contract(on)
+#elif defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+#endif /* FASTGD_AUGMENT_H */
