@@ -6,17 +6,18 @@
    equal the reference's bit for bit. fastgd/backends/numba_augment.py is the Numba twin.
 
    Entry points (T = float for _f, double for _d):
-     fgd_augment_image_f/_d(srcf, srcu8, lut, rows, cols, seed, pos, max_shift, max_rotate,
-                            alpha, out)
+     fgd_augment_image_f/_d(srcf, srcu8, scale, rows, cols, seed, pos, max_shift, max_rotate,
+                            alpha, work, out)
        out (rows * cols values of T) = the augmented image of the sample at epoch position pos.
-       The source is srcu8 (uint8 pixels, value lut[pixel]: lut[v] = (T)v * x_scale) when
-       srcu8 != NULL, else srcf (T values). work: FGD_AUG_WORK(rows, cols) doubles of scratch
-       (the zero-bordered source). Needs max_rotate in [0, 180], alpha >= 0 finite, rows,
+       The source is srcu8 (uint8 pixels of value (T)v * scale, scale = (T)x_scale > 0: the
+       kernels' lut[v] bit for bit) when srcu8 != NULL, else srcf (T values).
+       work: FGD_AUG_WORK(rows, cols) doubles of scratch (the zero-bordered source). Needs max_rotate in [0, 180], alpha >= 0 finite, rows,
        cols >= 1 (EpochPlan.validate checks them). No allocation; ~9 KB of stack.
    Everything is static: one copy per extension module that includes it. */
 #ifndef FASTGD_AUGMENT_H
 #define FASTGD_AUGMENT_H
 #include <math.h>
+#include <string.h>
 
 /* a * b + c must stay two roundings, as in the NumPy reference and Numba (no fastmath) */
 #if defined(__clang__)
@@ -122,7 +123,45 @@ static inline long fgd_aug_cell(long i, double scale, double* w) {
 }
 
 /* Bilinear samples v[j] at (sx[j], sy[j]) of the zero-bordered image pad (row length W = cols + 2),
-   j < n; points outside (-1, cols) x (-1, rows) give 0 (augment.bilinear). */
+   j < n; points outside (-1, cols) x (-1, rows) give 0 (augment.bilinear). With AVX-512 (F and DQ)
+   written with intrinsics: compilers emulate the four gathers with scalar loads otherwise. The
+   vector code performs the same IEEE operations per lane (separate multiplies and adds, floor by
+   rounding toward -inf, an integer-valued index converted exactly), so both give the same bits. */
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && !defined(FGD_AUG_PORTABLE)
+#include <immintrin.h>
+static inline void fgd_aug_sample(const double* __restrict pad, long W, const double* __restrict sxb,
+                                  const double* __restrict syb, long n, double colsd, double rowsd,
+                                  double* __restrict v) {
+    const __m512d m1 = _mm512_set1_pd(-1.0), vc = _mm512_set1_pd(colsd), vr = _mm512_set1_pd(rowsd);
+    const __m512d one = _mm512_set1_pd(1.0), vW = _mm512_set1_pd((double)W), zero = _mm512_setzero_pd();
+    const __m512i iW = _mm512_set1_epi64(W), i1 = _mm512_set1_epi64(1), iW1 = _mm512_set1_epi64(W + 1);
+    for (long j = 0; j < n; j += 8) {
+        __mmask8 lanes = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (n - j)) - 1u);
+        __m512d sx = _mm512_maskz_loadu_pd(lanes, sxb + j), sy = _mm512_maskz_loadu_pd(lanes, syb + j);
+        __mmask8 in = _mm512_mask_cmp_pd_mask(lanes, sx, m1, _CMP_GT_OQ);
+        in = _mm512_mask_cmp_pd_mask(in, sx, vc, _CMP_LT_OQ);
+        in = _mm512_mask_cmp_pd_mask(in, sy, m1, _CMP_GT_OQ);
+        in = _mm512_mask_cmp_pd_mask(in, sy, vr, _CMP_LT_OQ);
+        sx = _mm512_maskz_mov_pd(in, sx);
+        sy = _mm512_maskz_mov_pd(in, sy);
+        __m512d fx0 = _mm512_roundscale_pd(sx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        __m512d fy0 = _mm512_roundscale_pd(sy, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        __m512d fx = _mm512_sub_pd(sx, fx0), fy = _mm512_sub_pd(sy, fy0);
+        /* (y0 + 1) * W + (x0 + 1): small integers, exact in double */
+        __m512d id = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(fy0, one), vW), _mm512_add_pd(fx0, one));
+        __m512i i = _mm512_cvttpd_epi64(id);
+        __m512d a = _mm512_mask_i64gather_pd(zero, in, i, pad, 8);
+        __m512d b = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, i1), pad, 8);
+        __m512d c = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, iW), pad, 8);
+        __m512d d = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, iW1), pad, 8);
+        __m512d gx = _mm512_sub_pd(one, fx), gy = _mm512_sub_pd(one, fy);
+        __m512d top = _mm512_add_pd(_mm512_mul_pd(gx, a), _mm512_mul_pd(fx, b));
+        __m512d bot = _mm512_add_pd(_mm512_mul_pd(gx, c), _mm512_mul_pd(fx, d));
+        __m512d vv = _mm512_add_pd(_mm512_mul_pd(gy, top), _mm512_mul_pd(fy, bot));
+        _mm512_mask_storeu_pd(v + j, lanes, _mm512_maskz_mov_pd(in, vv));
+    }
+}
+#else
 static inline void fgd_aug_sample(const double* __restrict pad, long W, const double* __restrict sxb,
                                   const double* __restrict syb, long n, double colsd, double rowsd,
                                   double* __restrict v) {
@@ -139,86 +178,167 @@ static inline void fgd_aug_sample(const double* __restrict pad, long W, const do
         v[j] = in ? vv : 0.0;
     }
 }
+#endif
 
-/* The warp, in column chunks of FGD_AUG_CHUNK: the coordinates of a chunk of one output row
-   (vectorisable), then the bilinear samples (vectorisable with gathers) from `pad`, the source
-   image as doubles with a border of zeros (rows + 2) x (cols + 2), so a pixel's four neighbours
-   need no bound tests: a pixel outside (-1, cols) x (-1, rows) reads (0, 0) and is set to 0. */
+/* x is +0.0 (all bits clear; -0.0 is content: the reference keeps its sign) */
+static inline int fgd_aug_is_pzero(double x) {
+    unsigned long long b;
+    memcpy(&b, &x, sizeof b);
+    return b == 0;
+}
+
+/* Narrow [*lo, *hi) to the j where a * j + b may lie in (L, U), conservatively (a pixel more on
+   each side; the per-pixel test decides). A skipped pixel is one whose four neighbours all hold +0:
+   its exact value is +0, so skipping it changes no bit. */
+static inline void fgd_aug_span(double a, double b, double L, double U, long* lo, long* hi) {
+    double jl, ju;
+    if (a > 1e-9) {
+        jl = (L - b) / a;
+        ju = (U - b) / a;
+    } else if (a < -1e-9) {
+        jl = (U - b) / a;
+        ju = (L - b) / a;
+    } else {  /* |a| * j < 1e-9 * cols: constant within the margin */
+        if (!(b > L && b < U)) *hi = *lo;
+        return;
+    }
+    if (!(ju > (double)*lo - 2.0 && jl < (double)*hi + 2.0)) {  /* also catches NaN */
+        *hi = *lo;
+        return;
+    }
+    /* jl < hi + 2 and ju > lo - 2 here: the conversions below fit a long */
+    if (jl > (double)*lo) {
+        long l = (long)jl - 1;
+        *lo = l > *lo ? l : *lo;
+    }
+    if (ju < (double)*hi) {
+        long h = (long)ju + 2;
+        *hi = h < *hi ? h : *hi;
+    }
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* The warp, in column chunks of FGD_AUG_CHUNK: for each output row, the columns whose source point
+   can reach the non-zero part of the image (box [xlo, xhi] x [ylo, yhi] of pixels that are not +0,
+   widened by a pixel and by the largest elastic displacement), then their coordinates
+   (vectorisable) and bilinear samples (vectorisable with gathers) from `pad`, the source image as
+   doubles with a border of zeros (rows + 2) x (cols + 2), so a pixel's four neighbours need no
+   bound tests: a pixel outside (-1, cols) x (-1, rows) reads (0, 0) and is set to 0. */
 #define FGD_AUGMENT(T, SUFFIX)                                                                    \
 static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long cols,             \
-                                             const fgd_aug_params* p, T* out) {                   \
+                                             const fgd_aug_params* p, long xlo, long xhi,         \
+                                             long ylo, long yhi, T* out) {                        \
     double sxb[FGD_AUG_CHUNK], syb[FGD_AUG_CHUNK], vb[FGD_AUG_CHUNK];                             \
     double rcx[FGD_AUG_GRID * FGD_AUG_CHUNK], rcy[FGD_AUG_GRID * FGD_AUG_CHUNK];                  \
+    double wc[4 * FGD_AUG_CHUNK];                                                                 \
     const double cx = 0.5 * (double)(cols - 1), cy = 0.5 * (double)(rows - 1);                    \
     const double colsd = (double)cols, rowsd = (double)rows;                                      \
     const double cscale = (double)FGD_AUG_CELLS / colsd, rscale = (double)FGD_AUG_CELLS / rowsd;   \
     const double cs = p->cs, sn = p->sn;                                                          \
     const long W = cols + 2;                                                                      \
+    double mx = 0.0, my = 0.0;  /* the largest displacements: the field is a convex combination */ \
+    if (p->elastic) {                                                                             \
+        for (int q = 0; q < FGD_AUG_POINTS; q++) {                                                \
+            mx = fabs(p->px[q]) > mx ? fabs(p->px[q]) : mx;                                       \
+            my = fabs(p->py[q]) > my ? fabs(p->py[q]) : my;                                       \
+        }                                                                                         \
+    }                                                                                             \
+    const double XL = (double)xlo - 1.001 - mx, XU = (double)xhi + 1.001 + mx;                    \
+    const double YL = (double)ylo - 1.001 - my, YU = (double)yhi + 1.001 + my;                    \
     for (long c0 = 0; c0 < cols; c0 += FGD_AUG_CHUNK) {                                           \
         long n = cols - c0 < FGD_AUG_CHUNK ? cols - c0 : FGD_AUG_CHUNK;                           \
-        if (p->elastic) {  /* the field's column pass: Rc[i, c] for every control row i */        \
-            for (long j = 0; j < n; j++) {                                                        \
-                double w[4];                                                                      \
-                long k = fgd_aug_cell(c0 + j, cscale, w);                                           \
+        if (p->elastic && xlo <= xhi) {  /* the field's column pass: Rc[i, c], every control row */ \
+            long kc[FGD_AUG_CHUNK];                                                               \
+            for (long j = 0; j < n; j++) kc[j] = fgd_aug_cell(c0 + j, cscale, wc + 4 * j);         \
+            for (long j0 = 0; j0 < n;) {  /* a run of columns in the same cell k */               \
+                long k = kc[j0], j1 = j0 + 1;                                                     \
+                while (j1 < n && kc[j1] == k) j1++;                                               \
                 for (int i = 0; i < FGD_AUG_GRID; i++) {                                          \
                     const double* X = p->px + i * FGD_AUG_GRID + k;                               \
                     const double* Y = p->py + i * FGD_AUG_GRID + k;                               \
-                    rcx[i * FGD_AUG_CHUNK + j] = ((w[0] * X[0] + w[1] * X[1]) + w[2] * X[2]) + w[3] * X[3]; \
-                    rcy[i * FGD_AUG_CHUNK + j] = ((w[0] * Y[0] + w[1] * Y[1]) + w[2] * Y[2]) + w[3] * Y[3]; \
+                    const double x0 = X[0], x1 = X[1], x2 = X[2], x3 = X[3];                      \
+                    const double y0 = Y[0], y1 = Y[1], y2 = Y[2], y3 = Y[3];                      \
+                    double* RX = rcx + i * FGD_AUG_CHUNK;                                         \
+                    double* RY = rcy + i * FGD_AUG_CHUNK;                                         \
+                    for (long j = j0; j < j1; j++) {                                              \
+                        const double* w = wc + 4 * j;                                             \
+                        RX[j] = ((w[0] * x0 + w[1] * x1) + w[2] * x2) + w[3] * x3;                \
+                        RY[j] = ((w[0] * y0 + w[1] * y1) + w[2] * y2) + w[3] * y3;                \
+                    }                                                                             \
                 }                                                                                 \
+                j0 = j1;                                                                          \
             }                                                                                     \
         }                                                                                         \
         for (long r = 0; r < rows; r++) {                                                         \
             const double y = (double)r - cy;                                                      \
             const double bx = p->bx0 - sn * y, by = p->by0 + cs * y;                              \
-            for (long j = 0; j < n; j++) {                                                        \
+            T* o = out + r * cols + c0;                                                           \
+            long lo = 0, hi = xlo <= xhi ? n : 0;                                                 \
+            /* the affine part at j: cs * (c0 + j - cx) + bx and sn * (c0 + j - cx) + by */       \
+            fgd_aug_span(cs, cs * ((double)c0 - cx) + bx, XL, XU, &lo, &hi);                      \
+            if (lo < hi) fgd_aug_span(sn, sn * ((double)c0 - cx) + by, YL, YU, &lo, &hi);         \
+            for (long j = 0; j < lo; j++) o[j] = (T)0.0;                                          \
+            for (long j = hi > lo ? hi : lo; j < n; j++) o[j] = (T)0.0;                           \
+            if (lo >= hi) continue;                                                               \
+            for (long j = lo; j < hi; j++) {                                                      \
                 double x = (double)(c0 + j) - cx;                                                 \
                 sxb[j] = cs * x + bx;                                                             \
                 syb[j] = sn * x + by;                                                             \
             }                                                                                     \
             if (p->elastic) {  /* the row pass: the field at (r, c0 + j) */                       \
                 double w[4];                                                                      \
-                long k = fgd_aug_cell(r, rscale, w);                                                \
+                long k = fgd_aug_cell(r, rscale, w);                                              \
                 const double* X = rcx + k * FGD_AUG_CHUNK;                                        \
                 const double* Y = rcy + k * FGD_AUG_CHUNK;                                        \
-                for (long j = 0; j < n; j++) {                                                    \
+                for (long j = lo; j < hi; j++) {                                                  \
                     sxb[j] = sxb[j] + (((w[0] * X[j] + w[1] * X[j + FGD_AUG_CHUNK])               \
                                         + w[2] * X[j + 2 * FGD_AUG_CHUNK]) + w[3] * X[j + 3 * FGD_AUG_CHUNK]); \
                     syb[j] = syb[j] + (((w[0] * Y[j] + w[1] * Y[j + FGD_AUG_CHUNK])               \
                                         + w[2] * Y[j + 2 * FGD_AUG_CHUNK]) + w[3] * Y[j + 3 * FGD_AUG_CHUNK]); \
                 }                                                                                 \
             }                                                                                     \
-            fgd_aug_sample(pad, W, sxb, syb, n, colsd, rowsd, vb);                               \
-            T* o = out + r * cols + c0;                                                           \
-            for (long j = 0; j < n; j++) o[j] = (T)vb[j];                                         \
+            fgd_aug_sample(pad, W, sxb + lo, syb + lo, hi - lo, colsd, rowsd, vb);                \
+            for (long j = lo; j < hi; j++) o[j] = (T)vb[j - lo];                                  \
         }                                                                                         \
     }                                                                                             \
 }                                                                                                 \
-static inline void fgd_augment_image_##SUFFIX(const T* srcf, const unsigned char* srcu8, const T* lut, \
+static inline void fgd_augment_image_##SUFFIX(const T* srcf, const unsigned char* srcu8, T scale,   \
                                               long rows, long cols, unsigned long long seed,      \
                                               unsigned long long pos, long long max_shift,        \
                                               double max_rotate, double alpha, double* work,      \
                                               T* out) {                                           \
     fgd_aug_params p;                                                                             \
     const long W = cols + 2;                                                                      \
+    long xlo = cols, xhi = -1, ylo = rows, yhi = -1;                                              \
     fgd_aug_params_draw(seed, pos, max_shift, max_rotate, alpha, rows, cols, &p);                 \
     for (long j = 0; j < W; j++) {                                                                \
         work[j] = 0.0;                                                                            \
         work[(rows + 1) * W + j] = 0.0;                                                           \
     }                                                                                             \
-    for (long r = 0; r < rows; r++) {                                                             \
+    for (long r = 0; r < rows; r++) {  /* the bordered copy, and the box of pixels not +0 */       \
         double* d = work + (r + 1) * W;                                                           \
+        long first = 0, last = cols - 1;                                                          \
         d[0] = 0.0;                                                                               \
         d[cols + 1] = 0.0;                                                                        \
-        if (srcu8 != 0) {                                                                         \
+        if (srcu8 != 0) {  /* value (T)v * scale, as the reference; pixel 0 is +0 (scale > 0) */   \
             const unsigned char* s = srcu8 + r * cols;                                            \
-            for (long c = 0; c < cols; c++) d[c + 1] = (double)lut[s[c]];                         \
+            for (long c = 0; c < cols; c++) d[c + 1] = (double)((T)s[c] * scale);                 \
+            while (first < cols && s[first] == 0) first++;                                        \
+            while (last > first && s[last] == 0) last--;                                          \
         } else {                                                                                  \
             const T* s = srcf + r * cols;                                                         \
             for (long c = 0; c < cols; c++) d[c + 1] = (double)s[c];                              \
+            while (first < cols && fgd_aug_is_pzero(d[first + 1])) first++;                       \
+            while (last > first && fgd_aug_is_pzero(d[last + 1])) last--;                         \
+        }                                                                                         \
+        if (first < cols) {                                                                       \
+            ylo = ylo < r ? ylo : r;                                                              \
+            yhi = r;                                                                              \
+            xlo = xlo < first ? xlo : first;                                                      \
+            xhi = xhi > last ? xhi : last;                                                        \
         }                                                                                         \
     }                                                                                             \
-    fgd_augment_warp_##SUFFIX(work, rows, cols, &p, out);                                         \
+    fgd_augment_warp_##SUFFIX(work, rows, cols, &p, xlo, xhi, ylo, yhi, out);                     \
 }
 FGD_AUGMENT(float, f)
 FGD_AUGMENT(double, d)

@@ -180,12 +180,26 @@ CASES = [((28, 28), 2, 15.0, 0.0), ((28, 28), 0, 0.0, 4.0), ((28, 28), 1, 30.0, 
 
 
 def case_inputs(rng, shape, dtype, uint8, n=7):
+    """n + 2 random images; most hold their non-zero pixels in a smaller box (the compiled versions
+    skip the pixels that cannot reach it), one is all zeros, float ones hold some -0.0 too."""
     rows, cols = shape
     if uint8:
         X = rng.integers(0, 256, (n + 2, rows * cols), dtype=np.uint8)
         X[rng.random(X.shape) < 0.5] = 0
-        return X, 1 / 255
-    return rng.standard_normal((n + 2, rows * cols)).astype(dtype), 1.0
+        scale = 1 / 255
+    else:
+        X = rng.standard_normal((n + 2, rows * cols)).astype(dtype)
+        X[rng.random(X.shape) < 0.2] = -0.0
+        scale = 1.0
+    img = X.reshape(n + 2, rows, cols)
+    for i in range(1, n + 2):
+        r0, r1 = sorted(rng.integers(0, rows + 1, 2))
+        c0, c1 = sorted(rng.integers(0, cols + 1, 2))
+        keep = np.zeros((rows, cols), dtype=bool)
+        keep[r0:r1 + 1, c0:c1 + 1] = True
+        img[i][~keep] = 0
+    img[2] = 0
+    return X, scale
 
 
 def reference(X, idx, scale, dtype, shape, seed, pos0, ms, mr, al):
@@ -214,12 +228,12 @@ def test_numba_equals_the_reference_bitwise(dtype, uint8):
 HARNESS = r"""
 #include "fastgd_augment.h"
 #define BATCH(T, S)                                                                              \
-void aug_batch_##S(const T* X, const unsigned char* Xu8, const T* lut, const long long* idx, long n, \
+void aug_batch_##S(const T* X, const unsigned char* Xu8, T scale, const long long* idx, long n,     \
                    long rows, long cols, unsigned long long seed, unsigned long long pos0,           \
                    long long max_shift, double max_rotate, double alpha, double* work, T* out) {     \
     long n_in = rows * cols;                                                                      \
     for (long i = 0; i < n; i++)                                                                  \
-        fgd_augment_image_##S(X ? X + idx[i] * n_in : 0, Xu8 ? Xu8 + idx[i] * n_in : 0, lut, rows, cols, \
+        fgd_augment_image_##S(X ? X + idx[i] * n_in : 0, Xu8 ? Xu8 + idx[i] * n_in : 0, scale, rows, cols, \
                               seed, pos0 + i, max_shift, max_rotate, alpha, work, out + i * n_in); \
 }
 BATCH(float, f)
@@ -233,21 +247,24 @@ def _compiles(cc, flags):
                           capture_output=True).returncode == 0
 
 
-@pytest.fixture(scope="module")
-def c_augment(tmp_path_factory):
+@pytest.fixture(scope="module", params=["native", "portable"])
+def c_augment(request, tmp_path_factory):
     """kernels/fastgd_augment.h compiled as the Cython build compiles it (-O3 -march=native: FMA
-    available, so a contraction would show), loaded with ctypes."""
+    available, so a contraction would show; the AVX-512 sampling where the machine has it), and
+    its portable loop (FGD_AUG_PORTABLE), loaded with ctypes."""
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc is not None, "no C compiler: the Cython kernels cannot be built either"
     folder = tmp_path_factory.mktemp("augment_c")
     src = folder / "harness.c"
     src.write_text(HARNESS)
     flags = ["-O3", "-fPIC", "-shared"] + (["-march=native"] if _compiles(cc, ["-march=native"]) else [])
+    if request.param == "portable":
+        flags.append("-DFGD_AUG_PORTABLE")
     subprocess.run([cc, *flags, f"-I{KERNELS}", str(src), "-o", str(folder / "harness.so"), "-lm"], check=True)
     lib = ctypes.CDLL(str(folder / "harness.so"))
     P, L, U, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_ulonglong, ctypes.c_double
-    for name in ("aug_batch_f", "aug_batch_d"):
-        getattr(lib, name).argtypes = [P, P, P, P, L, L, L, U, U, ctypes.c_longlong, D, D, P, P]
+    for name, T in (("aug_batch_f", ctypes.c_float), ("aug_batch_d", ctypes.c_double)):
+        getattr(lib, name).argtypes = [P, P, T, P, L, L, L, U, U, ctypes.c_longlong, D, D, P, P]
         getattr(lib, name).restype = None
     lib.aug_work.argtypes, lib.aug_work.restype = [L, L], L
 
@@ -257,12 +274,11 @@ def c_augment(tmp_path_factory):
         work = np.empty(lib.aug_work(*shape))
         idx = np.ascontiguousarray(idx, dtype=np.int64)
         fn = lib.aug_batch_f if dtype == np.float32 else lib.aug_batch_d
-        if X.dtype == np.uint8:
-            lut = np.arange(256).astype(dtype) * dtype.type(scale)
-            fn(None, X.ctypes.data, lut.ctypes.data, idx.ctypes.data, len(idx), *shape, seed, pos0, ms, mr, al,
-               work.ctypes.data, out.ctypes.data)
+        if X.dtype == np.uint8:  # the scale as the network's dtype, like the kernels' lut
+            fn(None, X.ctypes.data, float(dtype.type(scale)), idx.ctypes.data, len(idx), *shape, seed, pos0, ms, mr,
+               al, work.ctypes.data, out.ctypes.data)
         else:
-            fn(X.ctypes.data, None, None, idx.ctypes.data, len(idx), *shape, seed, pos0, ms, mr, al,
+            fn(X.ctypes.data, None, 1.0, idx.ctypes.data, len(idx), *shape, seed, pos0, ms, mr, al,
                work.ctypes.data, out.ctypes.data)
         return out
 
