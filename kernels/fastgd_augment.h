@@ -11,7 +11,7 @@
        out (rows * cols values of T) = the augmented image of the sample at epoch position pos.
        The source is srcu8 (uint8 pixels of value (T)v * scale, scale = (T)x_scale > 0: the
        kernels' lut[v] bit for bit) when srcu8 != NULL, else srcf (T values).
-       work: FGD_AUG_WORK(rows, cols) doubles of scratch (the zero-bordered source). Needs max_rotate in [0, 180], alpha >= 0 finite, rows,
+       work: FGD_AUG_WORK(rows, cols) doubles of scratch (the zero-bordered source, column flags). Needs max_rotate in [0, 180], alpha >= 0 finite, rows,
        cols >= 1 (EpochPlan.validate checks them). No allocation; ~9 KB of stack.
    Everything is static: one copy per extension module that includes it. */
 #ifndef FASTGD_AUGMENT_H
@@ -37,7 +37,7 @@
 #define FGD_AUG_ELASTIC_STREAM 1048525ULL    /* fastgd._random.ELASTIC_STREAM */
 #define FGD_AUG_SIXTH 0.16666666666666666  /* 1.0 / 6.0 */
 #define FGD_AUG_CHUNK 64                     /* columns per pass */
-#define FGD_AUG_WORK(rows, cols) (((rows) + 2) * ((cols) + 2))  /* doubles of scratch per image */
+#define FGD_AUG_WORK(rows, cols) (((rows) + 3) * ((cols) + 2))  /* doubles of scratch per image */
 
 static inline unsigned long long fgd_aug_mix64(unsigned long long z) {
     z += 0x9E3779B97F4A7C15ULL;
@@ -127,39 +127,74 @@ static inline long fgd_aug_cell(long i, double scale, double* w) {
    written with intrinsics: compilers emulate the four gathers with scalar loads otherwise. The
    vector code performs the same IEEE operations per lane (separate multiplies and adds, floor by
    rounding toward -inf, an integer-valued index converted exactly), so both give the same bits. */
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && !defined(FGD_AUG_PORTABLE)
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && !defined(FGD_AUG_PORTABLE)
+#define FGD_AUG_AVX512 1
 #include <immintrin.h>
-static inline void fgd_aug_sample(const double* __restrict pad, long W, const double* __restrict sxb,
-                                  const double* __restrict syb, long n, double colsd, double rowsd,
-                                  double* __restrict v) {
-    const __m512d m1 = _mm512_set1_pd(-1.0), vc = _mm512_set1_pd(colsd), vr = _mm512_set1_pd(rowsd);
-    const __m512d one = _mm512_set1_pd(1.0), vW = _mm512_set1_pd((double)W), zero = _mm512_setzero_pd();
-    const __m512i iW = _mm512_set1_epi64(W), i1 = _mm512_set1_epi64(1), iW1 = _mm512_set1_epi64(W + 1);
-    for (long j = 0; j < n; j += 8) {
-        __mmask8 lanes = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (n - j)) - 1u);
-        __m512d sx = _mm512_maskz_loadu_pd(lanes, sxb + j), sy = _mm512_maskz_loadu_pd(lanes, syb + j);
-        __mmask8 in = _mm512_mask_cmp_pd_mask(lanes, sx, m1, _CMP_GT_OQ);
-        in = _mm512_mask_cmp_pd_mask(in, sx, vc, _CMP_LT_OQ);
-        in = _mm512_mask_cmp_pd_mask(in, sy, m1, _CMP_GT_OQ);
-        in = _mm512_mask_cmp_pd_mask(in, sy, vr, _CMP_LT_OQ);
-        sx = _mm512_maskz_mov_pd(in, sx);
-        sy = _mm512_maskz_mov_pd(in, sy);
-        __m512d fx0 = _mm512_roundscale_pd(sx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        __m512d fy0 = _mm512_roundscale_pd(sy, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        __m512d fx = _mm512_sub_pd(sx, fx0), fy = _mm512_sub_pd(sy, fy0);
-        /* (y0 + 1) * W + (x0 + 1): small integers, exact in double */
-        __m512d id = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(fy0, one), vW), _mm512_add_pd(fx0, one));
-        __m512i i = _mm512_cvttpd_epi64(id);
-        __m512d a = _mm512_mask_i64gather_pd(zero, in, i, pad, 8);
-        __m512d b = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, i1), pad, 8);
-        __m512d c = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, iW), pad, 8);
-        __m512d d = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, iW1), pad, 8);
-        __m512d gx = _mm512_sub_pd(one, fx), gy = _mm512_sub_pd(one, fy);
-        __m512d top = _mm512_add_pd(_mm512_mul_pd(gx, a), _mm512_mul_pd(fx, b));
-        __m512d bot = _mm512_add_pd(_mm512_mul_pd(gx, c), _mm512_mul_pd(fx, d));
-        __m512d vv = _mm512_add_pd(_mm512_mul_pd(gy, top), _mm512_mul_pd(fy, bot));
-        _mm512_mask_storeu_pd(v + j, lanes, _mm512_maskz_mov_pd(in, vv));
-    }
+/* Eight samples at (sx, sy) (lanes outside `lanes` unused) */
+static inline __m512d fgd_aug_sample8(const double* pad, long W, __m512d sx, __m512d sy, __mmask8 lanes,
+                                      double colsd, double rowsd) {
+    const __m512d m1 = _mm512_set1_pd(-1.0), one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+    const __m512i i1 = _mm512_set1_epi64(1), iW = _mm512_set1_epi64(W), iW1 = _mm512_set1_epi64(W + 1);
+    __mmask8 in = _mm512_mask_cmp_pd_mask(lanes, sx, m1, _CMP_GT_OQ);
+    in = _mm512_mask_cmp_pd_mask(in, sx, _mm512_set1_pd(colsd), _CMP_LT_OQ);
+    in = _mm512_mask_cmp_pd_mask(in, sy, m1, _CMP_GT_OQ);
+    in = _mm512_mask_cmp_pd_mask(in, sy, _mm512_set1_pd(rowsd), _CMP_LT_OQ);
+    sx = _mm512_maskz_mov_pd(in, sx);
+    sy = _mm512_maskz_mov_pd(in, sy);
+    __m512d fx0 = _mm512_roundscale_pd(sx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512d fy0 = _mm512_roundscale_pd(sy, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512d fx = _mm512_sub_pd(sx, fx0), fy = _mm512_sub_pd(sy, fy0);
+    /* (y0 + 1) * W + (x0 + 1): small integers, exact in double */
+    __m512d id = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(fy0, one), _mm512_set1_pd((double)W)),
+                               _mm512_add_pd(fx0, one));
+    __m512i i = _mm512_cvttpd_epi64(id);
+    __m512d a = _mm512_mask_i64gather_pd(zero, in, i, pad, 8);
+    __m512d b = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, i1), pad, 8);
+    __m512d c = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, iW), pad, 8);
+    __m512d d = _mm512_mask_i64gather_pd(zero, in, _mm512_add_epi64(i, iW1), pad, 8);
+    __m512d gx = _mm512_sub_pd(one, fx), gy = _mm512_sub_pd(one, fy);
+    __m512d top = _mm512_add_pd(_mm512_mul_pd(gx, a), _mm512_mul_pd(fx, b));
+    __m512d bot = _mm512_add_pd(_mm512_mul_pd(gx, c), _mm512_mul_pd(fx, d));
+    return _mm512_maskz_mov_pd(in, _mm512_add_pd(_mm512_mul_pd(gy, top), _mm512_mul_pd(fy, bot)));
+}
+#define FGD_AUG_STORE_f(o, v, m) _mm256_mask_storeu_ps((o), (m), _mm512_cvtpd_ps(v))
+#define FGD_AUG_STORE_d(o, v, m) _mm512_mask_storeu_pd((o), (m), (v))
+/* One output row's columns [lo, hi) of a chunk in one pass of 8 lanes: coordinates, the elastic
+   field (w != NULL: row weights; X, Y: the chunk's Rc rows k .. k + 3, stride FGD_AUG_CHUNK),
+   samples, conversion to T, store (out = the chunk's row start). */
+#define FGD_AUG_ROW(T, SUFFIX)                                                                    \
+static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, double colsd, double rowsd,     \
+                                        long c0, long lo, long hi, double cx, double cs, double sn, \
+                                        double bx, double by, const double* w, const double* X,   \
+                                        const double* Y, T* out) {                                \
+    const __m512d iota = _mm512_set_pd(7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0);                   \
+    const __m512d vcs = _mm512_set1_pd(cs), vsn = _mm512_set1_pd(sn), vcx = _mm512_set1_pd(cx);   \
+    const __m512d vbx = _mm512_set1_pd(bx), vby = _mm512_set1_pd(by);                             \
+    for (long j = lo; j < hi; j += 8) {                                                           \
+        __mmask8 lanes = hi - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (hi - j)) - 1u);        \
+        __m512d x = _mm512_sub_pd(_mm512_add_pd(_mm512_set1_pd((double)(c0 + j)), iota), vcx);    \
+        __m512d sx = _mm512_add_pd(_mm512_mul_pd(vcs, x), vbx);                                   \
+        __m512d sy = _mm512_add_pd(_mm512_mul_pd(vsn, x), vby);                                   \
+        if (w != 0) {                                                                             \
+            __m512d w0 = _mm512_set1_pd(w[0]), w1 = _mm512_set1_pd(w[1]);                         \
+            __m512d w2 = _mm512_set1_pd(w[2]), w3 = _mm512_set1_pd(w[3]);                         \
+            __m512d ex = _mm512_add_pd(                                                           \
+                _mm512_add_pd(                                                                    \
+                    _mm512_add_pd(_mm512_mul_pd(w0, _mm512_maskz_loadu_pd(lanes, X + j)),         \
+                                  _mm512_mul_pd(w1, _mm512_maskz_loadu_pd(lanes, X + j + FGD_AUG_CHUNK))), \
+                    _mm512_mul_pd(w2, _mm512_maskz_loadu_pd(lanes, X + j + 2 * FGD_AUG_CHUNK))),  \
+                _mm512_mul_pd(w3, _mm512_maskz_loadu_pd(lanes, X + j + 3 * FGD_AUG_CHUNK)));      \
+            __m512d ey = _mm512_add_pd(                                                           \
+                _mm512_add_pd(                                                                    \
+                    _mm512_add_pd(_mm512_mul_pd(w0, _mm512_maskz_loadu_pd(lanes, Y + j)),         \
+                                  _mm512_mul_pd(w1, _mm512_maskz_loadu_pd(lanes, Y + j + FGD_AUG_CHUNK))), \
+                    _mm512_mul_pd(w2, _mm512_maskz_loadu_pd(lanes, Y + j + 2 * FGD_AUG_CHUNK))),  \
+                _mm512_mul_pd(w3, _mm512_maskz_loadu_pd(lanes, Y + j + 3 * FGD_AUG_CHUNK)));      \
+            sx = _mm512_add_pd(sx, ex);                                                           \
+            sy = _mm512_add_pd(sy, ey);                                                           \
+        }                                                                                         \
+        FGD_AUG_STORE_##SUFFIX(out + j, fgd_aug_sample8(pad, W, sx, sy, lanes, colsd, rowsd), lanes); \
+    }                                                                                             \
 }
 #else
 static inline void fgd_aug_sample(const double* __restrict pad, long W, const double* __restrict sxb,
@@ -178,7 +213,34 @@ static inline void fgd_aug_sample(const double* __restrict pad, long W, const do
         v[j] = in ? vv : 0.0;
     }
 }
+/* One output row's columns [lo, hi) of a chunk: coordinates (vectorisable), the elastic field
+   (w != NULL: row weights; X, Y: the chunk's Rc rows k .. k + 3, stride FGD_AUG_CHUNK), samples,
+   conversion to T (out = the chunk's row start). */
+#define FGD_AUG_ROW(T, SUFFIX)                                                                    \
+static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, double colsd, double rowsd,     \
+                                        long c0, long lo, long hi, double cx, double cs, double sn, \
+                                        double bx, double by, const double* w, const double* X,   \
+                                        const double* Y, T* out) {                                \
+    double sxb[FGD_AUG_CHUNK], syb[FGD_AUG_CHUNK], vb[FGD_AUG_CHUNK];                             \
+    for (long j = lo; j < hi; j++) {                                                              \
+        double x = (double)(c0 + j) - cx;                                                         \
+        sxb[j] = cs * x + bx;                                                                     \
+        syb[j] = sn * x + by;                                                                     \
+    }                                                                                             \
+    if (w != 0) {                                                                                 \
+        for (long j = lo; j < hi; j++) {                                                          \
+            sxb[j] = sxb[j] + (((w[0] * X[j] + w[1] * X[j + FGD_AUG_CHUNK])                       \
+                                + w[2] * X[j + 2 * FGD_AUG_CHUNK]) + w[3] * X[j + 3 * FGD_AUG_CHUNK]); \
+            syb[j] = syb[j] + (((w[0] * Y[j] + w[1] * Y[j + FGD_AUG_CHUNK])                       \
+                                + w[2] * Y[j + 2 * FGD_AUG_CHUNK]) + w[3] * Y[j + 3 * FGD_AUG_CHUNK]); \
+        }                                                                                         \
+    }                                                                                             \
+    fgd_aug_sample(pad, W, sxb + lo, syb + lo, hi - lo, colsd, rowsd, vb);                        \
+    for (long j = lo; j < hi; j++) out[j] = (T)vb[j - lo];                                        \
+}
 #endif
+FGD_AUG_ROW(float, f)
+FGD_AUG_ROW(double, d)
 
 /* x is +0.0 (all bits clear; -0.0 is content: the reference keeps its sign) */
 static inline int fgd_aug_is_pzero(double x) {
@@ -190,14 +252,14 @@ static inline int fgd_aug_is_pzero(double x) {
 /* Narrow [*lo, *hi) to the j where a * j + b may lie in (L, U), conservatively (a pixel more on
    each side; the per-pixel test decides). A skipped pixel is one whose four neighbours all hold +0:
    its exact value is +0, so skipping it changes no bit. */
-static inline void fgd_aug_span(double a, double b, double L, double U, long* lo, long* hi) {
-    double jl, ju;
+static inline void fgd_aug_span(double a, double ia, double b, double L, double U, long* lo, long* hi) {
+    double jl, ju;  /* ia = 1 / a: a rounding off the exact bound, well inside the slack */
     if (a > 1e-9) {
-        jl = (L - b) / a;
-        ju = (U - b) / a;
+        jl = (L - b) * ia;
+        ju = (U - b) * ia;
     } else if (a < -1e-9) {
-        jl = (U - b) / a;
-        ju = (L - b) / a;
+        jl = (U - b) * ia;
+        ju = (L - b) * ia;
     } else {  /* |a| * j < 1e-9 * cols: constant within the margin */
         if (!(b > L && b < U)) *hi = *lo;
         return;
@@ -228,7 +290,6 @@ static inline void fgd_aug_span(double a, double b, double L, double U, long* lo
 static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long cols,             \
                                              const fgd_aug_params* p, long xlo, long xhi,         \
                                              long ylo, long yhi, T* out) {                        \
-    double sxb[FGD_AUG_CHUNK], syb[FGD_AUG_CHUNK], vb[FGD_AUG_CHUNK];                             \
     double rcx[FGD_AUG_GRID * FGD_AUG_CHUNK], rcy[FGD_AUG_GRID * FGD_AUG_CHUNK];                  \
     double wc[4 * FGD_AUG_CHUNK];                                                                 \
     const double cx = 0.5 * (double)(cols - 1), cy = 0.5 * (double)(rows - 1);                    \
@@ -244,6 +305,8 @@ static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long 
         }                                                                                         \
     }                                                                                             \
     const double XL = (double)xlo - 1.001 - mx, XU = (double)xhi + 1.001 + mx;                    \
+    const double ics = 1.0 / cs, isn = 1.0 / sn;                                                  \
+    memset(out, 0, sizeof(T) * (size_t)(rows * cols));  /* +0.0: all bits clear */               \
     const double YL = (double)ylo - 1.001 - my, YU = (double)yhi + 1.001 + my;                    \
     for (long c0 = 0; c0 < cols; c0 += FGD_AUG_CHUNK) {                                           \
         long n = cols - c0 < FGD_AUG_CHUNK ? cols - c0 : FGD_AUG_CHUNK;                           \
@@ -275,30 +338,17 @@ static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long 
             T* o = out + r * cols + c0;                                                           \
             long lo = 0, hi = xlo <= xhi ? n : 0;                                                 \
             /* the affine part at j: cs * (c0 + j - cx) + bx and sn * (c0 + j - cx) + by */       \
-            fgd_aug_span(cs, cs * ((double)c0 - cx) + bx, XL, XU, &lo, &hi);                      \
-            if (lo < hi) fgd_aug_span(sn, sn * ((double)c0 - cx) + by, YL, YU, &lo, &hi);         \
-            for (long j = 0; j < lo; j++) o[j] = (T)0.0;                                          \
-            for (long j = hi > lo ? hi : lo; j < n; j++) o[j] = (T)0.0;                           \
-            if (lo >= hi) continue;                                                               \
-            for (long j = lo; j < hi; j++) {                                                      \
-                double x = (double)(c0 + j) - cx;                                                 \
-                sxb[j] = cs * x + bx;                                                             \
-                syb[j] = sn * x + by;                                                             \
-            }                                                                                     \
+            fgd_aug_span(cs, ics, cs * ((double)c0 - cx) + bx, XL, XU, &lo, &hi);                 \
+            if (lo < hi) fgd_aug_span(sn, isn, sn * ((double)c0 - cx) + by, YL, YU, &lo, &hi);    \
+            if (lo >= hi) continue;  /* the whole output was zeroed first */                      \
             if (p->elastic) {  /* the row pass: the field at (r, c0 + j) */                       \
                 double w[4];                                                                      \
                 long k = fgd_aug_cell(r, rscale, w);                                              \
-                const double* X = rcx + k * FGD_AUG_CHUNK;                                        \
-                const double* Y = rcy + k * FGD_AUG_CHUNK;                                        \
-                for (long j = lo; j < hi; j++) {                                                  \
-                    sxb[j] = sxb[j] + (((w[0] * X[j] + w[1] * X[j + FGD_AUG_CHUNK])               \
-                                        + w[2] * X[j + 2 * FGD_AUG_CHUNK]) + w[3] * X[j + 3 * FGD_AUG_CHUNK]); \
-                    syb[j] = syb[j] + (((w[0] * Y[j] + w[1] * Y[j + FGD_AUG_CHUNK])               \
-                                        + w[2] * Y[j + 2 * FGD_AUG_CHUNK]) + w[3] * Y[j + 3 * FGD_AUG_CHUNK]); \
-                }                                                                                 \
+                fgd_aug_row_##SUFFIX(pad, W, colsd, rowsd, c0, lo, hi, cx, cs, sn, bx, by, w,     \
+                                     rcx + k * FGD_AUG_CHUNK, rcy + k * FGD_AUG_CHUNK, o);        \
+            } else {                                                                              \
+                fgd_aug_row_##SUFFIX(pad, W, colsd, rowsd, c0, lo, hi, cx, cs, sn, bx, by, 0, 0, 0, o); \
             }                                                                                     \
-            fgd_aug_sample(pad, W, sxb + lo, syb + lo, hi - lo, colsd, rowsd, vb);                \
-            for (long j = lo; j < hi; j++) o[j] = (T)vb[j - lo];                                  \
         }                                                                                         \
     }                                                                                             \
 }                                                                                                 \
@@ -315,28 +365,42 @@ static inline void fgd_augment_image_##SUFFIX(const T* srcf, const unsigned char
         work[j] = 0.0;                                                                            \
         work[(rows + 1) * W + j] = 0.0;                                                           \
     }                                                                                             \
-    for (long r = 0; r < rows; r++) {  /* the bordered copy, and the box of pixels not +0 */       \
+    /* the bordered copy, and the box of pixels that are not +0: OR of each column's bits (no  \
+       data-dependent branch per pixel), rows with any bit set */                                 \
+    unsigned long long* colbits = (unsigned long long*)(work + (rows + 2) * W);                   \
+    for (long c = 0; c < cols; c++) colbits[c] = 0;                                               \
+    for (long r = 0; r < rows; r++) {                                                             \
         double* d = work + (r + 1) * W;                                                           \
-        long first = 0, last = cols - 1;                                                          \
+        unsigned long long any = 0;                                                               \
         d[0] = 0.0;                                                                               \
         d[cols + 1] = 0.0;                                                                        \
         if (srcu8 != 0) {  /* value (T)v * scale, as the reference; pixel 0 is +0 (scale > 0) */   \
             const unsigned char* s = srcu8 + r * cols;                                            \
             for (long c = 0; c < cols; c++) d[c + 1] = (double)((T)s[c] * scale);                 \
-            while (first < cols && s[first] == 0) first++;                                        \
-            while (last > first && s[last] == 0) last--;                                          \
+            for (long c = 0; c < cols; c++) {                                                     \
+                colbits[c] |= s[c];                                                               \
+                any |= s[c];                                                                      \
+            }                                                                                     \
         } else {                                                                                  \
             const T* s = srcf + r * cols;                                                         \
             for (long c = 0; c < cols; c++) d[c + 1] = (double)s[c];                              \
-            while (first < cols && fgd_aug_is_pzero(d[first + 1])) first++;                       \
-            while (last > first && fgd_aug_is_pzero(d[last + 1])) last--;                         \
+            for (long c = 0; c < cols; c++) {                                                     \
+                unsigned long long b;                                                             \
+                memcpy(&b, d + c + 1, sizeof b);                                                  \
+                colbits[c] |= b;                                                                  \
+                any |= b;                                                                         \
+            }                                                                                     \
         }                                                                                         \
-        if (first < cols) {                                                                       \
+        if (any) {                                                                                \
             ylo = ylo < r ? ylo : r;                                                              \
             yhi = r;                                                                              \
-            xlo = xlo < first ? xlo : first;                                                      \
-            xhi = xhi > last ? xhi : last;                                                        \
         }                                                                                         \
+    }                                                                                             \
+    if (yhi >= 0) {                                                                               \
+        xlo = 0;                                                                                  \
+        while (colbits[xlo] == 0) xlo++;                                                          \
+        xhi = cols - 1;                                                                           \
+        while (colbits[xhi] == 0) xhi--;                                                          \
     }                                                                                             \
     fgd_augment_warp_##SUFFIX(work, rows, cols, &p, xlo, xhi, ylo, yhi, out);                     \
 }
