@@ -223,6 +223,11 @@ def test_numba_equals_the_reference_bitwise(dtype, uint8):
         want = reference(X, idx, scale, dtype, shape, seed, 17, ms, mr, al)
         assert out.dtype == want.dtype
         np.testing.assert_array_equal(out.view(np.uint8), want.view(np.uint8), err_msg=str((shape, ms, mr, al)))
+        for n_split in (2, 3, 9):  # chunks on Numba's threads, more chunks than rows too
+            split = np.empty_like(out)
+            NA.augment_rows_split(X, idx, scale, split, np.uint64(seed), 17, ms, mr, al, *shape,
+                                  NA.make_works(n_split, *shape))
+            np.testing.assert_array_equal(split.view(np.uint8), want.view(np.uint8))
 
 
 HARNESS = r"""

@@ -58,13 +58,14 @@ with bilinear interpolation between the four pixels around (sx, sy) and zero out
 All coordinate and interpolation arithmetic is float64, one IEEE operation at a time in the
 order written above (the C version switches off FMA contraction, Numba runs without fastmath).
 
-Cost (bench/augment_cost.py, MNIST, float32 out): the C version resamples a 28 x 28 image in a few
-microseconds (thread CPU time on the shared 2-core test machine: ~2.6-2.9 us rotation + shift,
-~3.9-4.1 us with the elastic field; Numba ~4.2-6 us; this reference ~60-125 us). That is several
-times the lesson network's whole training step (~0.5 us per sample): bilinear resampling costs
-~30 instructions per output pixel, 784 pixels per image. The C version samples with AVX-512
-gathers where the compiler targets them, and skips the output pixels that cannot reach the
-image's non-zero box (their exact value is +0; -0.0 pixels count as content), which changes no bit.
+Cost (bench/augment_cost.py, MNIST, float32 out, thread CPU time on the shared 2-core test
+machine under load): the C version ~2.0-2.2 us per image with rotation + shift, ~3.6-3.9 us with
+the elastic field; Numba ~4.2-6 us; this reference ~60-130 us. That is several times the lesson
+network's whole training step (~0.5 us per sample): bilinear resampling costs tens of
+instructions per output pixel, 784 pixels per image. The C version samples with AVX-512 gathers
+where the compiler targets them (a portable loop otherwise) and skips the output pixels that
+cannot reach the image's non-zero box (their exact value is +0; -0.0 pixels count as content),
+which changes no bit.
 """
 from __future__ import annotations
 

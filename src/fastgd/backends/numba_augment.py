@@ -7,11 +7,14 @@ fastmath so LLVM contracts nothing into FMAs: the pixels equal the reference's b
 ``augment_rows(X, rows, x_scale, x, seed, pos0, max_shift, max_rotate, alpha, img_rows, img_cols,
 work)`` writes x[i] = the augmented image of input row X[rows[i]] at epoch position pos0 + i (the
 drop-in for numba_kernels.gather_dense_shifted); ``work = make_work(img_rows, img_cols)``.
+``augment_rows_split(..., works)`` does the same with the rows in len(works) chunks on Numba's
+threads (works = make_works(n, img_rows, img_cols)); images are independent, so the result does
+not depend on the split.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from numba.core import config
 
 from .. import _random, augment
@@ -187,3 +190,21 @@ def augment_rows(X, rows, x_scale, x, seed, pos0, max_shift, max_rotate, alpha, 
                 pad[(r + 1) * W + c + 1] = float(x.dtype.type(X[src, r * img_cols + c]) * scale)
         cs, sn, bx0, by0 = sample_params(seed, pos0 + i, max_shift, max_rotate, alpha, img_rows, img_cols, px, py)
         warp(pad, img_rows, img_cols, cs, sn, bx0, by0, elastic, px, py, sxb, syb, rcx, rcy, x[i])
+
+
+def make_works(n, img_rows, img_cols):
+    """Scratch for augment_rows_split: one make_work row per chunk."""
+    return np.zeros((max(1, n), make_work(img_rows, img_cols).shape[0]), dtype=np.float64)
+
+
+@njit(parallel=True, **JIT)
+def augment_rows_split(X, rows, x_scale, x, seed, pos0, max_shift, max_rotate, alpha, img_rows, img_cols, works):
+    """augment_rows with the rows in works.shape[0] chunks, one per Numba thread."""
+    n_split = works.shape[0]
+    n = rows.shape[0]
+    for c in prange(n_split):
+        r0 = n * c // n_split
+        r1 = n * (c + 1) // n_split
+        if r1 > r0:
+            augment_rows(X, rows[r0:r1], x_scale, x[r0:r1], seed, pos0 + r0, max_shift, max_rotate, alpha, img_rows,
+                         img_cols, works[c])
