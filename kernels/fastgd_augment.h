@@ -11,13 +11,19 @@
        out (rows * cols values of T) = the augmented image of the sample at epoch position pos.
        The source is srcu8 (uint8 pixels of value (T)v * scale, scale = (T)x_scale > 0: the
        kernels' lut[v] bit for bit) when srcu8 != NULL, else srcf (T values).
-       work: FGD_AUG_WORK(rows, cols) doubles of scratch (the zero-bordered source, column flags). Needs max_rotate in [0, 180], alpha >= 0 finite, rows,
-       cols >= 1 (EpochPlan.validate checks them). No allocation; ~9 KB of stack.
+       work: FGD_AUG_WORK(rows, cols) doubles of scratch (the zero-bordered source and column
+       flags), one per thread. Needs max_rotate in [0, 180], alpha >= 0 finite, rows, cols >= 1
+       (EpochPlan.validate checks them). No allocation; ~8 KB of stack.
+   With AVX-512 (F, DQ, VL) each output row runs as one masked 8-lane pass with explicit
+   gathers; FGD_AUG_PORTABLE (or another target) selects the plain loops. Same bits either way.
    Everything is static: one copy per extension module that includes it. */
 #ifndef FASTGD_AUGMENT_H
 #define FASTGD_AUGMENT_H
 #include <math.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* a * b + c must stay two roundings, as in the NumPy reference and Numba (no fastmath) */
 #if defined(__clang__)
@@ -129,7 +135,7 @@ static inline long fgd_aug_cell(long i, double scale, double* w) {
    rounding toward -inf, an integer-valued index converted exactly), so both give the same bits. */
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && !defined(FGD_AUG_PORTABLE)
 #define FGD_AUG_AVX512 1
-#include <immintrin.h>
+
 /* Eight samples at (sx, sy) (lanes outside `lanes` unused) */
 static inline __m512d fgd_aug_sample8(const double* pad, long W, __m512d sx, __m512d sy, __mmask8 lanes,
                                       double colsd, double rowsd) {
