@@ -10,6 +10,10 @@ drop-in for numba_kernels.gather_dense_shifted); ``work = make_work(img_rows, im
 ``augment_rows_split(..., works)`` does the same with the rows in len(works) chunks on Numba's
 threads (works = make_works(n, img_rows, img_cols)); images are independent, so the result does
 not depend on the split.
+
+Numba's on-disk cache does not track calls across files: a cached kernel of numba_kernels.py that
+calls these functions keeps the old code after an edit here until numba_kernels.py changes too or
+its __pycache__ entries are removed (numba issues #1833, #9483).
 """
 from __future__ import annotations
 
