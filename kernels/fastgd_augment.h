@@ -138,13 +138,14 @@ static inline long fgd_aug_cell(long i, double scale, double* w) {
 
 /* Eight samples at (sx, sy) (lanes outside `lanes` unused) */
 static inline __m512d fgd_aug_sample8(const double* pad, long W, __m512d sx, __m512d sy, __mmask8 lanes,
-                                      double colsd, double rowsd) {
-    const __m512d m1 = _mm512_set1_pd(-1.0), one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+                                      const double* box) {
+    const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
     const __m512i i1 = _mm512_set1_epi64(1), iW = _mm512_set1_epi64(W), iW1 = _mm512_set1_epi64(W + 1);
-    __mmask8 in = _mm512_mask_cmp_pd_mask(lanes, sx, m1, _CMP_GT_OQ);
-    in = _mm512_mask_cmp_pd_mask(in, sx, _mm512_set1_pd(colsd), _CMP_LT_OQ);
-    in = _mm512_mask_cmp_pd_mask(in, sy, m1, _CMP_GT_OQ);
-    in = _mm512_mask_cmp_pd_mask(in, sy, _mm512_set1_pd(rowsd), _CMP_LT_OQ);
+    __mmask8 in = _mm512_mask_cmp_pd_mask(lanes, sx, _mm512_set1_pd(box[0]), _CMP_GT_OQ);
+    in = _mm512_mask_cmp_pd_mask(in, sx, _mm512_set1_pd(box[1]), _CMP_LT_OQ);
+    in = _mm512_mask_cmp_pd_mask(in, sy, _mm512_set1_pd(box[2]), _CMP_GT_OQ);
+    in = _mm512_mask_cmp_pd_mask(in, sy, _mm512_set1_pd(box[3]), _CMP_LT_OQ);
+    if (in == 0) return zero;  /* eight points away from the non-zero pixels: exactly +0 */
     sx = _mm512_maskz_mov_pd(in, sx);
     sy = _mm512_maskz_mov_pd(in, sy);
     __m512d fx0 = _mm512_roundscale_pd(sx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -169,7 +170,7 @@ static inline __m512d fgd_aug_sample8(const double* pad, long W, __m512d sx, __m
    field (w != NULL: row weights; X, Y: the chunk's Rc rows k .. k + 3, stride FGD_AUG_CHUNK),
    samples, conversion to T, store (out = the chunk's row start). */
 #define FGD_AUG_ROW(T, SUFFIX)                                                                    \
-static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, double colsd, double rowsd,     \
+static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, const double* box,             \
                                         long c0, long lo, long hi, double cx, double cs, double sn, \
                                         double bx, double by, const double* w, const double* X,   \
                                         const double* Y, T* out) {                                \
@@ -199,16 +200,16 @@ static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, double colsd,
             sx = _mm512_add_pd(sx, ex);                                                           \
             sy = _mm512_add_pd(sy, ey);                                                           \
         }                                                                                         \
-        FGD_AUG_STORE_##SUFFIX(out + j, fgd_aug_sample8(pad, W, sx, sy, lanes, colsd, rowsd), lanes); \
+        FGD_AUG_STORE_##SUFFIX(out + j, fgd_aug_sample8(pad, W, sx, sy, lanes, box), lanes);      \
     }                                                                                             \
 }
 #else
 static inline void fgd_aug_sample(const double* __restrict pad, long W, const double* __restrict sxb,
-                                  const double* __restrict syb, long n, double colsd, double rowsd,
+                                  const double* __restrict syb, long n, const double* box,
                                   double* __restrict v) {
     for (long j = 0; j < n; j++) {
         double sx = sxb[j], sy = syb[j];
-        int in = (sx > -1.0) & (sx < colsd) & (sy > -1.0) & (sy < rowsd);
+        int in = (sx > box[0]) & (sx < box[1]) & (sy > box[2]) & (sy < box[3]);
         sx = in ? sx : 0.0;
         sy = in ? sy : 0.0;
         double fx0 = floor(sx), fy0 = floor(sy);
@@ -223,7 +224,7 @@ static inline void fgd_aug_sample(const double* __restrict pad, long W, const do
    (w != NULL: row weights; X, Y: the chunk's Rc rows k .. k + 3, stride FGD_AUG_CHUNK), samples,
    conversion to T (out = the chunk's row start). */
 #define FGD_AUG_ROW(T, SUFFIX)                                                                    \
-static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, double colsd, double rowsd,     \
+static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, const double* box,             \
                                         long c0, long lo, long hi, double cx, double cs, double sn, \
                                         double bx, double by, const double* w, const double* X,   \
                                         const double* Y, T* out) {                                \
@@ -241,7 +242,7 @@ static inline void fgd_aug_row_##SUFFIX(const double* pad, long W, double colsd,
                                 + w[2] * Y[j + 2 * FGD_AUG_CHUNK]) + w[3] * Y[j + 3 * FGD_AUG_CHUNK]); \
         }                                                                                         \
     }                                                                                             \
-    fgd_aug_sample(pad, W, sxb + lo, syb + lo, hi - lo, colsd, rowsd, vb);                        \
+    fgd_aug_sample(pad, W, sxb + lo, syb + lo, hi - lo, box, vb);                                 \
     for (long j = lo; j < hi; j++) out[j] = (T)vb[j - lo];                                        \
 }
 #endif
@@ -349,6 +350,8 @@ static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long 
     const double cx = 0.5 * (double)(cols - 1), cy = 0.5 * (double)(rows - 1);                    \
     const double colsd = (double)cols, rowsd = (double)rows;                                      \
     const double cscale = (double)FGD_AUG_CELLS / colsd, rscale = (double)FGD_AUG_CELLS / rowsd;   \
+    /* a point can read a pixel that is not +0 only inside this open box (within the image) */   \
+    const double box[4] = {(double)xlo - 1.0, (double)xhi + 1.0, (double)ylo - 1.0, (double)yhi + 1.0}; \
     const double cs = p->cs, sn = p->sn;                                                          \
     const long W = cols + 2;                                                                      \
     double mx = 0.0, my = 0.0;  /* the largest displacements: the field is a convex combination */ \
@@ -398,10 +401,10 @@ static inline void fgd_augment_warp_##SUFFIX(const double* pad, long rows, long 
             if (p->elastic) {  /* the row pass: the field at (r, c0 + j) */                       \
                 double w[4];                                                                      \
                 long k = fgd_aug_cell(r, rscale, w);                                              \
-                fgd_aug_row_##SUFFIX(pad, W, colsd, rowsd, c0, lo, hi, cx, cs, sn, bx, by, w,     \
+                fgd_aug_row_##SUFFIX(pad, W, box, c0, lo, hi, cx, cs, sn, bx, by, w,              \
                                      rcx + k * FGD_AUG_CHUNK, rcy + k * FGD_AUG_CHUNK, o);        \
             } else {                                                                              \
-                fgd_aug_row_##SUFFIX(pad, W, colsd, rowsd, c0, lo, hi, cx, cs, sn, bx, by, 0, 0, 0, o); \
+                fgd_aug_row_##SUFFIX(pad, W, box, c0, lo, hi, cx, cs, sn, bx, by, 0, 0, 0, o);    \
             }                                                                                     \
         }                                                                                         \
     }                                                                                             \
