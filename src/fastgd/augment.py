@@ -59,13 +59,13 @@ All coordinate and interpolation arithmetic is float64, one IEEE operation at a 
 order written above (the C version switches off FMA contraction, Numba runs without fastmath).
 
 Cost (bench/augment_cost.py, MNIST, float32 out, thread CPU time on the shared 2-core test
-machine under load): the C version ~2.0-2.2 us per image with rotation + shift, ~3.6-3.9 us with
-the elastic field; Numba ~4.2-6 us; this reference ~60-130 us. That is several times the lesson
-network's whole training step (~0.5 us per sample): bilinear resampling costs tens of
-instructions per output pixel, 784 pixels per image. The C version samples with AVX-512 gathers
-where the compiler targets them (a portable loop otherwise) and skips the output pixels that
-cannot reach the image's non-zero box (their exact value is +0; -0.0 pixels count as content),
-which changes no bit.
+machine under load, 08:46): the C version ~1.6-1.7 us per image with rotation + shift, ~3.0-3.2 us
+with the elastic field (portable C loops ~2.7 / ~4.3-4.5); Numba ~4.3-4.6 / ~6.0-6.4; this
+reference ~60-140 us. That is several times the lesson network's whole training step (~0.5 us per
+sample): bilinear resampling costs tens of instructions per output pixel, 784 pixels per image.
+The C version samples with AVX-512 gathers where the compiler targets them (portable loops
+otherwise) and skips the output pixels that cannot reach the image's non-zero box (their exact
+value is +0; -0.0 pixels count as content), which changes no bit.
 """
 from __future__ import annotations
 
