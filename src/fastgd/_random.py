@@ -1,4 +1,4 @@
-"""The counter-based random numbers behind dropout masks and image shifts.
+"""The counter-based random numbers behind dropout masks and image augmentation.
 
 Every backend must draw exactly the same numbers, so they come from a stateless hash
 (SplitMix64's finaliser) of (epoch seed, sample position in the epoch, unit index) instead of a
@@ -9,6 +9,13 @@ stateful generator. The compiled kernels implement these same few lines; tests c
              position p is kept when (r >> 40) * 2**-24 >= rate
     shift:   with r = r(seed, p, SHIFT_STREAM) and span = 2k + 1,
              dx = (r & 0xFFFFFFFF) % span - k,  dy = (r >> 32) % span - k
+    rotate:  u = (r(seed, p, ROTATE_STREAM) >> 40) * 2**-24, the angle's uniform number
+    elastic: control point q (0 <= q < ELASTIC_POINTS) of the sample's displacement lattice
+             (fastgd.augment) has r = r(seed, p, ELASTIC_STREAM + q) and the two uniforms
+             ux = ((r & 0xFFFFFFFF) >> 8) * 2**-24 (column displacement), uy = (r >> 40) * 2**-24 (row)
+
+The top units of every sample are reserved for these streams: hidden units (dropout) must number
+fewer than FIRST_RESERVED.
 """
 from __future__ import annotations
 
@@ -16,6 +23,11 @@ import numpy as np
 
 MAX_UNITS = 1 << 20  # units per sample the counter layout leaves room for
 SHIFT_STREAM = MAX_UNITS - 1  # the j reserved for a sample's shift
+ROTATE_STREAM = MAX_UNITS - 2  # the j reserved for a sample's rotation angle
+ELASTIC_GRID = 7  # control points per axis of the elastic lattice (fastgd.augment: 4 cells + 3)
+ELASTIC_POINTS = ELASTIC_GRID * ELASTIC_GRID
+ELASTIC_STREAM = ROTATE_STREAM - ELASTIC_POINTS  # control point q uses j = ELASTIC_STREAM + q
+FIRST_RESERVED = ELASTIC_STREAM  # dropout units must stay below this
 
 _C0 = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -58,6 +70,20 @@ def shifts(seed, positions, max_shift):
     return dx, dy
 
 
+def rotation_uniform(seed, positions):
+    """The uniform number in [0, 1) (24 bits) that sets the rotation angle of each position."""
+    return uniform(seed, positions, ROTATE_STREAM)
+
+
+def elastic_uniforms(seed, positions):
+    """(ux, uy), each (len(positions), ELASTIC_POINTS) uniforms in [0, 1) with 24 bits: the
+    column and row displacements of every control point of each position's elastic lattice."""
+    r = draw(seed, np.asarray(positions)[:, None], ELASTIC_STREAM + np.arange(ELASTIC_POINTS))
+    ux = ((r & np.uint64(0xFFFFFFFF)) >> np.uint64(8)).astype(np.float64) * 2.0 ** -24
+    uy = (r >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
+    return ux, uy
+
+
 def shift_images(x, rows, cols, dx, dy):
     """Move each row-image of x (n, rows*cols) by (dx, dy) pixels, filling with zeros.
 
@@ -68,6 +94,8 @@ def shift_images(x, rows, cols, dx, dy):
     out = np.zeros_like(img)
     for i in range(n):
         sx, sy = int(dx[i]), int(dy[i])
+        if abs(sx) >= cols or abs(sy) >= rows:  # moved off the image entirely (slices would wrap)
+            continue
         src_r = slice(max(0, -sy), rows - max(0, sy))
         dst_r = slice(max(0, sy), rows - max(0, -sy))
         src_c = slice(max(0, -sx), cols - max(0, sx))

@@ -42,7 +42,9 @@ Conventions (checked against PyTorch in tests/data/torch_*.npz):
   * Dropout (inverted) multiplies each hidden activation by keep/(1 - dropout) during training;
     image shifts move each input image by (dx, dy) pixels; both draw from the counter-based
     generator in fastgd._random keyed by (plan.seed, first_position + index in order, unit), so
-    every backend draws the same masks and shifts.
+    every backend draws the same masks and shifts. Rotations (max_rotate) and elastic
+    distortions (elastic_alpha) resample each image by the one sampling map of fastgd.augment
+    (with the same shift folded in), keyed alike; the compiled kernels equal its NumPy reference.
   * `features` lists what a backend implements (names in FEATURES); the Trainer refuses to ask
     a backend for a feature it does not list.
   * deterministic=False means "Hogwild allowed"; a backend without Hogwild runs deterministic
@@ -54,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import ops
+from .. import _random, augment, ops
 
 #: Optimiser kinds as the kernels see them (StepRule.kind).
 OPTIMIZER_CODES = {"sgd": 0, "adam": 1, "adamw": 2}
@@ -206,6 +208,10 @@ class EpochPlan:
             raise ValueError(f"plan.max_shift must be >= 0, got {self.max_shift}")
         if self.max_shift > 0 and int(self.image_shape[0]) * int(self.image_shape[1]) != n_in:
             raise ValueError(f"plan.image_shape {self.image_shape} does not hold {n_in} inputs")
+        augment.check(self.max_rotate, self.elastic_alpha, self.image_shape, n_in)
+        if self.dropout > 0 and sum(net.sizes[1:-1]) >= _random.FIRST_RESERVED:
+            raise ValueError(f"dropout numbers at most {_random.FIRST_RESERVED - 1} hidden units per sample; "
+                             f"this network has {sum(net.sizes[1:-1])}")
         if self.first_position < 0:
             raise ValueError(f"plan.first_position must be >= 0, got {self.first_position}")
         rule = self.rule

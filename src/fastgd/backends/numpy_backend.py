@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import _random, ops
-from .base import ADAMW, FEATURES, SGD, Backend, EpochResult, Workspace
+from .. import _random, augment, ops
+from .base import ADAMW, AUGMENT_FEATURES, FEATURES, SGD, Backend, EpochResult, Workspace
 
 NAME = "numpy"
 
@@ -132,7 +132,7 @@ def _rows(X, idx, x_scale, dtype):
 # ---- the backend interface (see base.py) ----------------------------------------------------
 class NumpyBackend(Backend):
     name = NAME
-    features = frozenset(FEATURES)
+    features = frozenset(FEATURES + AUGMENT_FEATURES)
     forward_chunk = 8192  # rows per forward/evaluate chunk: bounds the temporary memory
 
     def prepare(self, net, plan):
@@ -175,7 +175,10 @@ class NumpyBackend(Backend):
                 idx = plan.order[k * bs:(k + 1) * bs]
                 positions = plan.first_position + k * bs + np.arange(len(idx))
                 x = _rows(plan.X, idx, plan.x_scale, net.dtype)
-                if plan.max_shift > 0:
+                if plan.max_rotate > 0 or plan.elastic_alpha > 0:
+                    x = augment.augment_images(x, *plan.image_shape, plan.seed, positions, plan.max_shift,
+                                               plan.max_rotate, plan.elastic_alpha)
+                elif plan.max_shift > 0:
                     dx, dy = _random.shifts(plan.seed, positions, plan.max_shift)
                     x = _random.shift_images(x, *plan.image_shape, dx, dy)
                 masks = dropout_masks(net, plan, positions) if plan.dropout > 0 else None
