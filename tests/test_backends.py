@@ -14,7 +14,7 @@ import pytest
 import fastgd
 from fastgd import ops
 from fastgd.backends import EpochPlan, get_backend
-from fastgd.backends.base import FEATURES, OPTIMIZER_CODES, EpochResult, StepRule
+from fastgd.backends.base import AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, EpochResult, StepRule
 from fastgd._checks import UINT8_SCALE
 
 from conftest import BACKENDS, COMPILED_BACKENDS, tol
@@ -120,7 +120,9 @@ def state_of(plan):
 # ---- the table of ops and the contract ------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_implements_every_feature(backend):
-    assert get_backend(backend).features == frozenset(FEATURES)
+    # rotations and elastic distortions run in the NumPy reference only so far (issue 15)
+    extra = AUGMENT_FEATURES if backend == "numpy" else ()
+    assert get_backend(backend).features == frozenset(FEATURES + extra)
 
 
 def test_compiled_backends_use_the_ops_codes():
