@@ -74,6 +74,15 @@ cdef extern from "fastgd_simd.h":
                        const int64_t* rows, long B, long i0, long i1, int* cs, int* es,
                        uint8_t* ev) noexcept nogil
 
+cdef extern from "fastgd_augment.h":
+    long FGD_AUG_WORK(long rows, long cols) noexcept nogil
+    void fgd_augment_image_f(const float* srcf, const uint8_t* srcu8, float scale, long rows, long cols,
+                             unsigned long long seed, unsigned long long pos, long long max_shift,
+                             double max_rotate, double alpha, double* work, float* out) noexcept nogil
+    void fgd_augment_image_d(const double* srcf, const uint8_t* srcu8, double scale, long rows, long cols,
+                             unsigned long long seed, unsigned long long pos, long long max_shift,
+                             double max_rotate, double alpha, double* work, double* out) noexcept nogil
+
 include "ops_codes.pxi"
 
 ctypedef fused floating:
@@ -150,6 +159,12 @@ cdef struct Ctx:
     double drop_scale           # 1 / (1 - rate)
     unsigned long long drop_seed  # the epoch's seed for dropout masks and shifts
     int64_t shift               # max image shift in pixels; 0: off (dense input path only)
+    double max_rotate           # max rotation in degrees; 0: off (fastgd.augment; dense input only)
+    double elastic_alpha        # elastic displacement scale in pixels; 0: off (likewise)
+    bint augment                # shift, rotation or elastic distortion on: rows go through shifted_row
+    double* aug_work            # rotation/elastic: FGD_AUG_WORK doubles per thread, or NULL
+    int64_t aug_stride          # doubles per thread in aug_work
+    int aug_threads             # threads aug_work has room for
     int64_t img_rows
     int64_t img_cols
     int64_t first_position      # epoch position of order[0] (keys dropout and shifts)
@@ -555,6 +570,18 @@ cdef void shifted_row(const Ctx* c, int64_t row, int64_t pos, const floating* lu
     cdef int64_t r_lo, r_hi, c_lo, c_hi
     cdef const uint8_t* su8
     cdef const floating* sf
+    if c.aug_work != NULL:  # rotation / elastic distortion: fastgd.augment's sampling map
+        if floating is float:
+            fgd_augment_image_f(<const float*>c.xf + row * c.n_in if c.xu8 == NULL else NULL,
+                                c.xu8 + row * c.n_in if c.xu8 != NULL else NULL, <float>c.x_scale,
+                                rows, cols, c.drop_seed, <unsigned long long>pos, c.shift, c.max_rotate,
+                                c.elastic_alpha, c.aug_work + fgd_thread_num() * c.aug_stride, out)
+        else:
+            fgd_augment_image_d(<const double*>c.xf + row * c.n_in if c.xu8 == NULL else NULL,
+                                c.xu8 + row * c.n_in if c.xu8 != NULL else NULL, <double>c.x_scale,
+                                rows, cols, c.drop_seed, <unsigned long long>pos, c.shift, c.max_rotate,
+                                c.elastic_alpha, c.aug_work + fgd_thread_num() * c.aug_stride, out)
+        return
     fgd_shift(c.drop_seed, <unsigned long long>pos, c.shift, &dx, &dy)
     for r in range(rows * cols):
         out[r] = 0
@@ -644,7 +671,7 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
                 # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
                 for s in range(s0, s1):
                     row = rows[s] if rows != NULL else first_row + s
-                    if c.shift > 0:
+                    if c.augment:
                         shifted_row(c, row, pos0 + s, lut, xbuf + s * n_in)
                     elif c.xu8 != NULL:
                         src = c.xu8 + row * n_in
@@ -1121,7 +1148,8 @@ cdef class Problem:
     def __init__(self, int64_t[:, ::1] lay, const int64_t[::1] soff, int hidden_act, int out_act,
                  int loss, X, double x_scale, csr=None, targets=None, labels=None,
                  double dropout=0, unsigned long long seed=0, int64_t first_position=0,
-                 int64_t shift=0, int64_t image_rows=0, int64_t image_cols=0):
+                 int64_t shift=0, int64_t image_rows=0, int64_t image_cols=0, double max_rotate=0,
+                 double elastic_alpha=0, int aug_threads=1):
         cdef const int64_t[::1] ptr
         cdef const uint16_t[::1] idx
         cdef const uint8_t[::1] val
@@ -1183,8 +1211,26 @@ cdef class Problem:
         c.shift = shift
         c.img_rows = image_rows
         c.img_cols = image_cols
-        if shift > 0 and (image_rows * image_cols != c.n_in or c.csr_ptr != NULL):
-            raise ValueError("image shifts need image_rows * image_cols == n_in and dense input")
+        c.max_rotate = max_rotate
+        c.elastic_alpha = elastic_alpha
+        c.augment = shift > 0 or max_rotate > 0 or elastic_alpha > 0
+        c.aug_work = NULL
+        c.aug_stride = 0
+        c.aug_threads = 0
+        if c.augment and (image_rows < 1 or image_cols < 1 or image_rows * image_cols != c.n_in
+                          or c.csr_ptr != NULL):
+            raise ValueError("image augmentation needs image_rows * image_cols == n_in and dense input")
+        if not (0 <= max_rotate <= 180 and 0 <= elastic_alpha < float("inf")):
+            raise ValueError("max_rotate must lie in [0, 180] and elastic_alpha be finite and >= 0")
+        if max_rotate > 0 or elastic_alpha > 0:
+            if aug_threads < 1:
+                raise ValueError("aug_threads must be >= 1")
+            work = np.zeros((aug_threads, FGD_AUG_WORK(image_rows, image_cols)), dtype=np.float64)
+            self.keep = self.keep + (work,)
+            address = work.ctypes.data
+            c.aug_work = <double*>address
+            c.aug_stride = work.shape[1]
+            c.aug_threads = aug_threads
 
 
 cdef class StepConfig:
@@ -1263,6 +1309,8 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
     cdef bint sparse = c.csr_ptr != NULL
     if problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating):
         raise TypeError("X/targets and params have different float types")
+    if c.aug_work != NULL and threads > c.aug_threads:
+        raise ValueError(f"the problem's augmentation scratch holds {c.aug_threads} threads, not {threads}")
     if m == 0 or lrs.shape[0] < n_steps or loss_out.shape[0] < threads or correct_out.shape[0] < threads:
         raise ValueError("train_epoch: empty order, or too few learning rates or output slots")
     if not rule.plain:

@@ -55,7 +55,7 @@ import threading
 import numpy as np
 
 from .. import ops
-from .base import OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult, FEATURES, Workspace
+from .base import AUGMENT_FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult, FEATURES, Workspace
 
 try:
     from fastgd._kernels import dense_sgd as _k
@@ -101,6 +101,17 @@ def _thread_pool(workers):
             pool = _shared["pool"] = ThreadPoolExecutor(max_workers=max(workers, 2),
                                                         thread_name_prefix="fastgd-cython")
         return pool
+
+
+#: Rotation / elastic distortion cost per input pixel in units of one parameter's per-sample work
+#: (kernels/fastgd_augment.h: ~2 us per 28 x 28 image vs ~0.5 us for the 12.9k-parameter lesson
+#: step), for the serial/sync choice: sync splits the augmented rows across threads too.
+AUGMENT_WORK_PER_PIXEL = 64
+
+
+def _resamples(plan):
+    """plan rotates or elastically distorts its images (fastgd.augment; dense input path)."""
+    return float(plan.max_rotate) > 0 or float(plan.elastic_alpha) > 0
 
 
 class _Layout:
@@ -169,7 +180,7 @@ class CythonBackend(Backend):
     """
 
     name = NAME
-    features = frozenset(FEATURES)
+    features = frozenset(FEATURES + AUGMENT_FEATURES)
 
     def __init__(self):
         self.input_mode = os.environ.get("FASTGD_CYTHON_INPUT", "auto")
@@ -305,7 +316,7 @@ class CythonBackend(Backend):
             ws.csr_of = plan.X
             ws.csr_mode = self.input_mode
             ws.csr = None
-            if plan.X.dtype == np.uint8 and int(plan.max_shift) == 0:
+            if plan.X.dtype == np.uint8 and int(plan.max_shift) == 0 and not _resamples(plan):
                 ws.csr = self._input_csr(plan.X)
             if touch and ws.csr is not None and self.permute_sparse:  # a call visits at most every row
                 self._perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, touch=True)
@@ -432,7 +443,8 @@ class CythonBackend(Backend):
             # calling single-threaded BLAS on its slice; "blas": one thread, OpenBLAS threads.
             return ("sync", threads) if self.blas_threading == "openmp" else ("serial", 1)
         # sync pays two barriers per step: below sync_min_work per step one thread is faster
-        if int(plan.batch_size) * net.n_params < self.sync_min_work:
+        per_sample = net.n_params + (AUGMENT_WORK_PER_PIXEL * net.sizes[0] if _resamples(plan) else 0)
+        if int(plan.batch_size) * per_sample < self.sync_min_work:
             return "serial", 1
         return "sync", threads
 
@@ -440,12 +452,15 @@ class CythonBackend(Backend):
     def _augment(plan):
         """Keyword arguments of _k.Problem for plan's dropout and image shifts (empty when off)."""
         rate, shift = float(plan.dropout), int(plan.max_shift)
-        if rate == 0 and shift == 0:
+        rotate, alpha = float(plan.max_rotate), float(plan.elastic_alpha)
+        if rate == 0 and shift == 0 and rotate == 0 and alpha == 0:
             return {}
         out = dict(dropout=rate, seed=int(plan.seed) % (1 << 64))
-        if shift:
+        if shift or rotate or alpha:
             rows, cols = (int(v) for v in plan.image_shape)
             out.update(shift=shift, image_rows=rows, image_cols=cols)
+        if rotate or alpha:  # fastgd.augment's sampling map, with scratch for every thread
+            out.update(max_rotate=rotate, elastic_alpha=alpha, aug_threads=max(1, int(plan.threads)))
         return out
 
     def train_epoch(self, net, plan, ws=None):
@@ -460,7 +475,7 @@ class CythonBackend(Backend):
         bs = int(plan.batch_size)
         n_steps = plan.n_steps
         augment = self._augment(plan)
-        if "shift" in augment:  # shifted images are built row by row on the dense input path
+        if "image_rows" in augment:  # augmented images are built row by row on the dense input path
             csr = None
         mode, threads = self._mode(net, plan, lay)
         rule = plan.rule
