@@ -34,7 +34,7 @@ from cython.parallel cimport parallel
 from libc.math cimport exp, log, logf, log1p, tanh, fabs, sqrt, pow
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, realloc, free
-from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
@@ -1475,16 +1475,43 @@ def build_csr(const uint8_t[:, ::1] X):
 
 def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8_t[::1] val,
                     const int64_t[::1] order, int64_t[::1] out_ptr, uint16_t[::1] out_idx,
-                    uint8_t[::1] out_val, int64_t pos0=0):
+                    uint8_t[::1] out_val, int64_t pos0=0, unsigned long long seed=0,
+                    int64_t first_position=0, int64_t max_shift=0, int64_t image_rows=0,
+                    int64_t image_cols=0):
     """Copy the CSR rows order[0], order[1], ... into out_* in that order (out_ptr has
     len(order) + 1 entries; out_idx/out_val hold at least pos0 + the rows' total non-zeros),
     starting at entry pos0 (so that a later part of an epoch can be gathered separately).
+    Returns the entry after the last one written.
 
     An epoch then reads its input front to back instead of hopping over 27 MB: one streaming
-    copy with many cache misses in flight costs less than the stalls it removes."""
-    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = pos0
+    copy with many cache misses in flight costs less than the stalls it removes.
+
+    max_shift > 0: the rows are (image_rows x image_cols) images and out row s is the image of
+    epoch position first_position + s moved by its shift (fastgd._random.shift_images,
+    out[r, c] = in[r - dy, c - dx]): each pixel index i becomes i + dy * cols + dx, and pixels
+    leaving the image are dropped (indices stay ascending). The sparse first layer then trains
+    on shifted images at the unshifted speed."""
+    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = pos0, n_pix = image_rows * image_cols
     cdef const uint16_t* src_idx = &idx[0] if idx.shape[0] > 0 else NULL
     cdef const uint8_t* src_val = &val[0] if val.shape[0] > 0 else NULL
+    cdef uint16_t* dst_idx
+    cdef uint8_t* dst_val
+    cdef long long dx, dy
+    cdef int64_t off, i, ni, cc
+    cdef bint keep, overflow = False
+    cdef int64_t cap = min(out_idx.shape[0], out_val.shape[0])
+    if m + 1 > out_ptr.shape[0] or pos0 < 0:
+        raise ValueError("gather_csr_rows: out_ptr needs len(order) + 1 entries, pos0 >= 0")
+    if max_shift < 0:
+        raise ValueError("max_shift must be >= 0")
+    cdef const uint16_t* colof = NULL
+    if max_shift > 0:
+        if image_rows < 1 or image_cols < 1 or n_pix > 65536:
+            raise ValueError("image shifts need image_rows, image_cols >= 1 and at most 65536 pixels")
+        columns = (np.arange(n_pix, dtype=np.int64) % image_cols).astype(np.uint16)
+        colof = <const uint16_t*><size_t>columns.ctypes.data
+    dst_idx = &out_idx[0] if cap > 0 else NULL
+    dst_val = &out_val[0] if cap > 0 else NULL
     with nogil:
         for s in range(m):
             if s + 16 < m:
@@ -1498,11 +1525,29 @@ def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8
             k0 = ptr[row]
             k1 = ptr[row + 1]
             out_ptr[s] = pos
-            if k1 > k0:  # whole rows by memcpy: an element loop costs a cycle per pixel
-                memcpy(&out_idx[pos], src_idx + k0, (k1 - k0) * sizeof(uint16_t))
-                memcpy(&out_val[pos], src_val + k0, (k1 - k0) * sizeof(uint8_t))
+            if k1 <= k0:
+                continue
+            if pos + (k1 - k0) > cap:
+                overflow = True
+                break
+            if max_shift == 0:  # whole rows by memcpy: an element loop costs a cycle per pixel
+                memcpy(dst_idx + pos, src_idx + k0, (k1 - k0) * sizeof(uint16_t))
+                memcpy(dst_val + pos, src_val + k0, (k1 - k0) * sizeof(uint8_t))
                 pos += k1 - k0
+                continue
+            fgd_shift(seed, <unsigned long long>(first_position + s), max_shift, &dx, &dy)
+            off = dy * image_cols + dx
+            for k in range(k0, k1):  # branch-free compaction: write always, advance when kept
+                i = src_idx[k]
+                ni = i + off
+                cc = <int64_t>colof[i] + dx if i < n_pix else -1  # -1: outside any image
+                keep = (<uint64_t>cc < <uint64_t>image_cols) & (<uint64_t>ni < <uint64_t>n_pix)
+                dst_idx[pos] = <uint16_t>ni
+                dst_val[pos] = src_val[k]
+                pos += keep
         out_ptr[m] = pos
+    if overflow:
+        raise ValueError("gather_csr_rows: out_idx/out_val too small for the rows")
     return pos
 
 

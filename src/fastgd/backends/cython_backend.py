@@ -259,11 +259,13 @@ class CythonBackend(Backend):
             ws.perm_buffers = buf
         return buf
 
-    def _permuted(self, ws, csr, order, targets, labels, head=None):
+    def _permuted(self, ws, csr, order, targets, labels, head=None, shift=None):
         """(csr, targets, labels, identity order, rest) of the rows in `order`, in that order.
         Only the first `head` rows (default: all) are copied here; `rest` is None, or a callable
         copying the others (the caller runs it on another thread while the kernel trains on the
-        head, and waits for it before the call returns)."""
+        head, and waits for it before the call returns). shift: None, or (seed, first_position,
+        max_shift, image_rows, image_cols): row s is copied as the image of epoch position
+        first_position + s moved by its shift (pixels leaving the image dropped)."""
         ptr, idx, val = csr
         nnz = _k.csr_rows_nnz(ptr, order)
         m = order.size
@@ -271,14 +273,19 @@ class CythonBackend(Backend):
         buf = self._perm_buffers(ws, m, nnz, targets)
         out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
 
+        moved = {} if shift is None else dict(seed=shift[0], max_shift=shift[2], image_rows=shift[3],
+                                              image_cols=shift[4])
+
         def copy(a, b, pos0):
-            _k.gather_csr_rows(ptr, idx, val, order[a:b], out_ptr[a:b + 1], buf[1], buf[2], pos0)
+            first = {} if shift is None else dict(first_position=shift[1] + a)
+            end = _k.gather_csr_rows(ptr, idx, val, order[a:b], out_ptr[a:b + 1], buf[1], buf[2], pos0, **moved,
+                                     **first)
             np.take(targets, order[a:b], axis=0, out=out_targets[a:b])
             np.take(labels, order[a:b], out=out_labels[a:b])
+            return end
 
-        head_nnz = _k.csr_rows_nnz(ptr, order[:head]) if head < m else nnz
-        copy(0, head, 0)
-        rest = (lambda: copy(head, m, head_nnz)) if head < m else None
+        head_end = copy(0, head, 0)  # the rest starts where the head ended (shifts drop pixels)
+        rest = (lambda: copy(head, m, head_end)) if head < m else None
         return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m], rest
 
     @staticmethod
@@ -316,7 +323,8 @@ class CythonBackend(Backend):
             ws.csr_of = plan.X
             ws.csr_mode = self.input_mode
             ws.csr = None
-            if plan.X.dtype == np.uint8 and int(plan.max_shift) == 0 and not _resamples(plan):
+            # shifts keep the sparse path (rows shifted as they are copied in visiting order)
+            if plan.X.dtype == np.uint8 and not _resamples(plan) and (int(plan.max_shift) == 0 or self.permute_sparse):
                 ws.csr = self._input_csr(plan.X)
             if touch and ws.csr is not None and self.permute_sparse:  # a call visits at most every row
                 self._perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, touch=True)
@@ -475,8 +483,15 @@ class CythonBackend(Backend):
         bs = int(plan.batch_size)
         n_steps = plan.n_steps
         augment = self._augment(plan)
-        if "image_rows" in augment:  # augmented images are built row by row on the dense input path
-            csr = None
+        shift = None
+        if "image_rows" in augment:
+            if csr is not None and self.permute_sparse and not _resamples(plan):
+                # shifts only, sparse input: the rows are shifted as they are copied in visiting
+                # order, and the kernel trains on them as on unshifted rows
+                shift = (augment["seed"], int(plan.first_position), augment.pop("shift"),
+                         augment.pop("image_rows"), augment.pop("image_cols"))
+            else:  # augmented images are built row by row on the dense input path
+                csr = None
         mode, threads = self._mode(net, plan, lay)
         rule = plan.rule
         copies = threads if mode == "hogwild" else 1
@@ -497,7 +512,7 @@ class CythonBackend(Backend):
             # copied first and the rest on another thread while the kernel trains on it
             if self.overlap_gather and mode == "serial" and int(plan.threads) > 1 and not lay.uses_blas:
                 head = min(order.size, -(-n_steps // 8) * bs)
-            csr, targets, labels, order, rest = self._permuted(ws, csr, order, targets, labels, head)
+            csr, targets, labels, order, rest = self._permuted(ws, csr, order, targets, labels, head, shift)
         elif csr is None and self.permute_dense and order.size * X[0].nbytes <= self.permute_dense_max_bytes:
             # dense rows likewise: one gather per call, then the kernel streams them
             X, targets, labels, order = self._permuted_dense(ws, X, order, targets, labels)
