@@ -50,6 +50,8 @@ cdef extern from "fastgd_simd.h":
     void fgd_shift(unsigned long long seed, unsigned long long pos, long long k, long long* dx,
                    long long* dy) noexcept nogil
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
+    void fgd_transpose_f(const float* W, long pad, long n_in, long n_out, float* wt,
+                         long lda) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
     void fgd_sparse_forward16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
@@ -453,6 +455,9 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     cdef floating m, s, e, l, top, dot
     cdef floating ev[VL]
     cdef floating sv[VL]
+    cdef floating tv[VL]
+    cdef floating av[VL]
+    cdef bint better
     if out_act == ACT_SOFTMAX:
         m = z[0]
         for j in range(1, n_out):
@@ -480,8 +485,14 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
             for j in range(n_out):
                 a[j] = a[j] / s
     elif out_act == ACT_SIGMOID:
-        for j in range(n_out):
-            a[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
+        if floating is float and n_out <= VL:  # one 16-lane pass (z, a are padded rows)
+            for jj in range(VL):
+                ev[jj] = (<floating>1) / ((<floating>1) + f_exp(-z[jj]))
+            for jj in range(VL):
+                a[jj] = ev[jj] if jj < n_out else <floating>0
+        else:
+            for j in range(n_out):
+                a[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
     else:
         for j in range(n_out):
             a[j] = z[j]
@@ -489,14 +500,34 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
         return
     best = 0
     top = a[0]  # the best value so far, kept in a register (a[best] would be a load per step)
-    for j in range(1, n_out):
-        if a[j] > top:
-            top = a[j]
-            best = j
+    for j in range(1, n_out):  # select, not branch: which unit wins is unpredictable
+        better = a[j] > top
+        best = j if better else best
+        top = a[j] if better else top
     if best == label:
         correct[0] += 1
     l = 0
-    if loss == LOSS_MSE:
+    if floating is float and loss == LOSS_MSE and out_act != ACT_SOFTMAX and n_out <= VL:
+        # 16 lanes (lanes >= n_out are 0 - 0): the loss as a tree sum, the delta in one pass
+        for jj in range(VL):
+            tv[jj] = t[jj] if jj < n_out else <floating>0
+        for jj in range(VL):
+            av[jj] = a[jj] if jj < n_out else <floating>0
+        for jj in range(VL):
+            ev[jj] = av[jj] - tv[jj]
+            sv[jj] = ev[jj] * ev[jj]
+        if out_act == ACT_SIGMOID:
+            for jj in range(VL):
+                d[jj] = ev[jj] * av[jj] * ((<floating>1) - av[jj])
+        else:
+            for jj in range(VL):
+                d[jj] = ev[jj]
+        for jj in range(8):
+            sv[jj] = sv[jj] + sv[jj + 8]
+        for jj in range(4):
+            sv[jj] = sv[jj] + sv[jj + 4]
+        l = (<floating>0.5) * ((sv[0] + sv[2]) + (sv[1] + sv[3]))
+    elif loss == LOSS_MSE:
         for j in range(n_out):
             l += (a[j] - t[j]) * (a[j] - t[j])
         l = (<floating>0.5) * l
@@ -832,11 +863,14 @@ cdef void hidden_deltas_small(const floating* D, int64_t pad, int64_t n_out, con
     cdef const floating* d
     cdef const floating* w0
     cdef const floating* w1
-    for j in range(n_out):
-        for i in range(n_in):
-            wt[j * lda + i] = W[i * pad + j]
-        for i in range(n_in, lda):
-            wt[j * lda + i] = 0
+    if floating is float:
+        fgd_transpose_f(W, pad, n_in, n_out, wt, lda)
+    else:
+        for j in range(n_out):
+            for i in range(n_in):
+                wt[j * lda + i] = W[i * pad + j]
+            for i in range(n_in, lda):
+                wt[j * lda + i] = 0
     for s in range(s0, s1):
         d = D + s * pad
         for ib in range(0, lda, 16):
