@@ -39,8 +39,14 @@ How a call runs
     gradient and applies the step over the same weight rows (the state arrays padded like the
     parameters). Adam/AdamW have no Hogwild mode: with plan.deterministic False they run
     deterministic, and EpochResult.mode says which mode ran. Dropout draws fastgd._random's
-    counter-based masks in the kernel (the same masks as every backend), and image shifts are
-    applied while gathering each row (dense input path; the sparse index is not used then).
+    counter-based masks in the kernel (the same masks as every backend). Image shifts keep the
+    sparse first layer: each row's pixel indices move by dy * cols + dx while the call's rows
+    are copied in visiting order, pixels leaving the image dropped (with `permute_sparse` off,
+    or dense input, each shifted row is built on the dense input path instead). Rotations and
+    elastic distortions (fastgd.augment's sampling map, kernels/fastgd_augment.h) resample
+    each image on the dense input path, with per-thread scratch.
+  * The padded parameters, optimiser state, gradients and scratch start on 64-byte
+    boundaries (each 16-lane float32 row in one cache line).
   * Per-fit state lives in the Workspace from `prepare` (the CSR index of plan.X built then,
     the buffers the rows are copied into, scratch, the gradient buffer); the backend object keeps
     only tuning knobs. Nothing survives between train_epoch calls except net.params and
