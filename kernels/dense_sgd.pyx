@@ -52,6 +52,8 @@ cdef extern from "fastgd_simd.h":
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
     void fgd_transpose_f(const float* W, long pad, long n_in, long n_out, float* wt,
                          long lda) noexcept nogil
+    long fgd_shift_csr_row(const uint16_t* idx, const uint8_t* val, long nnz, long off, long dx,
+                           long cols, long n_pix, uint16_t* out_idx, uint8_t* out_val) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
     void fgd_sparse_forward16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
@@ -1531,19 +1533,14 @@ def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8
     cdef uint16_t* dst_idx
     cdef uint8_t* dst_val
     cdef long long dx, dy
-    cdef int64_t off, i, ni, cc
-    cdef bint keep, overflow = False
+    cdef bint overflow = False
     cdef int64_t cap = min(out_idx.shape[0], out_val.shape[0])
     if m + 1 > out_ptr.shape[0] or pos0 < 0:
         raise ValueError("gather_csr_rows: out_ptr needs len(order) + 1 entries, pos0 >= 0")
     if max_shift < 0:
         raise ValueError("max_shift must be >= 0")
-    cdef const uint16_t* colof = NULL
-    if max_shift > 0:
-        if image_rows < 1 or image_cols < 1 or n_pix > 65536:
-            raise ValueError("image shifts need image_rows, image_cols >= 1 and at most 65536 pixels")
-        columns = (np.arange(n_pix, dtype=np.int64) % image_cols).astype(np.uint16)
-        colof = <const uint16_t*><size_t>columns.ctypes.data
+    if max_shift > 0 and (image_rows < 1 or image_cols < 1 or n_pix > 65536):
+        raise ValueError("image shifts need image_rows, image_cols >= 1 and at most 65536 pixels")
     dst_idx = &out_idx[0] if cap > 0 else NULL
     dst_val = &out_val[0] if cap > 0 else NULL
     with nogil:
@@ -1570,15 +1567,8 @@ def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8
                 pos += k1 - k0
                 continue
             fgd_shift(seed, <unsigned long long>(first_position + s), max_shift, &dx, &dy)
-            off = dy * image_cols + dx
-            for k in range(k0, k1):  # branch-free compaction: write always, advance when kept
-                i = src_idx[k]
-                ni = i + off
-                cc = <int64_t>colof[i] + dx if i < n_pix else -1  # -1: outside any image
-                keep = (<uint64_t>cc < <uint64_t>image_cols) & (<uint64_t>ni < <uint64_t>n_pix)
-                dst_idx[pos] = <uint16_t>ni
-                dst_val[pos] = src_val[k]
-                pos += keep
+            pos += fgd_shift_csr_row(src_idx + k0, src_val + k0, k1 - k0, dy * image_cols + dx, dx,
+                                     image_cols, n_pix, dst_idx + pos, dst_val + pos)
         out_ptr[m] = pos
     if overflow:
         raise ValueError("gather_csr_rows: out_idx/out_val too small for the rows")
