@@ -512,7 +512,9 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     if floating is float and loss == LOSS_MSE and out_act != ACT_SOFTMAX and n_out <= VL:
         # 16 lanes (lanes >= n_out are 0 - 0): the loss as a tree sum, the delta in one pass
         for jj in range(VL):
-            tv[jj] = t[jj] if jj < n_out else <floating>0
+            tv[jj] = 0
+        for jj in range(n_out):  # a copy, not a select per lane: t holds only n_out values
+            tv[jj] = t[jj]
         for jj in range(VL):
             av[jj] = a[jj] if jj < n_out else <floating>0
         for jj in range(VL):
