@@ -419,10 +419,7 @@ def _compiled_backends():
     """The compiled backends built here (conftest), each of which must list AUGMENT_FEATURES."""
     from conftest import COMPILED_BACKENDS
 
-    return [b for b in COMPILED_BACKENDS if b in INTEGRATED]
-
-
-INTEGRATED = ("numba",)
+    return COMPILED_BACKENDS
 
 
 def _tuned(name, path):
@@ -515,3 +512,40 @@ def test_compiled_augmentation_runs_hogwild(backend):
     before = net.params.copy()
     result = b.train_epoch(net, plan, b.prepare(net, plan))
     assert math.isfinite(result.loss_sum) and not np.array_equal(net.params, before)
+
+
+def test_cython_problem_checks_its_augmentation_settings():
+    """dense_sgd.Problem's own checks behind EpochPlan.validate: impossible image shapes or
+    settings and too little per-thread scratch are ValueErrors, not out-of-bounds writes."""
+    from conftest import COMPILED_BACKENDS
+
+    if "cython" not in COMPILED_BACKENDS:
+        pytest.fail("the cython backend ships but is not built")
+    from fastgd._kernels import dense_sgd
+    from fastgd.backends import cython_backend
+
+    net = fastgd.Network([12, 4, 2], dtype=np.float64, seed=0)
+    X = np.random.default_rng(0).standard_normal((8, 12))
+    targets, labels = np.eye(2)[np.arange(8) % 2], (np.arange(8) % 2).astype(np.int32)
+    lay = cython_backend._Layout(net, 4, 1 << 62)
+
+    def problem(**kw):
+        return dense_sgd.Problem(lay.table, lay.soff, 0, 0, 0, X, 1.0, None, targets, labels, **kw)
+
+    for bad in (dict(max_rotate=5.0, image_rows=3, image_cols=5), dict(elastic_alpha=1.0),
+                dict(max_rotate=181.0, image_rows=3, image_cols=4),
+                dict(elastic_alpha=float("inf"), image_rows=3, image_cols=4),
+                dict(elastic_alpha=float("nan"), image_rows=3, image_cols=4),
+                dict(max_rotate=5.0, image_rows=3, image_cols=4, aug_threads=0)):
+        with pytest.raises(ValueError):
+            problem(**bad)
+    prob = problem(max_rotate=5.0, image_rows=3, image_cols=4, aug_threads=1)
+    params = lay.pad(net.params)
+    with pytest.raises(ValueError, match="augmentation scratch"):
+        dense_sgd.train_epoch(params, prob, np.arange(8, dtype=np.int64), np.zeros(2), 4, dense_sgd.StepConfig(),
+                              None, None, lay.scratch(1), dense_sgd.MODES["sync"], 2, np.zeros(2),
+                              np.zeros(2, dtype=np.int64))
+    dense_sgd.train_epoch(params, prob, np.arange(8, dtype=np.int64), np.full(2, 0.1), 4, dense_sgd.StepConfig(),
+                          None, None, lay.scratch(1), dense_sgd.MODES["serial"], 1, np.zeros(1),
+                          np.zeros(1, dtype=np.int64))
+    assert np.isfinite(params).all() and not np.array_equal(lay.pad(net.params), params)
