@@ -232,11 +232,11 @@ class Trainer:
         Shift each training image by a random (dx, dy) in [-k, k]² pixels each epoch (zero fill).
         Needs square images or image_shape=(rows, cols).
     augment_rotate : float
-        Rotate each training image by a random angle in [-deg, deg] degrees each epoch (needs a
-        backend that lists the "rotate" feature; numpy, the reference, first).
+        Rotate each training image by a random angle in [-deg, deg] degrees each epoch (backend
+        feature "rotate"; every shipped backend has it, drawn inside the compiled epoch).
     augment_elastic : float
         Elastic distortion of each training image, displacement scale in pixels (backend
-        feature "elastic").
+        feature "elastic"; every shipped backend has it).
     validation_split : float
         Hold out this fraction of the training data (seeded) as validation data.
     early_stopping : int or None
