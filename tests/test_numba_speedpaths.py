@@ -228,3 +228,49 @@ def test_bounds_checked_gemm_raises_index_error():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "IndexError"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_out", [1, 10, 16, 17, 37, 128, 131, 150, 259])
+@pytest.mark.parametrize("idx_dtype", [np.uint16, np.int32])
+def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
+    """numba_sparse: the grouped forward (8-vector groups, then single vectors) and the update by
+    weight row through the column index, on widths around the group sizes, with rows without
+    pixels, a repeated row, and the weight rows split in two ranges (two workers) or one."""
+    from fastgd.backends import numba_sparse as S
+    rng = np.random.default_rng(n_out)
+    n_in = 53
+    X = rng.integers(0, 256, size=(12, n_in), dtype=np.uint8)
+    X[rng.random(X.shape) < 0.75] = 0
+    X[4] = 0  # a row with no pixel
+    X[7] = 255  # a dense row
+    ptr, idx, val = K.build_csr(X, idx_dtype)
+    scale = 1 / 255
+    lut = np.zeros(256, dtype=dtype)
+    S.scale_table(scale, lut)
+    np.testing.assert_array_equal(lut, np.arange(256).astype(dtype) * dtype(scale))
+    W = rng.standard_normal(n_in * n_out).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    for rows in (np.array([4, 0, 7, 7, 11, 2]), np.array([9]), np.array([4])):
+        B = rows.shape[0]
+        zo = 3  # an offset into the output buffer, as the team's per-worker rows have
+        z = np.full(zo + B * n_out + 5, 7.0, dtype=dtype)
+        S.sparse_forward(ptr, idx, val, lut, rows, W, b, z, zo)
+        x = X[rows].astype(dtype) * dtype(scale)
+        np.testing.assert_allclose(z[zo:zo + B * n_out].reshape(B, n_out), x @ W.reshape(n_in, n_out) + b, **tol)
+        assert (z[:zo] == 7).all() and (z[zo + B * n_out:] == 7).all()  # nothing written past the rows
+        do = 2
+        D = rng.standard_normal(do + B * n_out).astype(dtype)
+        want = W.reshape(n_in, n_out) - dtype(0.25) * (x.T @ D[do:].reshape(B, n_out))
+        for split in ([0, n_in], [0, 20, n_in], [0, 0, n_in]):
+            W2 = W.copy()
+            for i0, i1 in zip(split[:-1], split[1:]):
+                cs = np.full(i1 - i0 + 2, -1, dtype=np.int32)
+                es = np.full(B * n_in, -1, dtype=np.int32)
+                ev = np.zeros(B * n_in, dtype=np.uint8)
+                lo, hi = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+                S.sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, dtype(-0.25), W2, cs, es, ev, lo, hi)
+            np.testing.assert_allclose(W2.reshape(n_in, n_out), want, **tol)
+            untouched = (X[rows] == 0).all(axis=0)  # weight rows of pixels zero in every sample: bit for bit
+            np.testing.assert_array_equal(W2.reshape(n_in, n_out)[untouched], W.reshape(n_in, n_out)[untouched])
