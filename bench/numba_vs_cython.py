@@ -5,12 +5,16 @@
 
 VARIANT: "cython", "numba", or "numba:knob=value,knob=value" (NumbaBackend attributes, e.g.
 numba:sparse_input=never). Each rep runs every variant once per case, in turn (fit of `--epochs`
-epochs, the first left out); the printed figure is the median over reps of the remaining epochs.
+epochs, the first left out); the printed figure is the median over reps of the remaining epochs:
+"ms" wall time of the backend's train_epoch calls per epoch, "cpu_ms" their process CPU time
+(on a loaded machine the CPU time of a 1-thread run is the steadier figure; with 2 threads it
+includes barrier spinning).
 Cases are /work/notes/fgd_epochs.py's issue-11 table (0: lesson ... 6: Gaussian input).
 """
 import argparse
 import json
 import statistics
+import time
 
 import numpy as np
 
@@ -39,6 +43,30 @@ def backend_for(variant):
     return b
 
 
+def timed(backend, log):
+    """backend with train_epoch wrapped: appends (first_position, wall s, cpu s) per call to log."""
+    inner = backend.train_epoch
+
+    def train_epoch(net, plan, ws=None):
+        w0, c0 = time.perf_counter(), time.process_time()
+        r = inner(net, plan, ws)
+        log.append((plan.first_position, time.perf_counter() - w0, time.process_time() - c0))
+        return r
+    backend.train_epoch = train_epoch
+    return backend
+
+
+def per_epoch(log):
+    """[(wall, cpu)] per epoch from the call log (an epoch starts at first_position 0)."""
+    out = []
+    for pos, w, c in log:
+        if pos == 0 or not out:
+            out.append([0.0, 0.0])
+        out[-1][0] += w
+        out[-1][1] += c
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("variants", nargs="+")
@@ -52,20 +80,25 @@ def main():
     for ci in (int(c) for c in a.cases.split(",")):
         sizes, act, out, loss, lr, bs, gauss = CASES[ci]
         times = {v: [] for v in a.variants}
+        cpus = {v: [] for v in a.variants}
         modes = {}
         for _ in range(a.reps):
             for v in a.variants:
                 net = fastgd.Network(sizes, activation=act, output=out, dtype="float32", seed=0)
                 tr = fastgd.Trainer(net, loss=loss, lr=lr, batch_size=bs, epochs=a.epochs,
                                     backend="cython" if v == "cython" else "numba", threads=a.threads, seed=0)
-                tr.backend = backend_for(v)
+                log = []
+                tr.backend = timed(backend_for(v), log)
                 h = tr.fit(G if gauss else X, y)
-                times[v] += [r["seconds"] for r in h.records][1:]
+                ep = per_epoch(log)[1:]
+                times[v] += [e[0] for e in ep]
+                cpus[v] += [e[1] for e in ep]
                 modes[v] = (h.records[-1].get("mode"), h.records[-1].get("threads_used"),
                             round(h.records[-1].get("accuracy", h.records[-1].get("train_accuracy", 0)) or 0, 4))
         row = {v: round(statistics.median(t) * 1e3, 1) for v, t in times.items()}
-        print(json.dumps({"case": ci, "sizes": sizes, "batch": bs, "gauss": gauss, "ms": row,
-                          "modes": modes}), flush=True)
+        cpu = {v: round(statistics.median(t) * 1e3, 1) for v, t in cpus.items()}
+        print(json.dumps({"case": ci, "sizes": sizes, "batch": bs, "gauss": gauss, "threads": a.threads, "ms": row,
+                          "cpu_ms": cpu, "modes": modes}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from fastgd.backends import numba_kernels as K
 from fastgd.backends.numba_backend import NumbaBackend
 from fastgd.backends.numba_simd import borrow, ld
 
-from test_backends import assert_close, make_problem, plan_for, train
+from test_backends import UINT8_SCALE, assert_close, make_problem, plan_for, train
 
 LOOPS = 1 << 62  # blas_min_work that keeps every layer on the loop path
 TWO = min(2, numba.config.NUMBA_NUM_THREADS)
@@ -58,7 +58,12 @@ BACKENDS = {
     "loops_dense": lambda: NumbaBackend(blas_min_work=LOOPS, sparse_input="never"),
     "gemm": lambda: NumbaBackend(blas_min_work=0, sparse_input="never"),                  # every layer through gemm
     "gemm_sparse": lambda: NumbaBackend(blas_min_work=0, sparse_input="always"),          # sparse input + gemm layers
+    # loop layers on two workers (sparse input layer: its update split by weight rows, numba_sparse)
+    "loops_team": lambda: NumbaBackend(blas_min_work=LOOPS, team_min_work=0),
+    # a BLAS-sized input layer still reads its non-zero pixels in the team (density decides)
+    "sparse_wide": lambda: NumbaBackend(blas_min_work=0),
 }
+TEAM_PATHS = ("gemm", "gemm_sparse", "loops_team", "sparse_wide")  # more than one worker
 
 
 # float input has no sparse index: "gemm_sparse" only with uint8
@@ -76,9 +81,11 @@ def test_team_epoch_matches_numpy(dtype, path, uint8, case, threads):
     ref, net, result, team = run_both(sizes, n, dtype, batch, threads, uint8, BACKENDS[path](),
                                       lr=0.3 if uint8 else 0.05)
     assert team is not None  # the team epoch ran
-    workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path.startswith("gemm") else 1
+    workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path in TEAM_PATHS else 1
     assert (result.mode, result.threads_used) == (("sync", workers) if workers > 1 else ("serial", 1))
     assert team.woff.shape[0] // team.act_off.shape[0] == workers
+    if path in ("sparse_wide", "gemm_sparse", "loops_team", "loops") and uint8:  # numba_sparse's input layer ran
+        assert team.lut[255] == dtype(255) * dtype(UINT8_SCALE) and team.cs.shape[0] == workers * (sizes[0] + 2)
     for l in range(len(sizes) - 1):
         assert_close(net.weights[l], ref.weights[l], dtype, f"weights {l}")
         assert_close(net.biases[l], ref.biases[l], dtype, f"biases {l}")

@@ -86,6 +86,9 @@ NAME = "numba"
 
 #: A layer goes through BLAS gemm when batch * n_in * n_out reaches this.
 BLAS_MIN_WORK = 1 << 20
+#: The team epoch runs on more than one worker when some layer is BLAS-sized or batch x n_params
+#: reaches this (the Cython backend's sync_min_work: the lesson network stays on one thread).
+TEAM_MIN_WORK = 1 << 21
 #: Rows per chunk in `forward` and `evaluate`.
 FORWARD_CHUNK = 256
 
@@ -135,29 +138,43 @@ def make_scratch(sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
                      None if n_workers is not None else int(n_split))
 
 
-def make_team(sizes, bmax, n_workers, dtype, use_blas):
+def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0):
     """numba_kernels.Team for minibatches of up to bmax rows on n_workers workers: activations and
     deltas laid out like a Scratch (one (bmax, width) block per layer; worker w fills its rows),
     the output pre-activations, per-worker layer offsets, and per-worker transposed-weight
-    scratch for the loop layers' deltas."""
+    scratch for the loop layers' deltas. With a sparse input (csr not empty): the pixel table
+    and each worker's column-index scratch for the input layer's update (numba_sparse), sized
+    for bmax rows of the densest row of csr."""
     sizes = np.asarray(sizes, dtype=np.int64)
     bmax, n_workers = int(bmax), int(n_workers)
     act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
     total = int(act_off[-1])
     wt = max([int(sizes[l] * sizes[l + 1]) for l in range(1, len(sizes) - 1) if not use_blas[l]] or [1])
+    lut = np.zeros(256, dtype=dtype)
+    if csr is not None and csr[0].shape[0] > 0:
+        K.scale_table(x_scale, lut)
+        widest = int(np.diff(csr[0]).max()) if csr[0].shape[0] > 1 else 0
+        nc, ne, nb = int(sizes[0]) + 2, max(1, bmax * widest), bmax
+    else:
+        nc = ne = nb = 1
     return K.Team(np.zeros(total, dtype=dtype), np.zeros(total, dtype=dtype),
                   np.zeros(bmax * int(sizes[-1]), dtype=dtype),
                   np.zeros(n_workers * wt, dtype=dtype), np.zeros(n_workers * act_off.shape[0], dtype=np.int64), wt,
-                  -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_))
+                  -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_), lut,
+                  np.zeros(n_workers * nc, dtype=np.int32), np.zeros(n_workers * ne, dtype=np.int32),
+                  np.zeros(n_workers * ne, dtype=np.uint8), np.zeros(n_workers * nb, dtype=np.int64),
+                  np.zeros(n_workers * nb, dtype=np.int64))
 
 
 def team_works(n_workers):
     """Can train_epoch_team run on n_workers threads here: Numba's "omp" layer, libgomp's
     barrier, and a prange that runs its iterations one per OpenMP thread (checked by running
-    one). One worker needs no barrier."""
+    one). One worker needs no barrier. Not in a bounds-checked build (NUMBA_BOUNDSCHECK=1): its
+    checks raise IndexError, and a worker leaving the region early would leave the other waiting
+    at a barrier for ever (the team then runs on one worker)."""
     if n_workers == 1:
         return True
-    if not K.HAVE_GOMP:
+    if not K.HAVE_GOMP or K.BOUNDS:
         return False
     nums = np.full(n_workers, -1, dtype=np.int64)
     sizes = np.zeros(n_workers, dtype=np.int64)
@@ -205,8 +222,9 @@ class NumbaBackend(Backend):
     features = frozenset(FEATURES + AUGMENT_FEATURES)
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
-                 sparse_max_density=0.5, team_epoch=True):
+                 sparse_max_density=0.5, team_epoch=True, team_min_work=TEAM_MIN_WORK):
         self.team_epoch = team_epoch
+        self.team_min_work = team_min_work
         self.blas_min_work = blas_min_work
         self.forward_chunk = forward_chunk
         self.sparse_input = sparse_input
@@ -288,6 +306,7 @@ class NumbaBackend(Backend):
         thread count or input array gets its own)."""
         workers = max(1, min(int(plan.threads), numba.config.NUMBA_NUM_THREADS))
         hogwild = self._hogwild(plan, workers)
+        team = self._team(plan, hogwild)
         bs = int(plan.batch_size)
         use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
         key = (bs, workers, hogwild, net.dtype.str, tuple(net.sizes))
@@ -296,17 +315,27 @@ class NumbaBackend(Backend):
             ws.scratch = make_scratch(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None,
                                       n_split=1 if hogwild else workers)
             ws.grad = np.zeros_like(net.params)
-        if getattr(ws, "csr_of", None) is not plan.X:
+        # the team's sparse input layer (numba_sparse) pays at every width; the other paths'
+        # column-blocked one only below BLAS size
+        csr_key = (id(plan.X), team or not use_blas[0])
+        if getattr(ws, "csr_of", None) is not plan.X or getattr(ws, "csr_key", None) != csr_key:
             ws.csr_of = plan.X
-            ws.csr = self._csr(plan.X, bool(use_blas[0]))
+            ws.csr_key = csr_key
+            ws.csr = self._csr(plan.X, not csr_key[1])
         ws.team = None
-        if self._team(plan, hogwild):
-            n_team = workers if use_blas.any() else 1  # small networks: one thread (see the module doc)
-            tkey = (key, n_team)
+        if team:
+            if ws.csr[0].shape[0] > 0:
+                use_blas = use_blas.copy()
+                use_blas[0] = False  # the sparse input layer never calls BLAS
+            # more than one worker when the step has the work for it (two barriers per step)
+            n_team = workers if (use_blas.any() or bs * net.params.size >= self.team_min_work) else 1
+            if not team_works(n_team):
+                n_team = 1
+            tkey = (key, n_team, ws.csr_key, float(plan.x_scale))
             if getattr(ws, "team_key", None) != tkey:
                 set_threads(n_team)
                 ws.team_key = tkey
-                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas) if team_works(n_team) else None
+                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas, ws.csr, plan.x_scale)
             ws.team = ws.team_buffers
         return hogwild, workers, use_blas
 
