@@ -267,6 +267,11 @@ def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
         x = X[rows].astype(dtype) * dtype(scale)
         np.testing.assert_allclose(z[zo:zo + B * n_out].reshape(B, n_out), x @ W.reshape(n_in, n_out) + b, **tol)
         assert (z[:zo] == 7).all() and (z[zo + B * n_out:] == 7).all()  # nothing written past the rows
+        if n_out <= 16:  # the 2-D one-vector kernel the team uses at these widths
+            z2 = np.full((B + 1, n_out), 7.0, dtype=dtype)
+            S.sparse_forward_narrow(ptr, idx, val, lut, rows, W.reshape(n_in, n_out), b, z2)
+            np.testing.assert_allclose(z2[:B], x @ W.reshape(n_in, n_out) + b, **tol)
+            assert (z2[B] == 7).all()
         do = 2
         D = rng.standard_normal(do + B * n_out).astype(dtype)
         want = W.reshape(n_in, n_out) - dtype(0.25) * (x.T @ D[do:].reshape(B, n_out))

@@ -53,7 +53,7 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
 
 from .base import ADAM, ADAMW, SGD
 from .numba_augment import augment_rows_split
-from .numba_sparse import scale_table, sparse_forward, sparse_update  # noqa: F401
+from .numba_sparse import scale_table, sparse_forward, sparse_forward_narrow, sparse_update  # noqa: F401
 from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size,  # noqa: F401
                          team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
@@ -1122,9 +1122,12 @@ def team_forward(net, data, rows, t, s, s0):
         a = _acts(s.acts, s.act_off, s.sizes, l + 1, bm)
         z = s.zlast if l == L - 1 else a
         if l == 0 and data.csr_ptr.shape[0] > 0:  # numba_sparse, z flat at the worker's rows
-            zbuf, zoff = (t.zlast, s0 * t.sizes[1]) if L == 1 else (t.acts, s.act_off[1])
-            sparse_forward(ptr, idx, val, t.lut, in_rows, view1d(net.params, net.layout[0, 0], t.sizes[0] * t.sizes[1]),
-                           b, zbuf, zoff)
+            if t.sizes[1] <= VL:
+                sparse_forward_narrow(ptr, idx, val, t.lut, in_rows, W, b, z)
+            else:
+                zbuf, zoff = (t.zlast, s0 * t.sizes[1]) if L == 1 else (t.acts, s.act_off[1])
+                sparse_forward(ptr, idx, val, t.lut, in_rows, view1d(net.params, net.layout[0, 0],
+                                                                     t.sizes[0] * t.sizes[1]), b, zbuf, zoff)
         elif s.use_blas[l]:
             team_forward_blas(net, t, s, B, l, s0)
         else:

@@ -7,18 +7,25 @@ int32, val uint8), and scales them through a 256-entry table of exactly the refe
 fgd_sparse_forward_* / fgd_csc_update_* (kernels/fastgd_simd.h):
 
 Forward, one sample at a time: z = b + sum_k lut[val_k] W[idx_k, :], the width walked in groups
-of 8, 4, 2, 1 vectors of 16 lanes; a group of NB vectors keeps U = max(1, 8 / NB) accumulator
-sets over consecutive pixels (U = 4 for one vector), so 8 independent FMA chains are in flight
-at every width (2 FMA ports x 4 cycles latency) and each pixel's index is loaded once per group
-instead of once per 16 columns. A sample's value depends only on its own pixels, so the worker
-split does not change it.
+of 8 vectors of 16 lanes (one accumulator set: 8 independent FMA chains, each pixel's index and
+value loaded once per 128 columns), the rest one vector at a time with 4 accumulators over
+consecutive pixels. A sample's value depends only on its own pixels, so the worker split does not
+change it.
 
 Update, by weight row: a worker's weight rows i0..i1 get the minibatch's non-zero pixels of those
 rows as columns (`csc_build`: per pixel row, its (sample, value) entries in ascending sample
 order), then each touched weight row is read and written once per step:
-W[i, :] += coef * sum_s lut[v_s] D[s, :], in slabs of at most 64 lanes (4 vectors, U = 2), rows
-inner, so the slab of D every row reads stays in L1. Rows are summed in a fixed order whatever
-the split, so the weights do not depend on the number of workers.
+W[i, :] += coef * sum_s lut[v_s] D[s, :], in slabs of 64 lanes (4 vectors, 2 accumulator sets:
+8 chains), rows inner, so the slab of D every row reads stays in L1; the rest one vector at a
+time. Layers of at most 16 units update sample by sample instead (`sparse_update_narrow`). Each
+weight row sums its samples in a fixed order whatever the split, so the weights do not depend on
+the number of workers.
+
+The group loops are written out inside the callers: as separate functions LLVM left some of them
+out of line (a call passing ~40 array fields per weight row cost more than the row's arithmetic,
+784-512 at batch 32: 668 -> 197 ms per epoch for the update once written out), and Numba's IR
+inlining (inline="always") put reference-count calls, spilling every accumulator, into the
+inner loops.
 
 Widths need not be multiples of 16: the last vector of a layer is masked (`vload`/`vstore` with
 fewer lanes), nothing past the row is read or written.
@@ -44,10 +51,6 @@ def scale_table(x_scale, like):
 
 
 # ---- forward ------------------------------------------------------------------------------------
-# The group loops are written out inside the callers: as separate functions LLVM left some of
-# them out of line (a call passing ~40 array fields per weight row cost more than the row's
-# arithmetic), and Numba's IR inlining put reference-count calls (spilling every accumulator)
-# into the inner loops.
 @njit(**JIT)
 def sparse_forward(ptr, idx, val, lut, rows, W, b, z, zo):
     """z[zo + i * n_out:][:n_out] = b + sum over the non-zero pixels k of input row rows[i] of
@@ -114,6 +117,36 @@ def sparse_forward(ptr, idx, val, lut, rows, W, b, z, zo):
                 p += 1
             vstore(z, zi + j0, m, vadd(vadd(a0, c0), vadd(e0, f0)))
             jv += 1
+
+
+@njit(**JIT)
+def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z):
+    """sparse_forward for a layer of at most 16 units, W (n_in, n_out) and z (rows, n_out) 2-D:
+    the one vector per sample with 4 accumulators over consecutive pixels. The same arithmetic as
+    sparse_forward's single-vector loop, yet in the team epoch of the lesson network that one
+    measured ~2x this one's epoch time (123 vs 64 ms CPU per epoch, reproducible; not explained:
+    perf counters are unavailable here)."""
+    n_out = W.shape[1]
+    bv = vload(b, 0, n_out)
+    zero = vsplat(0, b)
+    for i in range(rows.shape[0]):
+        r = ld(rows, i)
+        p1 = ld(ptr, r + 1)
+        acc0 = bv
+        acc1 = zero
+        acc2 = zero
+        acc3 = zero
+        p = ld(ptr, r)
+        while p + 4 <= p1:
+            acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
+            acc1 = vfma(acc1, ld(lut, ld(val, p + 1)), vload(W, np.int64(ld(idx, p + 1)) * n_out, n_out))
+            acc2 = vfma(acc2, ld(lut, ld(val, p + 2)), vload(W, np.int64(ld(idx, p + 2)) * n_out, n_out))
+            acc3 = vfma(acc3, ld(lut, ld(val, p + 3)), vload(W, np.int64(ld(idx, p + 3)) * n_out, n_out))
+            p += 4
+        while p < p1:
+            acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
+            p += 1
+        vstore(z, i * n_out, n_out, vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
 
 
 # ---- update: the minibatch's pixels by weight row --------------------------------------------
@@ -242,11 +275,35 @@ def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W):
 
 
 @njit(**JIT)
+def sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W):
+    """sparse_update for a layer of at most 16 units (one vector per weight row): sample by
+    sample, W[k] += (coef * lut[v]) * D[s] for each of its non-zero pixels k in [i0, i1). At one
+    vector per row the column index costs more than it saves (the lesson network at batch 10
+    measured ~2x slower per epoch with it, like the Cython backend's pad == 16 case)."""
+    m = n_out
+    for s in range(rows.shape[0]):
+        r = ld(rows, s)
+        p0 = ld(ptr, r)
+        p1 = ld(ptr, r + 1)
+        a = p0 if i0 <= 0 else _first_at_least(idx, p0, p1, i0)
+        d = vload(D, do + s * n_out, m)
+        for p in range(a, p1):
+            k = np.int64(ld(idx, p))
+            if k >= i1:
+                break
+            o = k * n_out
+            vstore(W, o, m, vfma(vload(W, o, m), coef * ld(lut, ld(val, p)), d))
+
+
+@njit(**JIT)
 def sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W, cs, es, ev, lo, hi):
     """Weight rows i0..i1 of the sparse input layer: W[i] += coef * sum_s x[s, i] * D[s] over the
     minibatch's samples rows (D's rows at do, n_out wide), through the column index of those rows
     (cs/es/ev/lo/hi: this worker's scratch, see csc_build)."""
     if i1 <= i0:
+        return
+    if n_out <= VL:
+        sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W)
         return
     csc_build(ptr, idx, val, rows, i0, i1, cs, es, ev, lo, hi)
     csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W)
