@@ -11,11 +11,15 @@ Threads
   (numba_kernels.train_epoch_team), ONE parallel region per call and two OpenMP team barriers
   per minibatch, like the Cython sync mode: each worker runs the forward pass and deltas of its
   share of the minibatch's rows (single-threaded gemm on its rows for BLAS-sized layers, the
-  column-blocked sparse input layer, loops), then applies the update of its share of every
-  layer's weights (weight rows: one gemm with beta = 1 over all B rows; 16-column blocks of the
-  sparse input layer), in a fixed order. More than one worker only when some layer is BLAS-sized
-  (small networks stay on one thread), and only when `team_works` (Numba's "omp" layer, a prange
-  running one iteration per OpenMP thread); otherwise the per-gemm split below.
+  zero-skipping input layer of numba_sparse at every width, loops), then applies the update of
+  its share of every layer's weights (weight rows: one gemm with beta = 1 over all B rows; the
+  sparse input layer's rows through the worker's column index of the minibatch's pixels), in a
+  fixed order. More than one worker only when some layer is BLAS-sized or batch x n_params
+  reaches `team_min_work` (small networks stay on one thread), and only when `team_works`
+  (Numba's "omp" layer, a prange running one iteration per OpenMP thread, and not a
+  bounds-checked build); otherwise the team runs on one worker. Nothing inside the team region
+  can raise (no allocation, indices valid by construction), so no worker can leave the other
+  waiting at a barrier.
 * Deterministic mode otherwise (optimisers, augmentation): the epoch runs minibatch after
   minibatch in one compiled call. Layers big enough for BLAS split each gemm into fixed row
   chunks, one per Numba thread, each a single-threaded gemm (the result depends on the thread count through the
@@ -87,8 +91,12 @@ NAME = "numba"
 #: A layer goes through BLAS gemm when batch * n_in * n_out reaches this.
 BLAS_MIN_WORK = 1 << 20
 #: The team epoch runs on more than one worker when some layer is BLAS-sized or batch x n_params
-#: reaches this (the Cython backend's sync_min_work: the lesson network stays on one thread).
-TEAM_MIN_WORK = 1 << 21
+#: reaches this. Below it two barriers per step and the weights moving between the cores' caches
+#: (each worker reads every weight row in the forward pass, writes its half in the update) cost
+#: more than the split saves: the Cython backend's sync mode measured 784-128-10 at batch 32
+#: (3.3M) 0.82x from 1 to 2 threads, batch 128 (13M) 1.34x, 784-256-10 at batch 64 (13M) 1.42x
+#: (quiet machine, TEAM.md). The lesson network (0.13M) stays on one thread.
+TEAM_MIN_WORK = 1 << 23
 #: Rows per chunk in `forward` and `evaluate`.
 FORWARD_CHUNK = 256
 
@@ -213,9 +221,13 @@ class NumbaBackend(Backend):
       blas_min_work: per-step batch x n_in x n_out at which a layer calls BLAS.
       forward_chunk: rows per chunk in forward/evaluate.
       sparse_input: "auto" | "always" | "never": read uint8 input through its CSR of non-zero
-        pixels ("auto": when at most `sparse_max_density` of them are non-zero and the first
-        layer is not BLAS-sized: a dense gemm beats sparse row updates there, 784-512-512-10 at
-        batch 128 measured 0.64 s dense vs 0.99 s sparse on 20k images).
+        pixels ("auto": when at most `sparse_max_density` of them are non-zero; outside the team
+        epoch also only when the first layer is not BLAS-sized, its column-blocked sparse update
+        losing to gemm there: 784-512-512-10 at batch 128 measured 0.64 s dense vs 0.99 s sparse
+        on 20k images. The team's numba_sparse layer beats gemm at every width measured,
+        128-512 units at batch 32-128).
+      team_min_work: batch x n_params from which the team epoch uses more than one worker
+        without a BLAS-sized layer (TEAM_MIN_WORK).
     """
 
     name = NAME
