@@ -238,7 +238,7 @@ def test_bounds_checked_gemm_raises_index_error():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("n_out", [1, 10, 16, 17, 37, 128, 131, 150, 259])
+@pytest.mark.parametrize("n_out", [1, 10, 16, 17, 37, 100, 128, 131, 150, 200, 259])
 @pytest.mark.parametrize("idx_dtype", [np.uint16, np.int32])
 def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
     """numba_sparse: the grouped forward (8-vector groups, then single vectors) and the update by
@@ -284,5 +284,14 @@ def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
                 lo, hi = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
                 S.sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, dtype(-0.25), W2, cs, es, ev, lo, hi)
             np.testing.assert_allclose(W2.reshape(n_in, n_out), want, **tol)
+            if n_out > 16:  # 64-lane slabs only (the update's choice for bigger minibatches)
+                W3 = W.copy()
+                for i0, i1 in zip(split[:-1], split[1:]):
+                    cs = np.zeros(i1 - i0 + 2, dtype=np.int32)
+                    es, ev = np.zeros(B * n_in, dtype=np.int32), np.zeros(B * n_in, dtype=np.uint8)
+                    lo, hi = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+                    S.csc_build(ptr, idx, val, rows, i0, i1, cs, es, ev, lo, hi)
+                    S.csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, dtype(-0.25), W3, False)
+                np.testing.assert_allclose(W3.reshape(n_in, n_out), want, **tol)
             untouched = (X[rows] == 0).all(axis=0)  # weight rows of pixels zero in every sample: bit for bit
             np.testing.assert_array_equal(W2.reshape(n_in, n_out)[untouched], W.reshape(n_in, n_out)[untouched])

@@ -343,7 +343,8 @@ class NumbaBackend(Backend):
             n_team = workers if (use_blas.any() or bs * net.params.size >= self.team_min_work) else 1
             if not team_works(n_team):
                 n_team = 1
-            tkey = (key, n_team, ws.csr_key, float(plan.x_scale))
+            # the column-index scratch is sized from this CSR's densest row
+            tkey = (key, n_team, ws.csr_key, id(ws.csr[0]), float(plan.x_scale))
             if getattr(ws, "team_key", None) != tkey:
                 set_threads(n_team)
                 ws.team_key = tkey

@@ -39,6 +39,9 @@ from numba.core import config
 from .numba_simd import VL, ld, vadd, vfma, vload, vsplat, vstore
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}  # as numba_kernels
+#: The update's 128-lane slabs (one pass over the column index per 128 lanes instead of per 64)
+#: when the minibatch's deltas for one slab take at most this many bytes (batch 32 float32: 16 KB).
+SLAB8_BYTES = 1 << 15
 JIT = dict(cache=not config.BOUNDSCHECK, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 
@@ -194,7 +197,7 @@ def csc_build(ptr, idx, val, rows, i0, i1, cs, es, ev, lo, hi):
 
 
 @njit(**JIT)
-def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W):
+def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W, slab8):
     """W[i, :] += coef * sum over pixel i's entries (csc_build) of lut[v] * D[do + s * n_out:][:n_out]
     for i0 <= i < i1; W flat (n_in * n_out,). Slabs of 64 lanes (4 vectors, 2 chains of entries,
     8 FMA chains) outer, rows inner, so the slab of D all rows read stays in L1; the rest one
@@ -203,6 +206,43 @@ def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W):
     ml = n_out - (nv - 1) * VL
     zero = vsplat(0, W)
     jv = 0
+    while slab8 and jv + 8 <= nv:  # 128-lane slabs (8 chains of one entry each) when D's slab fits L1
+        j0 = jv * VL
+        m = ml if jv + 8 == nv else VL
+        for i in range(i0, i1):
+            q0 = np.int64(cs[i - i0])
+            q1 = np.int64(cs[i - i0 + 1])
+            if q1 <= q0:
+                continue
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            a4 = zero
+            a5 = zero
+            a6 = zero
+            a7 = zero
+            for q in range(q0, q1):
+                x = ld(lut, ld(ev, q))
+                o = do + np.int64(ld(es, q)) * n_out + j0
+                a0 = vfma(a0, x, vload(D, o, VL))
+                a1 = vfma(a1, x, vload(D, o + 16, VL))
+                a2 = vfma(a2, x, vload(D, o + 32, VL))
+                a3 = vfma(a3, x, vload(D, o + 48, VL))
+                a4 = vfma(a4, x, vload(D, o + 64, VL))
+                a5 = vfma(a5, x, vload(D, o + 80, VL))
+                a6 = vfma(a6, x, vload(D, o + 96, VL))
+                a7 = vfma(a7, x, vload(D, o + 112, m))
+            t = i * n_out + j0
+            vstore(W, t, VL, vfma(vload(W, t, VL), coef, a0))
+            vstore(W, t + 16, VL, vfma(vload(W, t + 16, VL), coef, a1))
+            vstore(W, t + 32, VL, vfma(vload(W, t + 32, VL), coef, a2))
+            vstore(W, t + 48, VL, vfma(vload(W, t + 48, VL), coef, a3))
+            vstore(W, t + 64, VL, vfma(vload(W, t + 64, VL), coef, a4))
+            vstore(W, t + 80, VL, vfma(vload(W, t + 80, VL), coef, a5))
+            vstore(W, t + 96, VL, vfma(vload(W, t + 96, VL), coef, a6))
+            vstore(W, t + 112, m, vfma(vload(W, t + 112, m), coef, a7))
+        jv += 8
     while jv + 4 <= nv:
         j0 = jv * VL
         m = ml if jv + 4 == nv else VL
@@ -306,4 +346,4 @@ def sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W, cs, e
         sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W)
         return
     csc_build(ptr, idx, val, rows, i0, i1, cs, es, ev, lo, hi)
-    csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W)
+    csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W, rows.shape[0] * 128 * D.itemsize <= SLAB8_BYTES)
