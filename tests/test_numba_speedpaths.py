@@ -52,6 +52,8 @@ CASES = [  # sizes, rows, batch
     ([100, 130, 33, 7], 17, 4),   # last minibatch of one row
     ([100, 130, 33, 7], 9, 1),    # batch 1: fewer rows than threads every step
     ([60, 48, 32, 5], 21, 16),    # a minibatch of 5 rows after one of 16
+    ([50, 11, 7], 13, 4),         # a first layer under 16 units (numba_sparse's narrow kernels), last minibatch of 1
+    ([70, 200, 9], 10, 3),        # 128-lane forward groups and update slabs plus a 4-vector slab and single vectors
 ]
 BACKENDS = {
     "loops": lambda: NumbaBackend(blas_min_work=LOOPS),                                   # sparse input when uint8
