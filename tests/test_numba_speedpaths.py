@@ -297,3 +297,16 @@ def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
                 np.testing.assert_allclose(W3.reshape(n_in, n_out), want, **tol)
             untouched = (X[rows] == 0).all(axis=0)  # weight rows of pixels zero in every sample: bit for bit
             np.testing.assert_array_equal(W2.reshape(n_in, n_out)[untouched], W.reshape(n_in, n_out)[untouched])
+
+
+def test_bounds_checked_build_runs_the_team_on_one_worker():
+    """Under NUMBA_BOUNDSCHECK=1 an index check may raise inside the team region, and a worker
+    leaving it early would leave the other at a barrier for ever: no team of two there."""
+    code = ("from fastgd.backends import numba_backend as nb, numba_kernels as K\n"
+            "print(K.BOUNDS, nb.team_works(1), nb.team_works(2))\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]
