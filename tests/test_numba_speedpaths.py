@@ -22,7 +22,7 @@ from fastgd.backends import numba_kernels as K
 from fastgd.backends.numba_backend import NumbaBackend
 from fastgd.backends.numba_simd import borrow, ld
 
-from test_backends import assert_close, make_problem, plan_for, train
+from test_backends import UINT8_SCALE, assert_close, make_problem, plan_for, train
 
 LOOPS = 1 << 62  # blas_min_work that keeps every layer on the loop path
 TWO = min(2, numba.config.NUMBA_NUM_THREADS)
@@ -52,13 +52,20 @@ CASES = [  # sizes, rows, batch
     ([100, 130, 33, 7], 17, 4),   # last minibatch of one row
     ([100, 130, 33, 7], 9, 1),    # batch 1: fewer rows than threads every step
     ([60, 48, 32, 5], 21, 16),    # a minibatch of 5 rows after one of 16
+    ([50, 11, 7], 13, 4),         # a first layer under 16 units (numba_sparse's narrow kernels), last minibatch of 1
+    ([70, 200, 9], 10, 3),        # 128-lane forward groups and update slabs plus a 4-vector slab and single vectors
 ]
 BACKENDS = {
     "loops": lambda: NumbaBackend(blas_min_work=LOOPS),                                   # sparse input when uint8
     "loops_dense": lambda: NumbaBackend(blas_min_work=LOOPS, sparse_input="never"),
     "gemm": lambda: NumbaBackend(blas_min_work=0, sparse_input="never"),                  # every layer through gemm
     "gemm_sparse": lambda: NumbaBackend(blas_min_work=0, sparse_input="always"),          # sparse input + gemm layers
+    # loop layers on two workers (sparse input layer: its update split by weight rows, numba_sparse)
+    "loops_team": lambda: NumbaBackend(blas_min_work=LOOPS, team_min_work=0),
+    # a BLAS-sized input layer still reads its non-zero pixels in the team (density decides)
+    "sparse_wide": lambda: NumbaBackend(blas_min_work=0),
 }
+TEAM_PATHS = ("gemm", "gemm_sparse", "loops_team", "sparse_wide")  # more than one worker
 
 
 # float input has no sparse index: "gemm_sparse" only with uint8
@@ -76,9 +83,11 @@ def test_team_epoch_matches_numpy(dtype, path, uint8, case, threads):
     ref, net, result, team = run_both(sizes, n, dtype, batch, threads, uint8, BACKENDS[path](),
                                       lr=0.3 if uint8 else 0.05)
     assert team is not None  # the team epoch ran
-    workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path.startswith("gemm") else 1
+    workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path in TEAM_PATHS else 1
     assert (result.mode, result.threads_used) == (("sync", workers) if workers > 1 else ("serial", 1))
     assert team.woff.shape[0] // team.act_off.shape[0] == workers
+    if path in ("sparse_wide", "gemm_sparse", "loops_team", "loops") and uint8:  # numba_sparse's input layer ran
+        assert team.lut[255] == dtype(255) * dtype(UINT8_SCALE) and team.cs.shape[0] == workers * (sizes[0] + 2)
     for l in range(len(sizes) - 1):
         assert_close(net.weights[l], ref.weights[l], dtype, f"weights {l}")
         assert_close(net.biases[l], ref.biases[l], dtype, f"biases {l}")
@@ -228,3 +237,76 @@ def test_bounds_checked_gemm_raises_index_error():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "IndexError"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_out", [1, 10, 16, 17, 37, 100, 128, 131, 150, 200, 259])
+@pytest.mark.parametrize("idx_dtype", [np.uint16, np.int32])
+def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
+    """numba_sparse: the grouped forward (8-vector groups, then single vectors) and the update by
+    weight row through the column index, on widths around the group sizes, with rows without
+    pixels, a repeated row, and the weight rows split in two ranges (two workers) or one."""
+    from fastgd.backends import numba_sparse as S
+    rng = np.random.default_rng(n_out)
+    n_in = 53
+    X = rng.integers(0, 256, size=(12, n_in), dtype=np.uint8)
+    X[rng.random(X.shape) < 0.75] = 0
+    X[4] = 0  # a row with no pixel
+    X[7] = 255  # a dense row
+    ptr, idx, val = K.build_csr(X, idx_dtype)
+    scale = 1 / 255
+    lut = np.zeros(256, dtype=dtype)
+    S.scale_table(scale, lut)
+    np.testing.assert_array_equal(lut, np.arange(256).astype(dtype) * dtype(scale))
+    W = rng.standard_normal(n_in * n_out).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    for rows in (np.array([4, 0, 7, 7, 11, 2]), np.array([9]), np.array([4])):
+        B = rows.shape[0]
+        zo = 3  # an offset into the output buffer, as the team's per-worker rows have
+        z = np.full(zo + B * n_out + 5, 7.0, dtype=dtype)
+        S.sparse_forward(ptr, idx, val, lut, rows, W, b, z, zo)
+        x = X[rows].astype(dtype) * dtype(scale)
+        np.testing.assert_allclose(z[zo:zo + B * n_out].reshape(B, n_out), x @ W.reshape(n_in, n_out) + b, **tol)
+        assert (z[:zo] == 7).all() and (z[zo + B * n_out:] == 7).all()  # nothing written past the rows
+        if n_out <= 16:  # the 2-D one-vector kernel the team uses at these widths
+            z2 = np.full((B + 1, n_out), 7.0, dtype=dtype)
+            S.sparse_forward_narrow(ptr, idx, val, lut, rows, W.reshape(n_in, n_out), b, z2)
+            np.testing.assert_allclose(z2[:B], x @ W.reshape(n_in, n_out) + b, **tol)
+            assert (z2[B] == 7).all()
+        do = 2
+        D = rng.standard_normal(do + B * n_out).astype(dtype)
+        want = W.reshape(n_in, n_out) - dtype(0.25) * (x.T @ D[do:].reshape(B, n_out))
+        for split in ([0, n_in], [0, 20, n_in], [0, 0, n_in]):
+            W2 = W.copy()
+            for i0, i1 in zip(split[:-1], split[1:]):
+                cs = np.full(i1 - i0 + 2, -1, dtype=np.int32)
+                es = np.full(B * n_in, -1, dtype=np.int32)
+                ev = np.zeros(B * n_in, dtype=np.uint8)
+                lo, hi = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+                S.sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, dtype(-0.25), W2, cs, es, ev, lo, hi)
+            np.testing.assert_allclose(W2.reshape(n_in, n_out), want, **tol)
+            if n_out > 16:  # 64-lane slabs only (the update's choice for bigger minibatches)
+                W3 = W.copy()
+                for i0, i1 in zip(split[:-1], split[1:]):
+                    cs = np.zeros(i1 - i0 + 2, dtype=np.int32)
+                    es, ev = np.zeros(B * n_in, dtype=np.int32), np.zeros(B * n_in, dtype=np.uint8)
+                    lo, hi = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
+                    S.csc_build(ptr, idx, val, rows, i0, i1, cs, es, ev, lo, hi)
+                    S.csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, dtype(-0.25), W3, False)
+                np.testing.assert_allclose(W3.reshape(n_in, n_out), want, **tol)
+            untouched = (X[rows] == 0).all(axis=0)  # weight rows of pixels zero in every sample: bit for bit
+            np.testing.assert_array_equal(W2.reshape(n_in, n_out)[untouched], W.reshape(n_in, n_out)[untouched])
+
+
+def test_bounds_checked_build_runs_the_team_on_one_worker():
+    """Under NUMBA_BOUNDSCHECK=1 an index check may raise inside the team region, and a worker
+    leaving it early would leave the other at a barrier for ever: no team of two there."""
+    code = ("from fastgd.backends import numba_backend as nb, numba_kernels as K\n"
+            "print(K.BOUNDS, nb.team_works(1), nb.team_works(2))\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]

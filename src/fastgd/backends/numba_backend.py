@@ -11,11 +11,15 @@ Threads
   (numba_kernels.train_epoch_team), ONE parallel region per call and two OpenMP team barriers
   per minibatch, like the Cython sync mode: each worker runs the forward pass and deltas of its
   share of the minibatch's rows (single-threaded gemm on its rows for BLAS-sized layers, the
-  column-blocked sparse input layer, loops), then applies the update of its share of every
-  layer's weights (weight rows: one gemm with beta = 1 over all B rows; 16-column blocks of the
-  sparse input layer), in a fixed order. More than one worker only when some layer is BLAS-sized
-  (small networks stay on one thread), and only when `team_works` (Numba's "omp" layer, a prange
-  running one iteration per OpenMP thread); otherwise the per-gemm split below.
+  zero-skipping input layer of numba_sparse at every width, loops), then applies the update of
+  its share of every layer's weights (weight rows: one gemm with beta = 1 over all B rows; the
+  sparse input layer's rows through the worker's column index of the minibatch's pixels), in a
+  fixed order. More than one worker only when some layer is BLAS-sized or batch x n_params
+  reaches `team_min_work` (small networks stay on one thread), and only when `team_works`
+  (Numba's "omp" layer, a prange running one iteration per OpenMP thread, and not a
+  bounds-checked build); otherwise the team runs on one worker. Nothing inside the team region
+  can raise (no allocation, indices valid by construction), so no worker can leave the other
+  waiting at a barrier.
 * Deterministic mode otherwise (optimisers, augmentation): the epoch runs minibatch after
   minibatch in one compiled call. Layers big enough for BLAS split each gemm into fixed row
   chunks, one per Numba thread, each a single-threaded gemm (the result depends on the thread count through the
@@ -86,6 +90,13 @@ NAME = "numba"
 
 #: A layer goes through BLAS gemm when batch * n_in * n_out reaches this.
 BLAS_MIN_WORK = 1 << 20
+#: The team epoch runs on more than one worker when some layer is BLAS-sized or batch x n_params
+#: reaches this. Below it two barriers per step and the weights moving between the cores' caches
+#: (each worker reads every weight row in the forward pass, writes its half in the update) cost
+#: more than the split saves: the Cython backend's sync mode measured 784-128-10 at batch 32
+#: (3.3M) 0.82x from 1 to 2 threads, batch 128 (13M) 1.34x, 784-256-10 at batch 64 (13M) 1.42x
+#: (quiet machine, TEAM.md). The lesson network (0.13M) stays on one thread.
+TEAM_MIN_WORK = 1 << 23
 #: Rows per chunk in `forward` and `evaluate`.
 FORWARD_CHUNK = 256
 
@@ -135,29 +146,43 @@ def make_scratch(sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
                      None if n_workers is not None else int(n_split))
 
 
-def make_team(sizes, bmax, n_workers, dtype, use_blas):
+def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0):
     """numba_kernels.Team for minibatches of up to bmax rows on n_workers workers: activations and
     deltas laid out like a Scratch (one (bmax, width) block per layer; worker w fills its rows),
     the output pre-activations, per-worker layer offsets, and per-worker transposed-weight
-    scratch for the loop layers' deltas."""
+    scratch for the loop layers' deltas. With a sparse input (csr not empty): the pixel table
+    and each worker's column-index scratch for the input layer's update (numba_sparse), sized
+    for bmax rows of the densest row of csr."""
     sizes = np.asarray(sizes, dtype=np.int64)
     bmax, n_workers = int(bmax), int(n_workers)
     act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
     total = int(act_off[-1])
     wt = max([int(sizes[l] * sizes[l + 1]) for l in range(1, len(sizes) - 1) if not use_blas[l]] or [1])
+    lut = np.zeros(256, dtype=dtype)
+    if csr is not None and csr[0].shape[0] > 0:
+        K.scale_table(x_scale, lut)
+        widest = int(np.diff(csr[0]).max()) if csr[0].shape[0] > 1 else 0
+        nc, ne, nb = int(sizes[0]) + 2, max(1, bmax * widest), bmax
+    else:
+        nc = ne = nb = 1
     return K.Team(np.zeros(total, dtype=dtype), np.zeros(total, dtype=dtype),
                   np.zeros(bmax * int(sizes[-1]), dtype=dtype),
                   np.zeros(n_workers * wt, dtype=dtype), np.zeros(n_workers * act_off.shape[0], dtype=np.int64), wt,
-                  -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_))
+                  -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_), lut,
+                  np.zeros(n_workers * nc, dtype=np.int32), np.zeros(n_workers * ne, dtype=np.int32),
+                  np.zeros(n_workers * ne, dtype=np.uint8), np.zeros(n_workers * nb, dtype=np.int64),
+                  np.zeros(n_workers * nb, dtype=np.int64))
 
 
 def team_works(n_workers):
     """Can train_epoch_team run on n_workers threads here: Numba's "omp" layer, libgomp's
     barrier, and a prange that runs its iterations one per OpenMP thread (checked by running
-    one). One worker needs no barrier."""
+    one). One worker needs no barrier. Not in a bounds-checked build (NUMBA_BOUNDSCHECK=1): its
+    checks raise IndexError, and a worker leaving the region early would leave the other waiting
+    at a barrier for ever (the team then runs on one worker)."""
     if n_workers == 1:
         return True
-    if not K.HAVE_GOMP:
+    if not K.HAVE_GOMP or K.BOUNDS:
         return False
     nums = np.full(n_workers, -1, dtype=np.int64)
     sizes = np.zeros(n_workers, dtype=np.int64)
@@ -196,17 +221,22 @@ class NumbaBackend(Backend):
       blas_min_work: per-step batch x n_in x n_out at which a layer calls BLAS.
       forward_chunk: rows per chunk in forward/evaluate.
       sparse_input: "auto" | "always" | "never": read uint8 input through its CSR of non-zero
-        pixels ("auto": when at most `sparse_max_density` of them are non-zero and the first
-        layer is not BLAS-sized: a dense gemm beats sparse row updates there, 784-512-512-10 at
-        batch 128 measured 0.64 s dense vs 0.99 s sparse on 20k images).
+        pixels ("auto": when at most `sparse_max_density` of them are non-zero; outside the team
+        epoch also only when the first layer is not BLAS-sized, its column-blocked sparse update
+        losing to gemm there: 784-512-512-10 at batch 128 measured 0.64 s dense vs 0.99 s sparse
+        on 20k images. The team's numba_sparse layer beats gemm at every width measured,
+        128-512 units at batch 32-128).
+      team_min_work: batch x n_params from which the team epoch uses more than one worker
+        without a BLAS-sized layer (TEAM_MIN_WORK).
     """
 
     name = NAME
     features = frozenset(FEATURES + AUGMENT_FEATURES)
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
-                 sparse_max_density=0.5, team_epoch=True):
+                 sparse_max_density=0.5, team_epoch=True, team_min_work=TEAM_MIN_WORK):
         self.team_epoch = team_epoch
+        self.team_min_work = team_min_work
         self.blas_min_work = blas_min_work
         self.forward_chunk = forward_chunk
         self.sparse_input = sparse_input
@@ -288,6 +318,7 @@ class NumbaBackend(Backend):
         thread count or input array gets its own)."""
         workers = max(1, min(int(plan.threads), numba.config.NUMBA_NUM_THREADS))
         hogwild = self._hogwild(plan, workers)
+        team = self._team(plan, hogwild)
         bs = int(plan.batch_size)
         use_blas = use_blas_for(net.sizes, bs, self.blas_min_work)
         key = (bs, workers, hogwild, net.dtype.str, tuple(net.sizes))
@@ -296,17 +327,28 @@ class NumbaBackend(Backend):
             ws.scratch = make_scratch(net.sizes, bs, net.dtype, use_blas, n_workers=workers if hogwild else None,
                                       n_split=1 if hogwild else workers)
             ws.grad = np.zeros_like(net.params)
-        if getattr(ws, "csr_of", None) is not plan.X:
+        # the team's sparse input layer (numba_sparse) pays at every width; the other paths'
+        # column-blocked one only below BLAS size
+        csr_key = (id(plan.X), team or not use_blas[0])
+        if getattr(ws, "csr_of", None) is not plan.X or getattr(ws, "csr_key", None) != csr_key:
             ws.csr_of = plan.X
-            ws.csr = self._csr(plan.X, bool(use_blas[0]))
+            ws.csr_key = csr_key
+            ws.csr = self._csr(plan.X, not csr_key[1])
         ws.team = None
-        if self._team(plan, hogwild):
-            n_team = workers if use_blas.any() else 1  # small networks: one thread (see the module doc)
-            tkey = (key, n_team)
+        if team:
+            if ws.csr[0].shape[0] > 0:
+                use_blas = use_blas.copy()
+                use_blas[0] = False  # the sparse input layer never calls BLAS
+            # more than one worker when the step has the work for it (two barriers per step)
+            n_team = workers if (use_blas.any() or bs * net.params.size >= self.team_min_work) else 1
+            if not team_works(n_team):
+                n_team = 1
+            # the column-index scratch is sized from this CSR's densest row
+            tkey = (key, n_team, ws.csr_key, id(ws.csr[0]), float(plan.x_scale))
             if getattr(ws, "team_key", None) != tkey:
                 set_threads(n_team)
                 ws.team_key = tkey
-                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas) if team_works(n_team) else None
+                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas, ws.csr, plan.x_scale)
             ws.team = ws.team_buffers
         return hogwild, workers, use_blas
 

@@ -53,6 +53,7 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
 
 from .base import ADAM, ADAMW, SGD
 from .numba_augment import augment_rows_split
+from .numba_sparse import scale_table, sparse_forward, sparse_forward_narrow, sparse_update  # noqa: F401
 from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size,  # noqa: F401
                          team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
@@ -69,7 +70,7 @@ Net = namedtuple("Net", "params layout kinds")
 Data = namedtuple("Data", "X x_scale csr_ptr csr_idx csr_val targets labels loss")
 Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_blas n_split")
 Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
-Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas")
+Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas lut cs es ev lo hi")
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
                                 "mptr midx mval brows pixel_row pixel_col max_rotate elastic_alpha aug_work")
 
@@ -96,7 +97,8 @@ def borrowed_scratch(s):
 @njit(**JIT)
 def borrowed_team(t):
     return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), borrow(t.woff), t.wt_size, t.bm,
-                borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas))
+                borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas), borrow(t.lut), borrow(t.cs), borrow(t.es),
+                borrow(t.ev), borrow(t.lo), borrow(t.hi))
 
 
 @njit(**JIT)
@@ -1031,11 +1033,17 @@ def gemm(ta, tb, m, n, k, alpha, A, offa, lda, B, offb, ldb, beta, C, offc, ldc)
 # Worker w of nw computes the forward pass and every delta of its share of the minibatch's
 # samples (rows B*w//nw .. B*(w+1)//nw) into those rows of the shared Team buffers (laid out like
 # a Scratch: one (bmax, width) block per layer, so each update is one gemm over all B rows); after a barrier
-# it applies the update of its share of every layer's weights (weight rows for gemm and loop
-# layers, 16-column blocks for the sparse input layer, the biases on the last worker) from all
-# workers' samples; a second barrier and the next minibatch follows. The per-gemm parallel
-# regions this replaces launched ~6 times per minibatch, and on a loaded 2-core machine each
-# launch could wait a scheduler slice (784-128-10 b32 measured 45 s per epoch on 2 threads).
+# it applies the update of its share of every layer's weights (weight rows, for the sparse input
+# layer through its own column index of the minibatch's pixels, numba_sparse; the biases on the
+# last worker) from all workers' samples; a second barrier and the next minibatch follows. The
+# per-gemm parallel regions this replaces launched ~6 times per minibatch, and on a loaded 2-core
+# machine each launch could wait a scheduler slice (784-128-10 b32 measured 45 s per epoch on 2
+# threads). The sparse input layer is the zero-skipping one at every width (numba_sparse), the
+# pixel table precomputed in Team.lut.
+# Nothing in the region may raise: a worker that left it early would leave the other waiting at
+# a barrier for ever. So nothing in it allocates, every index is valid by construction (the
+# Python side validates the plan), and a bounds-checked build (NUMBA_BOUNDSCHECK=1, whose checks
+# raise IndexError) runs the team on one worker only (numba_backend.team_works).
 @njit(parallel=True, **JIT)
 def team_probe(nums, sizes):
     """Per iteration w of a prange over len(nums): the OpenMP thread number and team size that ran
@@ -1113,8 +1121,13 @@ def team_forward(net, data, rows, t, s, s0):
         x = _acts(s.acts, s.act_off, s.sizes, l, bm)
         a = _acts(s.acts, s.act_off, s.sizes, l + 1, bm)
         z = s.zlast if l == L - 1 else a
-        if l == 0 and data.csr_ptr.shape[0] > 0:
-            dense_forward_sparse(ptr, idx, val, data.x_scale, in_rows, W, b, z)
+        if l == 0 and data.csr_ptr.shape[0] > 0:  # numba_sparse, z flat at the worker's rows
+            if t.sizes[1] <= VL:
+                sparse_forward_narrow(ptr, idx, val, t.lut, in_rows, W, b, z)
+            else:
+                zbuf, zoff = (t.zlast, s0 * t.sizes[1]) if L == 1 else (t.acts, s.act_off[1])
+                sparse_forward(ptr, idx, val, t.lut, in_rows, view1d(net.params, net.layout[0, 0],
+                                                                     t.sizes[0] * t.sizes[1]), b, zbuf, zoff)
         elif s.use_blas[l]:
             team_forward_blas(net, t, s, B, l, s0)
         else:
@@ -1162,8 +1175,8 @@ def team_update_loops(t, l, B, coef, tW, k0, k1):
 @njit(**JIT)
 def team_update(net, data, order, start, B, t, w, nw, coef):
     """Worker w's share of the minibatch's update, every layer's weights from all B samples:
-    weight rows k0..k1 of gemm and loop layers, 16-column blocks of the sparse input layer, the
-    biases on the last worker."""
+    weight rows k0..k1 of every layer (the sparse input layer's through the worker's column
+    index in t.cs/es/ev/lo/hi, numba_sparse.sparse_update), the biases on the last worker."""
     L = net.layout.shape[0]
     sparse = data.csr_ptr.shape[0] > 0
     rows = view1d(order, start, B)
@@ -1173,15 +1186,17 @@ def team_update(net, data, order, start, B, t, w, nw, coef):
         do = t.act_off[l + 1]
         if w == nw - 1:  # the biases, samples in order
             bias_update(view2d(t.deltas, do, B, n_out), B, coef, tb)
-        if l == 0 and sparse:
-            n_blocks = (n_out + VL - 1) // VL
-            table = pixel_table(data.x_scale, coef, tW)
-            d = view2d(t.deltas, do, B, n_out)
-            for jb in range(n_blocks * w // nw, n_blocks * (w + 1) // nw):
-                sparse_update_block(data.csr_ptr, data.csr_idx, data.csr_val, table, rows, d, tW, jb * VL)
-            continue
         k0 = n_in * w // nw
         k1 = n_in * (w + 1) // nw
+        if l == 0 and sparse:  # numba_sparse: weight rows k0..k1 through this worker's column index
+            nc = t.cs.shape[0] // nw
+            ne = t.es.shape[0] // nw
+            nb = t.lo.shape[0] // nw
+            sparse_update(data.csr_ptr, data.csr_idx, data.csr_val, t.lut, rows, k0, k1, t.deltas, do, n_out, -coef,
+                          view1d(net.params, net.layout[0, 0], n_in * n_out), view1d(t.cs, w * nc, nc),
+                          view1d(t.es, w * ne, ne), view1d(t.ev, w * ne, ne), view1d(t.lo, w * nb, nb),
+                          view1d(t.hi, w * nb, nb))
+            continue
         if k1 <= k0:
             continue
         if t.use_blas[l]:
