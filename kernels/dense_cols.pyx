@@ -1,0 +1,208 @@
+# cython: language_level=3
+"""The "cols" training epoch of the Cython backend (float32, plain SGD): each thread owns a fixed
+slice of every hidden layer's output columns for the whole call, so its part of the weights
+stays in its own L2 cache, instead of a slice of each minibatch's samples (dense_sgd.pyx's
+"sync" mode, where every core streams all the weights every step). The step and its GEMM
+micro-kernels are C, in fastgd_gemm.h (shapes and phases described there); this module only
+checks the arguments, allocates, and runs the phases with a barrier between them.
+
+Called by fastgd.backends.cython_backend with the padded parameter vector and layout table of
+dense_sgd.pyx (layer l: w_off, b_off, n_in, n_out, pad, ...)."""
+cimport cython
+from cython.parallel cimport parallel
+from libc.stdint cimport int64_t, int32_t, uint8_t
+
+import numpy as np
+
+cdef extern from "fastgd_gemm.h":
+    int FGD_COLS_MAXL
+    int FGD_COLS_MAXT
+    ctypedef struct fgd_cols_net:
+        int L
+        int T
+        long B
+        long n_in[16]
+        long n_out[16]
+        long pad[16]
+        long w_off[16]
+        long b_off[16]
+        int hidden_act
+        int out_act
+        int loss
+        float slope
+        float* X[2]
+    int fgd_cols_alloc(fgd_cols_net* net) noexcept nogil
+    void fgd_cols_free(fgd_cols_net* net) noexcept nogil
+    void fgd_cols_copy(fgd_cols_net* net, float* P, int t, int store) noexcept nogil
+    void fgd_cols_gather(const fgd_cols_net* net, float* buf, const uint8_t* xu8, const float* xf,
+                         const float* lut, const int64_t* rows, long s0, long s1) noexcept nogil
+    void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, long Bc,
+                          const float* X) noexcept nogil
+    void fgd_cols_output(fgd_cols_net* net, const float* P, long s0, long s1, const int64_t* rows,
+                         const float* targets, const int32_t* labels, double* loss_sum,
+                         long* correct) noexcept nogil
+    void fgd_cols_backward_top(fgd_cols_net* net, float* P, int t, long Bc, float coef) noexcept nogil
+    void fgd_cols_backward_partial(fgd_cols_net* net, float* P, int l, int t, long Bc,
+                                   float coef) noexcept nogil
+    void fgd_cols_reduce(fgd_cols_net* net, int l, int t, long Bc) noexcept nogil
+    void fgd_cols_update_first(fgd_cols_net* net, float* P, int t, long Bc, float coef,
+                               const float* X) noexcept nogil
+
+cdef extern from "fastgd_simd.h":
+    int fgd_thread_num() noexcept nogil
+    int fgd_num_threads() noexcept nogil
+    void fgd_barrier() noexcept nogil
+
+include "ops_codes.pxi"
+
+MAX_LAYERS = FGD_COLS_MAXL
+MAX_THREADS = FGD_COLS_MAXT
+HIDDEN_ACTIVATIONS = (ACT_RELU, ACT_LEAKY_RELU, ACT_LINEAR)
+OUTPUT_ACTIVATIONS = (ACT_SOFTMAX, ACT_SIGMOID, ACT_LINEAR)
+
+
+def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_scale,
+                     const int64_t[::1] order, const float[:, ::1] targets,
+                     const int32_t[::1] labels, const double[::1] lrs, int64_t batch_size,
+                     int hidden_act, int out_act, int loss, int threads, double[::1] loss_out,
+                     int64_t[::1] correct_out):
+    """Plain SGD over the minibatches of `order` (rows of X: uint8 scaled by x_scale, or
+    float32), `threads` column slices (run by up to that many OpenMP threads). params: the
+    padded parameter vector (layout `lay`, dense_sgd.pyx), updated in place. Thread slice v's
+    loss sum and correct count go to loss_out[v], correct_out[v]."""
+    cdef fgd_cols_net net
+    cdef int L = <int>lay.shape[0]
+    cdef int64_t m = order.shape[0]
+    cdef int64_t n_steps, l, i
+    cdef float lut[256]
+    cdef const uint8_t* xu8 = NULL
+    cdef const float* xf = NULL
+    cdef const uint8_t[:, ::1] xu_view
+    cdef const float[:, ::1] xf_view
+    cdef float* P = &params[0]
+    cdef const int64_t* od = &order[0] if m > 0 else NULL
+    cdef const double* lr = &lrs[0] if lrs.shape[0] > 0 else NULL
+    cdef const float* tg = &targets[0, 0] if targets.shape[0] > 0 else NULL
+    cdef const int32_t* lab = &labels[0] if labels.shape[0] > 0 else NULL
+    cdef double* lo = &loss_out[0]
+    cdef long* co = <long*>&correct_out[0]
+    cdef int tid, nt, v, VT = threads
+    cdef int64_t step, Bc, B1, B = batch_size, last
+    cdef float coef
+    cdef float* Xc
+    cdef int64_t nrows
+    if sizeof(long) != 8:
+        raise RuntimeError("the cols epoch needs 64-bit long")
+    if L < 2 or L > FGD_COLS_MAXL or lay.shape[1] < 5:
+        raise ValueError(f"the cols epoch takes 2 to {FGD_COLS_MAXL} layers")
+    if threads < 1 or threads > FGD_COLS_MAXT:
+        raise ValueError(f"threads must be 1..{FGD_COLS_MAXT}")
+    if batch_size < 1 or m == 0:
+        raise ValueError("empty order or batch_size < 1")
+    n_steps = (m + batch_size - 1) // batch_size
+    if lrs.shape[0] < n_steps or loss_out.shape[0] < threads or correct_out.shape[0] < threads:
+        raise ValueError("too few learning rates or output slots")
+    if hidden_act not in HIDDEN_ACTIVATIONS or out_act not in OUTPUT_ACTIVATIONS:
+        raise ValueError("the cols epoch takes relu/leaky_relu/linear hidden layers and a "
+                         "softmax/sigmoid/linear output")
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or not X.flags.c_contiguous:
+        raise ValueError("X must be a C-contiguous 2-D array")
+    if X.shape[1] != lay[0, 2]:
+        raise ValueError("X does not have the network's input width")
+    if X.dtype == np.uint8:
+        xu_view = X
+        xu8 = &xu_view[0, 0] if X.shape[0] > 0 else NULL
+    elif X.dtype == np.float32:
+        xf_view = X
+        xf = &xf_view[0, 0] if X.shape[0] > 0 else NULL
+    else:
+        raise TypeError(f"the cols epoch takes uint8 or float32 X, got {X.dtype}")
+    nrows = X.shape[0]
+    if targets.shape[0] != nrows or labels.shape[0] != nrows or targets.shape[1] != lay[L - 1, 3]:
+        raise ValueError("targets (rows, n_out) and labels (rows,) must match X")
+    for i in range(m):
+        if order[i] < 0 or order[i] >= nrows:
+            raise ValueError("order holds a row outside X")
+    net.L = L
+    net.T = VT
+    net.B = batch_size
+    last = 0
+    for l in range(L):
+        net.n_in[l] = lay[l, 2]
+        net.n_out[l] = lay[l, 3]
+        net.pad[l] = lay[l, 4]
+        net.w_off[l] = lay[l, 0]
+        net.b_off[l] = lay[l, 1]
+        if (lay[l, 4] % 16 != 0 or lay[l, 4] < lay[l, 3] or lay[l, 1] != lay[l, 0] + lay[l, 2] * lay[l, 4]
+                or lay[l, 0] < last or lay[l, 1] + lay[l, 4] > params.shape[0]
+                or (l > 0 and lay[l, 2] != lay[l - 1, 3])):
+            raise ValueError("the layout table does not fit the parameters")
+        last = lay[l, 1] + lay[l, 4]
+    net.hidden_act = hidden_act
+    net.out_act = out_act
+    net.loss = loss
+    net.slope = <float>FGD_LEAKY_SLOPE
+    for i in range(256):
+        lut[i] = (<float>i) * (<float>x_scale)
+    if fgd_cols_alloc(&net) != 0:
+        raise MemoryError("the cols epoch's buffers")
+    try:
+        with nogil, parallel(num_threads=threads):
+            tid = fgd_thread_num()
+            nt = fgd_num_threads()
+            # slices v = tid, tid + nt, ...: every slice runs even if OpenMP gives fewer threads
+            v = tid
+            while v < VT:
+                fgd_cols_copy(&net, P, v, 0)
+                fgd_cols_gather(&net, net.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
+                                min(B, m) * (v + 1) // VT)
+                v = v + nt
+            fgd_barrier()
+            for step in range(n_steps):
+                Bc = min(B, m - step * B)
+                Xc = net.X[step % 2]
+                coef = <float>(-lr[step] / Bc)
+                for l in range(L - 1):
+                    v = tid
+                    while v < VT:
+                        fgd_cols_forward(&net, P, <int>l, v, Bc, Xc)
+                        v = v + nt
+                    fgd_barrier()
+                    if l == 0 and step + 1 < n_steps:  # the next rows, into the other buffer
+                        B1 = min(B, m - (step + 1) * B)
+                        v = tid
+                        while v < VT:
+                            fgd_cols_gather(&net, net.X[(step + 1) % 2], xu8, xf, lut,
+                                            od + (step + 1) * B, B1 * v // VT, B1 * (v + 1) // VT)
+                            v = v + nt
+                v = tid
+                while v < VT:
+                    fgd_cols_output(&net, P, Bc * v // VT, Bc * (v + 1) // VT, od + step * B, tg,
+                                    lab, lo + v, co + v)
+                    v = v + nt
+                fgd_barrier()
+                v = tid
+                while v < VT:
+                    fgd_cols_backward_top(&net, P, v, Bc, coef)
+                    v = v + nt
+                for l in range(L - 2, 0, -1):
+                    v = tid
+                    while v < VT:
+                        fgd_cols_backward_partial(&net, P, <int>l, v, Bc, coef)
+                        v = v + nt
+                    fgd_barrier()
+                    v = tid
+                    while v < VT:
+                        fgd_cols_reduce(&net, <int>l, v, Bc)
+                        v = v + nt
+                v = tid
+                while v < VT:
+                    fgd_cols_update_first(&net, P, v, Bc, coef, Xc)
+                    v = v + nt
+            fgd_barrier()
+            v = tid
+            while v < VT:
+                fgd_cols_copy(&net, P, v, 1)
+                v = v + nt
+    finally:
+        fgd_cols_free(&net)
