@@ -68,7 +68,7 @@ static inline __attribute__((always_inline)) fgd_vfa fgd_dact_v(fgd_vfa d, fgd_v
 
 /* One tile: mr rows x nr vectors (compile-time constants after inlining). */
 static inline __attribute__((always_inline)) void fgd_tile(
-        const int mr, const int nr, long K, const float* A, long rsa, long csa,
+        const int mr, const int nr, long K, const int* kidx, const float* A, long rsa, long csa,
         const float* B, long ldb, float* C, long ldc, int epi, const float* bias,
         const float* X, float coef, int act, float slope) {
     fgd_vfa acc[8][4];
@@ -77,18 +77,28 @@ static inline __attribute__((always_inline)) void fgd_tile(
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < nr; v++) acc[r][v] = (fgd_vfa){0};
-    for (long k = 0; k < K; k++) {
-        const float* bk = B + k * ldb;
-        const float* ak = A + k * csa;
-#pragma GCC unroll 4
-        for (int v = 0; v < nr; v++) b[v] = fgd_ld(bk + 16 * v);
-#pragma GCC unroll 16
-        for (int r = 0; r < mr; r++) {
-            float a = ak[r * rsa];
-#pragma GCC unroll 4
-            for (int v = 0; v < nr; v++) acc[r][v] += a * b[v];
-        }
+#define FGD_TILE_STEP(k)                                                                 \
+    {                                                                                    \
+        const float* bk = B + (k) * ldb;                                                 \
+        const float* ak = A + (k) * csa;                                                 \
+        _Pragma("GCC unroll 4")                                                          \
+        for (int v = 0; v < nr; v++) b[v] = fgd_ld(bk + 16 * v);                         \
+        _Pragma("GCC unroll 16")                                                         \
+        for (int r = 0; r < mr; r++) {                                                   \
+            float a = ak[r * rsa];                                                       \
+            _Pragma("GCC unroll 4")                                                      \
+            for (int v = 0; v < nr; v++) acc[r][v] += a * b[v];                          \
+        }                                                                                \
     }
+    if (kidx != NULL) {
+        for (long q = 0; q < K; q++) {
+            long k = kidx[q];
+            FGD_TILE_STEP(k)
+        }
+    } else {
+        for (long k = 0; k < K; k++) FGD_TILE_STEP(k)
+    }
+#undef FGD_TILE_STEP
 #pragma GCC unroll 16
     for (int r = 0; r < mr; r++) {
         float* c = C + r * ldc;
@@ -103,8 +113,8 @@ static inline __attribute__((always_inline)) void fgd_tile(
     }
 }
 
-#define FGD_TILE_ARGS K, A, rsa, csa, B, ldb, C, ldc, epi, bias, X, coef, act, slope
-#define FGD_TILE_PARAMS long K, const float* A, long rsa, long csa, const float* B, long ldb, \
+#define FGD_TILE_ARGS K, kidx, A, rsa, csa, B, ldb, C, ldc, epi, bias, X, coef, act, slope
+#define FGD_TILE_PARAMS long K, const int* kidx, const float* A, long rsa, long csa, const float* B, long ldb, \
     float* C, long ldc, int epi, const float* bias, const float* X, float coef, int act, float slope
 
 /* tiles of nr vectors and 1..FGD_MR rows (mr >= 1) */
@@ -136,37 +146,83 @@ static inline void fgd_rowblock(int mr, long N, FGD_TILE_PARAMS) {
     long j = 0;
     for (; j + 16 * FGD_NR <= N; j += 16 * FGD_NR) {
 #if FGD_NR == 4
-        fgd_tile_n4(mr, K, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
+        fgd_tile_n4(mr, K, kidx, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
                     X ? X + j : 0, coef, act, slope);
 #elif FGD_NR == 3
-        fgd_tile_n3(mr, K, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
+        fgd_tile_n3(mr, K, kidx, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
                     X ? X + j : 0, coef, act, slope);
 #else
-        fgd_tile_n2(mr, K, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
+        fgd_tile_n2(mr, K, kidx, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
                     X ? X + j : 0, coef, act, slope);
 #endif
     }
     for (; j + 32 <= N; j += 32)
-        fgd_tile_n2(mr, K, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
+        fgd_tile_n2(mr, K, kidx, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
                     X ? X + j : 0, coef, act, slope);
     for (; j < N; j += 16)
-        fgd_tile_n1(mr, K, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
+        fgd_tile_n1(mr, K, kidx, A, rsa, csa, B + j, ldb, C + j, ldc, epi, bias ? bias + j : 0,
                     X ? X + j : 0, coef, act, slope);
 }
 
-/* The GEMM described at the top (N: a multiple of 16; M, K >= 0). */
-static void fgd_gemm(long M, long N, FGD_TILE_PARAMS) {
-    long i = 0;
+/* The GEMM described at the top (N: a multiple of 16; M, K >= 0). With kl (not NULL), the
+   k of row block b (rows b*FGD_MR..) run over the kn[b] indices kl[b*K ..] only (the others
+   hold zeros in A: fgd_klist_*), e.g. the zero pixels of a minibatch's sparse input. */
+static void fgd_gemm(long M, long N, long K, const int* kl, const int* kn, const float* A,
+                     long rsa, long csa, const float* B, long ldb, float* C, long ldc, int epi,
+                     const float* bias, const float* X, float coef, int act, float slope) {
     if (N <= 0 || M <= 0) return;
     if (K <= 0 && epi == FGD_ACC) return;
-    for (; i + FGD_MR <= M; i += FGD_MR)
-        fgd_rowblock(FGD_MR, N, K, A + i * rsa, rsa, csa, B, ldb, C + i * ldc, ldc, epi, bias,
-                     X ? X + i * ldc : 0, coef, act, slope);
-    if (i < M)
-        fgd_rowblock((int)(M - i), N, K, A + i * rsa, rsa, csa, B, ldb, C + i * ldc, ldc, epi,
-                     bias, X ? X + i * ldc : 0, coef, act, slope);
+    for (long i = 0, blk = 0; i < M; i += FGD_MR, blk++) {
+        int mr = M - i < FGD_MR ? (int)(M - i) : FGD_MR;
+        fgd_rowblock(mr, N, kl ? kn[blk] : K, kl ? kl + blk * K : NULL, A + i * rsa, rsa, csa, B,
+                     ldb, C + i * ldc, ldc, epi, bias, X ? X + i * ldc : 0, coef, act, slope);
+    }
 }
 
+/* Index lists for fgd_gemm over a minibatch's input nz (rows x ldz bytes, 1 where the input
+   is not zero; ldz >= n + 8, padded with zeros):
+   fgd_klist_rows: row blocks of FGD_MR rows (samples), k over the n columns (pixels) that are
+     non-zero in any row of the block (the first layer's forward);
+   fgd_klist_cols: row blocks of FGD_MR columns (pixels), k over the rows (samples) non-zero in
+     any column of the block (the first layer's weight update). */
+static void fgd_klist_rows(const unsigned char* nz, long ldz, long rows, long n, int* kl, int* kn) {
+    unsigned char any[ldz];
+    for (long i = 0, blk = 0; i < rows; i += FGD_MR, blk++) {
+        long r1 = i + FGD_MR < rows ? i + FGD_MR : rows;
+        memcpy(any, nz + i * ldz, ldz);
+        for (long r = i + 1; r < r1; r++)
+            for (long k = 0; k < ldz; k++) any[k] |= nz[r * ldz + k];
+        int* out = kl + blk * n;
+        int q = 0;
+        for (long k = 0; k < n; k += 8) {
+            uint64_t w;
+            memcpy(&w, any + k, 8);
+            while (w) {
+                int bit = __builtin_ctzll(w);
+                long kk = k + bit / 8;
+                if (kk < n) out[q++] = (int)kk;
+                w &= ~(0xFFull << (bit & ~7));
+            }
+        }
+        kn[blk] = q;
+    }
+}
+
+static void fgd_klist_cols(const unsigned char* nz, long ldz, long rows, long n, int* kl, int* kn) {
+    const uint64_t mask = FGD_MR >= 8 ? ~0ull : ((1ull << (8 * FGD_MR)) - 1);
+    for (long i = 0, blk = 0; i < n; i += FGD_MR, blk++) {
+        uint64_t m = mask;
+        if (n - i < FGD_MR) m = (1ull << (8 * (n - i))) - 1;
+        int* out = kl + blk * rows;
+        int q = 0;
+        for (long s = 0; s < rows; s++) {
+            uint64_t w;
+            memcpy(&w, nz + s * ldz + i, 8);
+            if (w & m) out[q++] = (int)s;
+        }
+        kn[blk] = q;
+    }
+}
 
 /* ---- the "cols" training step ------------------------------------------------------------
    Network of L >= 2 dense layers, float32: hidden layers l < L-1 (activation relu, leaky_relu
@@ -210,6 +266,13 @@ typedef struct {
     float* WoT;                              /* pad_o x pad_{L-2}: output weights transposed */
     float* Zo; float* Ao; float* Do;         /* B x pad_o: output z, activation, delta */
     float* X[2];                             /* B x n_in_0: the step's input rows (two steps) */
+    int sparse0;                             /* skip the input's zeros in the first layer */
+    long ldz;                                /* n_in_0 + 8, rounded up to 64 */
+    unsigned char* nz[FGD_COLS_MAXT];        /* B x ldz: the step's input != 0 (thread t's copy) */
+    int* klf[FGD_COLS_MAXT];                 /* ceil(B / MR) x n_in_0: forward k lists */
+    int* knf[FGD_COLS_MAXT];                 /* ceil(B / MR) */
+    int* klu[FGD_COLS_MAXT];                 /* ceil(n_in_0 / MR) x B: update k lists */
+    int* knu[FGD_COLS_MAXT];                 /* ceil(n_in_0 / MR) */
     void* mem;                               /* one allocation holding all of the above */
 } fgd_cols_net;
 
@@ -242,6 +305,17 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
     long off_WoT = FGD_TAKE(po * net->pad[L - 2]);
     long off_Zo = FGD_TAKE(B * po), off_Ao = FGD_TAKE(B * po), off_Do = FGD_TAKE(B * po);
     long off_X0 = FGD_TAKE(B * net->n_in[0]), off_X1 = FGD_TAKE(B * net->n_in[0]);
+    long n0 = net->n_in[0], nbf = (B + FGD_MR - 1) / FGD_MR, nbu = (n0 + FGD_MR - 1) / FGD_MR;
+    long off_nz[FGD_COLS_MAXT], off_klf[FGD_COLS_MAXT], off_knf[FGD_COLS_MAXT],
+         off_klu[FGD_COLS_MAXT], off_knu[FGD_COLS_MAXT];
+    net->ldz = (n0 + 8 + 63) / 64 * 64;
+    for (int t = 0; t < T && net->sparse0; t++) {  /* ints and bytes counted as floats: 4 bytes */
+        off_nz[t] = FGD_TAKE((B * net->ldz + 3) / 4);
+        off_klf[t] = FGD_TAKE(nbf * n0);
+        off_knf[t] = FGD_TAKE(nbf);
+        off_klu[t] = FGD_TAKE(nbu * B);
+        off_knu[t] = FGD_TAKE(nbu);
+    }
 #undef FGD_TAKE
     float* m = (float*)aligned_alloc(4096, (size_t)total * sizeof(float) + 4096);
     if (m == NULL) return -1;
@@ -257,6 +331,13 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
     net->WoT = m + off_WoT;
     net->Zo = m + off_Zo; net->Ao = m + off_Ao; net->Do = m + off_Do;
     net->X[0] = m + off_X0; net->X[1] = m + off_X1;
+    for (int t = 0; t < T; t++) {
+        net->nz[t] = net->sparse0 ? (unsigned char*)(m + off_nz[t]) : NULL;
+        net->klf[t] = net->sparse0 ? (int*)(m + off_klf[t]) : NULL;
+        net->knf[t] = net->sparse0 ? (int*)(m + off_knf[t]) : NULL;
+        net->klu[t] = net->sparse0 ? (int*)(m + off_klu[t]) : NULL;
+        net->knu[t] = net->sparse0 ? (int*)(m + off_knu[t]) : NULL;
+    }
     return 0;
 }
 
@@ -300,7 +381,20 @@ static void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, lo
     long c0 = net->c0[l][t], w = net->c1[l][t] - c0, pad = net->pad[l];
     const float* in = l == 0 ? X : net->A[l - 1];
     long lda = l == 0 ? net->n_in[0] : net->pad[l - 1];
-    fgd_gemm(Bc, w, net->n_in[l], in, lda, 1, net->Wt[l][t], w, net->A[l] + c0, pad,
+    const int* kl = NULL;
+    const int* kn = NULL;
+    if (l == 0 && net->sparse0) {  /* this step's zero-skipping lists (thread t's copy) */
+        long n = net->n_in[0], ldz = net->ldz;
+        unsigned char* nz = net->nz[t];
+        for (long s = 0; s < Bc; s++)
+            for (long k = 0; k < ldz; k++) nz[s * ldz + k] = k < n && X[s * n + k] != 0.0f;
+        fgd_klist_rows(nz, ldz, Bc, n, net->klf[t], net->knf[t]);
+        fgd_klist_cols(nz, ldz, Bc, n, net->klu[t], net->knu[t]);
+        kl = net->klf[t];
+        kn = net->knf[t];
+    }
+    if (w == 0) return;
+    fgd_gemm(Bc, w, net->n_in[l], kl, kn, in, lda, 1, net->Wt[l][t], w, net->A[l] + c0, pad,
              FGD_BIAS_ACT, P + net->b_off[l] + c0, NULL, 0.0f, net->hidden_act, net->slope);
 }
 
@@ -377,7 +471,7 @@ static void fgd_cols_output(fgd_cols_net* net, const float* P, long s0, long s1,
     double ls = 0;
     long nc = 0;
     if (s1 <= s0) return;
-    fgd_gemm(s1 - s0, po, net->n_in[L - 1], net->A[L - 2] + s0 * net->pad[L - 2], net->pad[L - 2],
+    fgd_gemm(s1 - s0, po, net->n_in[L - 1], NULL, NULL, net->A[L - 2] + s0 * net->pad[L - 2], net->pad[L - 2],
              1, P + net->w_off[L - 1], po, net->Zo + s0 * po, po, FGD_BIAS_ACT,
              P + net->b_off[L - 1], NULL, 0.0f, FGD_ACT_LINEAR, 0.0f);
     for (long s = s0; s < s1; s++)
@@ -407,11 +501,11 @@ static void fgd_cols_backward_top(fgd_cols_net* net, float* P, int t, long Bc, f
     if (c1 > c0) {
         for (long i = c0; i < r1; i++)
             for (long j = 0; j < po; j++) net->WoT[j * ph + i] = Wo[i * po + j];
-        fgd_gemm(Bc, c1 - c0, net->n_out[L - 1], net->Do, po, 1, net->WoT + c0, ph,
+        fgd_gemm(Bc, c1 - c0, net->n_out[L - 1], NULL, NULL, net->Do, po, 1, net->WoT + c0, ph,
                  net->D[h] + c0, ph, FGD_DACT, NULL, net->A[h] + c0, 0.0f, net->hidden_act,
                  net->slope);
         if (r1 > c0)
-            fgd_gemm(r1 - c0, po, Bc, net->A[h] + c0, 1, ph, net->Do, po, Wo + c0 * po, po,
+            fgd_gemm(r1 - c0, po, Bc, NULL, NULL, net->A[h] + c0, 1, ph, net->Do, po, Wo + c0 * po, po,
                      FGD_ACC, NULL, NULL, coef, 0, 0.0f);
     }
     if (t == net->T - 1) fgd_cols_bias(P + net->b_off[L - 1], net->Do, po, 0, po, Bc, coef);
@@ -427,9 +521,9 @@ static void fgd_cols_backward_partial(fgd_cols_net* net, float* P, int l, int t,
     if (w == 0) return;
     for (long j = c0; j < c1; j++)
         for (long s = 0; s < Bc; s++) DT[j * Bp + s] = net->D[l][s * pad + j];
-    fgd_gemm(net->n_in[l], Bcp, w, net->Wt[l][t], w, 1, DT + c0 * Bp, Bp, net->PT[l][t], Bp,
+    fgd_gemm(net->n_in[l], Bcp, w, NULL, NULL, net->Wt[l][t], w, 1, DT + c0 * Bp, Bp, net->PT[l][t], Bp,
              FGD_STORE, NULL, NULL, 0.0f, 0, 0.0f);
-    fgd_gemm(net->n_in[l], w, Bc, net->A[l - 1], 1, net->pad[l - 1], net->D[l] + c0, pad,
+    fgd_gemm(net->n_in[l], w, Bc, NULL, NULL, net->A[l - 1], 1, net->pad[l - 1], net->D[l] + c0, pad,
              net->Wt[l][t], w, FGD_ACC, NULL, NULL, coef, 0, 0.0f);
     fgd_cols_bias(P + net->b_off[l], net->D[l], pad, c0, c1, Bc, coef);
 }
@@ -472,7 +566,7 @@ static void fgd_cols_update_first(fgd_cols_net* net, float* P, int t, long Bc, f
                                   const float* X) {
     long c0 = net->c0[0][t], c1 = net->c1[0][t], w = c1 - c0, pad = net->pad[0];
     if (w == 0) return;
-    fgd_gemm(net->n_in[0], w, Bc, X, 1, net->n_in[0], net->D[0] + c0, pad, net->Wt[0][t], w,
+    fgd_gemm(net->n_in[0], w, Bc, net->klu[t], net->knu[t], X, 1, net->n_in[0], net->D[0] + c0, pad, net->Wt[0][t], w,
              FGD_ACC, NULL, NULL, coef, 0, 0.0f);
     fgd_cols_bias(P + net->b_off[0], net->D[0], pad, c0, c1, Bc, coef);
 }
