@@ -32,6 +32,7 @@ cdef extern from "fastgd_gemm.h":
         float slope
         float* X[2]
         int sparse0
+        void* mem
     int fgd_cols_alloc(fgd_cols_net* net) noexcept nogil
     void fgd_cols_free(fgd_cols_net* net) noexcept nogil
     void fgd_cols_copy(fgd_cols_net* net, float* P, int t, int store) noexcept nogil
@@ -62,18 +63,36 @@ HIDDEN_ACTIVATIONS = (ACT_RELU, ACT_LEAKY_RELU, ACT_LINEAR)
 OUTPUT_ACTIVATIONS = (ACT_SOFTMAX, ACT_SIGMOID, ACT_LINEAR)
 
 
+cdef class ColsWork:
+    """The cols epoch's buffers (fgd_cols_alloc), kept between calls of one fit so that a call
+    does not pay for ~10 MB of fresh pages (measured ~2 ms per call); reused only by a call of
+    the same shape (layout, batch size, threads, sparse_input)."""
+    cdef fgd_cols_net net
+    cdef readonly object key
+
+    def __cinit__(self):
+        self.net.mem = NULL
+        self.key = None
+
+    def __dealloc__(self):
+        fgd_cols_free(&self.net)
+
+
 def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_scale,
                      const int64_t[::1] order, const float[:, ::1] targets,
                      const int32_t[::1] labels, const double[::1] lrs, int64_t batch_size,
                      int hidden_act, int out_act, int loss, int threads, double[::1] loss_out,
-                     int64_t[::1] correct_out, bint sparse_input=False):
+                     int64_t[::1] correct_out, bint sparse_input=False, ColsWork work=None):
     """Plain SGD over the minibatches of `order` (rows of X: uint8 scaled by x_scale, or
     float32), `threads` column slices (run by up to that many OpenMP threads). params: the
     padded parameter vector (layout `lay`, dense_sgd.pyx), updated in place. Thread slice v's
     loss sum and correct count go to loss_out[v], correct_out[v]. sparse_input: the first layer
     skips, per block of rows, the input columns that are zero in all of them (and its update
-    the rows that are zero in a block of columns): worth it on mostly-zero input like MNIST."""
-    cdef fgd_cols_net net
+    the rows that are zero in a block of columns): worth it on mostly-zero input like MNIST.
+    work: a ColsWork to keep the buffers in between calls (None: allocated for this call)."""
+    cdef fgd_cols_net* netp
+    cdef fgd_cols_net local
+    cdef ColsWork work_
     cdef int L = <int>lay.shape[0]
     cdef int64_t m = order.shape[0]
     cdef int64_t n_steps, l, i
@@ -126,87 +145,99 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     for i in range(m):
         if order[i] < 0 or order[i] >= nrows:
             raise ValueError("order holds a row outside X")
-    net.L = L
-    net.T = VT
-    net.B = batch_size
+    local.L = L
+    local.T = VT
+    local.B = batch_size
     last = 0
     for l in range(L):
-        net.n_in[l] = lay[l, 2]
-        net.n_out[l] = lay[l, 3]
-        net.pad[l] = lay[l, 4]
-        net.w_off[l] = lay[l, 0]
-        net.b_off[l] = lay[l, 1]
+        local.n_in[l] = lay[l, 2]
+        local.n_out[l] = lay[l, 3]
+        local.pad[l] = lay[l, 4]
+        local.w_off[l] = lay[l, 0]
+        local.b_off[l] = lay[l, 1]
         if (lay[l, 4] % 16 != 0 or lay[l, 4] < lay[l, 3] or lay[l, 1] != lay[l, 0] + lay[l, 2] * lay[l, 4]
                 or lay[l, 0] < last or lay[l, 1] + lay[l, 4] > params.shape[0]
                 or (l > 0 and lay[l, 2] != lay[l - 1, 3])):
             raise ValueError("the layout table does not fit the parameters")
         last = lay[l, 1] + lay[l, 4]
-    net.hidden_act = hidden_act
-    net.out_act = out_act
-    net.loss = loss
-    net.slope = <float>FGD_LEAKY_SLOPE
-    net.sparse0 = 1 if sparse_input else 0
+    local.hidden_act = hidden_act
+    local.out_act = out_act
+    local.loss = loss
+    local.slope = <float>FGD_LEAKY_SLOPE
+    local.sparse0 = 1 if sparse_input else 0
     for i in range(256):
         lut[i] = (<float>i) * (<float>x_scale)
-    if fgd_cols_alloc(&net) != 0:
-        raise MemoryError("the cols epoch's buffers")
-    try:
+    key = (bytes(np.asarray(lay)), batch_size, threads, bool(sparse_input))
+    if work is None:
+        work = ColsWork()
+    if work.key != key or work.net.mem == NULL:
+        fgd_cols_free(&work.net)
+        work.key = None
+        work.net = local
+        work.net.mem = NULL
+        if fgd_cols_alloc(&work.net) != 0:
+            raise MemoryError("the cols epoch's buffers")
+        work.key = key
+    else:  # the same shapes: only the activation and loss codes may differ
+        work.net.hidden_act = hidden_act
+        work.net.out_act = out_act
+        work.net.loss = loss
+    netp = &work.net
+    if True:
         with nogil, parallel(num_threads=threads):
             tid = fgd_thread_num()
             nt = fgd_num_threads()
             # slices v = tid, tid + nt, ...: every slice runs even if OpenMP gives fewer threads
             v = tid
             while v < VT:
-                fgd_cols_copy(&net, P, v, 0)
-                fgd_cols_gather(&net, net.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
+                fgd_cols_copy(netp, P, v, 0)
+                fgd_cols_gather(netp, netp.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
                                 min(B, m) * (v + 1) // VT)
                 v = v + nt
             fgd_barrier()
             for step in range(n_steps):
                 Bc = min(B, m - step * B)
-                Xc = net.X[step % 2]
+                Xc = netp.X[step % 2]
                 coef = <float>(-lr[step] / Bc)
                 for l in range(L - 1):
                     v = tid
                     while v < VT:
-                        fgd_cols_forward(&net, P, <int>l, v, Bc, Xc)
+                        fgd_cols_forward(netp, P, <int>l, v, Bc, Xc)
                         v = v + nt
                     fgd_barrier()
                     if l == 0 and step + 1 < n_steps:  # the next rows, into the other buffer
                         B1 = min(B, m - (step + 1) * B)
                         v = tid
                         while v < VT:
-                            fgd_cols_gather(&net, net.X[(step + 1) % 2], xu8, xf, lut,
+                            fgd_cols_gather(netp, netp.X[(step + 1) % 2], xu8, xf, lut,
                                             od + (step + 1) * B, B1 * v // VT, B1 * (v + 1) // VT)
                             v = v + nt
                 v = tid
                 while v < VT:
-                    fgd_cols_output(&net, P, Bc * v // VT, Bc * (v + 1) // VT, od + step * B, tg,
+                    fgd_cols_output(netp, P, Bc * v // VT, Bc * (v + 1) // VT, od + step * B, tg,
                                     lab, lo + v, co + v)
                     v = v + nt
                 fgd_barrier()
                 v = tid
                 while v < VT:
-                    fgd_cols_backward_top(&net, P, v, Bc, coef)
+                    fgd_cols_backward_top(netp, P, v, Bc, coef)
                     v = v + nt
                 for l in range(L - 2, 0, -1):
                     v = tid
                     while v < VT:
-                        fgd_cols_backward_partial(&net, P, <int>l, v, Bc, coef)
+                        fgd_cols_backward_partial(netp, P, <int>l, v, Bc, coef)
                         v = v + nt
                     fgd_barrier()
                     v = tid
                     while v < VT:
-                        fgd_cols_reduce(&net, <int>l, v, Bc)
+                        fgd_cols_reduce(netp, <int>l, v, Bc)
                         v = v + nt
                 v = tid
                 while v < VT:
-                    fgd_cols_update_first(&net, P, v, Bc, coef, Xc)
+                    fgd_cols_update_first(netp, P, v, Bc, coef, Xc)
                     v = v + nt
             fgd_barrier()
             v = tid
             while v < VT:
-                fgd_cols_copy(&net, P, v, 1)
+                fgd_cols_copy(netp, P, v, 1)
                 v = v + nt
-    finally:
-        fgd_cols_free(&net)
