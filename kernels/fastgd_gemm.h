@@ -185,8 +185,8 @@ static void fgd_gemm(long M, long N, long K, const int* kl, const int* kn, const
      non-zero in any row of the block (the first layer's forward);
    fgd_klist_cols: row blocks of FGD_MR columns (pixels), k over the rows (samples) non-zero in
      any column of the block (the first layer's weight update). */
-static void fgd_klist_rows(const unsigned char* nz, long ldz, long rows, long n, int* kl, int* kn) {
-    unsigned char any[ldz];
+static void fgd_klist_rows(const unsigned char* nz, long ldz, long rows, long n, int* kl, int* kn,
+                           unsigned char* any /* ldz bytes of room */) {
     for (long i = 0, blk = 0; i < rows; i += FGD_MR, blk++) {
         long r1 = i + FGD_MR < rows ? i + FGD_MR : rows;
         memcpy(any, nz + i * ldz, ldz);
@@ -268,7 +268,8 @@ typedef struct {
     float* X[2];                             /* B x n_in_0: the step's input rows (two steps) */
     int sparse0;                             /* skip the input's zeros in the first layer */
     long ldz;                                /* n_in_0 + 8, rounded up to 64 */
-    unsigned char* nz[FGD_COLS_MAXT];        /* B x ldz: the step's input != 0 (thread t's copy) */
+    unsigned char* nz[FGD_COLS_MAXT];        /* (B + 1) x ldz: the step's input != 0 (thread t's
+                                                copy), then room for fgd_klist_rows */
     int* klf[FGD_COLS_MAXT];                 /* ceil(B / MR) x n_in_0: forward k lists */
     int* knf[FGD_COLS_MAXT];                 /* ceil(B / MR) */
     int* klu[FGD_COLS_MAXT];                 /* ceil(n_in_0 / MR) x B: update k lists */
@@ -310,7 +311,7 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
          off_klu[FGD_COLS_MAXT], off_knu[FGD_COLS_MAXT];
     net->ldz = (n0 + 8 + 63) / 64 * 64;
     for (int t = 0; t < T && net->sparse0; t++) {  /* ints and bytes counted as floats: 4 bytes */
-        off_nz[t] = FGD_TAKE((B * net->ldz + 3) / 4);
+        off_nz[t] = FGD_TAKE(((B + 1) * net->ldz + 3) / 4);
         off_klf[t] = FGD_TAKE(nbf * n0);
         off_knf[t] = FGD_TAKE(nbf);
         off_klu[t] = FGD_TAKE(nbu * B);
@@ -388,7 +389,7 @@ static void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, lo
         unsigned char* nz = net->nz[t];
         for (long s = 0; s < Bc; s++)
             for (long k = 0; k < ldz; k++) nz[s * ldz + k] = k < n && X[s * n + k] != 0.0f;
-        fgd_klist_rows(nz, ldz, Bc, n, net->klf[t], net->knf[t]);
+        fgd_klist_rows(nz, ldz, Bc, n, net->klf[t], net->knf[t], nz + net->B * ldz);
         fgd_klist_cols(nz, ldz, Bc, n, net->klu[t], net->knu[t]);
         kl = net->klf[t];
         kn = net->knf[t];
