@@ -25,6 +25,9 @@
 #include <string.h>
 #include <stdint.h>
 #include <math.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include "fastgd_simd.h"
 
 typedef float fgd_vf __attribute__((vector_size(64), aligned(4)));  /* unaligned 16 floats */
@@ -179,46 +182,59 @@ static void fgd_gemm(long M, long N, long K, const int* kl, const int* kn, const
     }
 }
 
-/* Index lists for fgd_gemm over a minibatch's input nz (rows x ldz bytes, 1 where the input
-   is not zero; ldz >= n + 8, padded with zeros):
+/* Index lists for fgd_gemm over a minibatch's input, given as bitmaps nz (rows x nw uint64
+   words, bit k of row r set where input (r, k) is not zero; nw >= n / 64 + 2, zero beyond n):
    fgd_klist_rows: row blocks of FGD_MR rows (samples), k over the n columns (pixels) that are
      non-zero in any row of the block (the first layer's forward);
    fgd_klist_cols: row blocks of FGD_MR columns (pixels), k over the rows (samples) non-zero in
      any column of the block (the first layer's weight update). */
-static void fgd_klist_rows(const unsigned char* nz, long ldz, long rows, long n, int* kl, int* kn,
-                           unsigned char* any /* ldz bytes of room */) {
+static void fgd_nz_bits(const float* X, long rows, long n, long nw, uint64_t* nz) {
+    for (long r = 0; r < rows; r++) {
+        const float* x = X + r * n;
+        uint64_t* z = nz + r * nw;
+        memset(z, 0, nw * sizeof(uint64_t));
+        long k = 0;
+#ifdef __AVX512F__
+        for (; k + 64 <= n; k += 64) {
+            uint64_t w = 0;
+            for (int q = 0; q < 4; q++)
+                w |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(x + k + 16 * q), _mm512_setzero_ps(),
+                                                  _CMP_NEQ_UQ) << (16 * q);
+            z[k / 64] = w;
+        }
+#endif
+        for (; k < n; k++) z[k / 64] |= (uint64_t)(x[k] != 0.0f) << (k % 64);
+    }
+}
+
+static void fgd_klist_rows(const uint64_t* nz, long nw, long rows, long n, int* kl, int* kn) {
     for (long i = 0, blk = 0; i < rows; i += FGD_MR, blk++) {
         long r1 = i + FGD_MR < rows ? i + FGD_MR : rows;
-        memcpy(any, nz + i * ldz, ldz);
-        for (long r = i + 1; r < r1; r++)
-            for (long k = 0; k < ldz; k++) any[k] |= nz[r * ldz + k];
         int* out = kl + blk * n;
         int q = 0;
-        for (long k = 0; k < n; k += 8) {
-            uint64_t w;
-            memcpy(&w, any + k, 8);
+        for (long j = 0; j * 64 < n; j++) {
+            uint64_t w = 0;
+            for (long r = i; r < r1; r++) w |= nz[r * nw + j];
             while (w) {
-                int bit = __builtin_ctzll(w);
-                long kk = k + bit / 8;
-                if (kk < n) out[q++] = (int)kk;
-                w &= ~(0xFFull << (bit & ~7));
+                out[q++] = (int)(j * 64 + __builtin_ctzll(w));
+                w &= w - 1;
             }
         }
         kn[blk] = q;
     }
 }
 
-static void fgd_klist_cols(const unsigned char* nz, long ldz, long rows, long n, int* kl, int* kn) {
-    const uint64_t mask = FGD_MR >= 8 ? ~0ull : ((1ull << (8 * FGD_MR)) - 1);
+static void fgd_klist_cols(const uint64_t* nz, long nw, long rows, long n, int* kl, int* kn) {
     for (long i = 0, blk = 0; i < n; i += FGD_MR, blk++) {
-        uint64_t m = mask;
-        if (n - i < FGD_MR) m = (1ull << (8 * (n - i))) - 1;
+        long j = i / 64, sh = i % 64;
+        uint64_t m = (1ull << FGD_MR) - 1;
         int* out = kl + blk * rows;
         int q = 0;
         for (long s = 0; s < rows; s++) {
-            uint64_t w;
-            memcpy(&w, nz + s * ldz + i, 8);
-            if (w & m) out[q++] = (int)s;
+            const uint64_t* z = nz + s * nw + j;
+            uint64_t w = (z[0] >> sh) | (sh ? z[1] << (64 - sh) : 0);
+            out[q] = (int)s;  /* kept when the block has a non-zero (branch-free) */
+            q += (w & m) != 0;
         }
         kn[blk] = q;
     }
@@ -267,9 +283,8 @@ typedef struct {
     float* Zo; float* Ao; float* Do;         /* B x pad_o: output z, activation, delta */
     float* X[2];                             /* B x n_in_0: the step's input rows (two steps) */
     int sparse0;                             /* skip the input's zeros in the first layer */
-    long ldz;                                /* n_in_0 + 8, rounded up to 64 */
-    unsigned char* nz[FGD_COLS_MAXT];        /* (B + 1) x ldz: the step's input != 0 (thread t's
-                                                copy), then room for fgd_klist_rows */
+    long nw;                                 /* words per row of nz: n_in_0 / 64 + 2 */
+    uint64_t* nz[FGD_COLS_MAXT];             /* B x nw: bitmaps of the step's input != 0 */
     int* klf[FGD_COLS_MAXT];                 /* ceil(B / MR) x n_in_0: forward k lists */
     int* knf[FGD_COLS_MAXT];                 /* ceil(B / MR) */
     int* klu[FGD_COLS_MAXT];                 /* ceil(n_in_0 / MR) x B: update k lists */
@@ -309,9 +324,9 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
     long n0 = net->n_in[0], nbf = (B + FGD_MR - 1) / FGD_MR, nbu = (n0 + FGD_MR - 1) / FGD_MR;
     long off_nz[FGD_COLS_MAXT], off_klf[FGD_COLS_MAXT], off_knf[FGD_COLS_MAXT],
          off_klu[FGD_COLS_MAXT], off_knu[FGD_COLS_MAXT];
-    net->ldz = (n0 + 8 + 63) / 64 * 64;
+    net->nw = n0 / 64 + 2;
     for (int t = 0; t < T && net->sparse0; t++) {  /* ints and bytes counted as floats: 4 bytes */
-        off_nz[t] = FGD_TAKE(((B + 1) * net->ldz + 3) / 4);
+        off_nz[t] = FGD_TAKE(2 * B * net->nw);
         off_klf[t] = FGD_TAKE(nbf * n0);
         off_knf[t] = FGD_TAKE(nbf);
         off_klu[t] = FGD_TAKE(nbu * B);
@@ -333,7 +348,7 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
     net->Zo = m + off_Zo; net->Ao = m + off_Ao; net->Do = m + off_Do;
     net->X[0] = m + off_X0; net->X[1] = m + off_X1;
     for (int t = 0; t < T; t++) {
-        net->nz[t] = net->sparse0 ? (unsigned char*)(m + off_nz[t]) : NULL;
+        net->nz[t] = net->sparse0 ? (uint64_t*)(m + off_nz[t]) : NULL;
         net->klf[t] = net->sparse0 ? (int*)(m + off_klf[t]) : NULL;
         net->knf[t] = net->sparse0 ? (int*)(m + off_knf[t]) : NULL;
         net->klu[t] = net->sparse0 ? (int*)(m + off_klu[t]) : NULL;
@@ -385,12 +400,10 @@ static void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, lo
     const int* kl = NULL;
     const int* kn = NULL;
     if (l == 0 && net->sparse0) {  /* this step's zero-skipping lists (thread t's copy) */
-        long n = net->n_in[0], ldz = net->ldz;
-        unsigned char* nz = net->nz[t];
-        for (long s = 0; s < Bc; s++)
-            for (long k = 0; k < ldz; k++) nz[s * ldz + k] = k < n && X[s * n + k] != 0.0f;
-        fgd_klist_rows(nz, ldz, Bc, n, net->klf[t], net->knf[t], nz + net->B * ldz);
-        fgd_klist_cols(nz, ldz, Bc, n, net->klu[t], net->knu[t]);
+        long n = net->n_in[0], nw = net->nw;
+        fgd_nz_bits(X, Bc, n, nw, net->nz[t]);
+        fgd_klist_rows(net->nz[t], nw, Bc, n, net->klf[t], net->knf[t]);
+        fgd_klist_cols(net->nz[t], nw, Bc, n, net->klu[t], net->knu[t]);
         kl = net->klf[t];
         kn = net->knf[t];
     }
