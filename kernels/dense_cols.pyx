@@ -57,6 +57,16 @@ cdef extern from "fastgd_simd.h":
 
 include "ops_codes.pxi"
 
+cdef inline bint consecutive(const int64_t* od, int64_t a, int64_t n) noexcept nogil:
+    """Whether rows od[a], od[a + 1], ... od[a + n - 1] follow each other (rows the backend has
+    already copied in visiting order): float32 input is then read in place, not gathered."""
+    cdef int64_t s
+    for s in range(1, n):
+        if od[a + s] != od[a] + s:
+            return False
+    return True
+
+
 MAX_LAYERS = FGD_COLS_MAXL
 MAX_THREADS = FGD_COLS_MAXT
 HIDDEN_ACTIVATIONS = (ACT_RELU, ACT_LEAKY_RELU, ACT_LINEAR)
@@ -111,7 +121,8 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     cdef int tid, nt, v, VT = threads
     cdef int64_t step, Bc, B1, B = batch_size, last
     cdef float coef
-    cdef float* Xc
+    cdef const float* Xc
+    cdef int64_t n0 = lay[0, 2]
     cdef int64_t nrows
     if sizeof(long) != 8:
         raise RuntimeError("the cols epoch needs 64-bit long")
@@ -191,13 +202,17 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
             v = tid
             while v < VT:
                 fgd_cols_copy(netp, P, v, 0)
-                fgd_cols_gather(netp, netp.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
-                                min(B, m) * (v + 1) // VT)
+                if xf == NULL or not consecutive(od, 0, min(B, m)):
+                    fgd_cols_gather(netp, netp.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
+                                    min(B, m) * (v + 1) // VT)
                 v = v + nt
             fgd_barrier()
             for step in range(n_steps):
                 Bc = min(B, m - step * B)
-                Xc = netp.X[step % 2]
+                if xf != NULL and consecutive(od, step * B, Bc):
+                    Xc = xf + od[step * B] * n0
+                else:
+                    Xc = netp.X[step % 2]
                 coef = <float>(-lr[step] / Bc)
                 for l in range(L - 1):
                     v = tid
@@ -207,7 +222,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
                     fgd_barrier()
                     if l == 0 and step + 1 < n_steps:  # the next rows, into the other buffer
                         B1 = min(B, m - (step + 1) * B)
-                        v = tid
+                        v = tid if xf == NULL or not consecutive(od, (step + 1) * B, B1) else VT
                         while v < VT:
                             fgd_cols_gather(netp, netp.X[(step + 1) % 2], xu8, xf, lut,
                                             od + (step + 1) * B, B1 * v // VT, B1 * (v + 1) // VT)
