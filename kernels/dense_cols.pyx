@@ -6,8 +6,8 @@ stays in its own L2 cache, instead of a slice of each minibatch's samples (dense
 micro-kernels are C, in fastgd_gemm.h (shapes and phases described there); this module only
 checks the arguments, allocates, and runs the phases with a barrier between them.
 
-Called by fastgd.backends.cython_backend with the padded parameter vector and layout table of
-dense_sgd.pyx (layer l: w_off, b_off, n_in, n_out, pad, ...)."""
+Called by fastgd.backends.cython_backend with the network's flat parameters (no padded copy:
+the kernel keeps its own zero-padded copies for the call)."""
 cimport cython
 from cython.parallel cimport parallel
 from libc.stdint cimport int64_t, int32_t, uint8_t
@@ -88,14 +88,15 @@ cdef class ColsWork:
         fgd_cols_free(&self.net)
 
 
-def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_scale,
+def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double x_scale,
                      const int64_t[::1] order, const float[:, ::1] targets,
                      const int32_t[::1] labels, const double[::1] lrs, int64_t batch_size,
                      int hidden_act, int out_act, int loss, int threads, double[::1] loss_out,
                      int64_t[::1] correct_out, bint sparse_input=False, ColsWork work=None):
     """Plain SGD over the minibatches of `order` (rows of X: uint8 scaled by x_scale, or
     float32), `threads` column slices (run by up to that many OpenMP threads). params: the
-    padded parameter vector (layout `lay`, dense_sgd.pyx), updated in place. Thread slice v's
+    network's flat parameter vector, layout its Network.layout_array() (layer l: w_off, b_off,
+    n_in, n_out), updated in place. Thread slice v's
     loss sum and correct count go to loss_out[v], correct_out[v]. sparse_input: the first layer
     skips, per block of rows, the input columns that are zero in all of them (and its update
     the rows that are zero in a block of columns): worth it on mostly-zero input like MNIST.
@@ -103,7 +104,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     cdef fgd_cols_net* netp
     cdef fgd_cols_net local
     cdef ColsWork work_
-    cdef int L = <int>lay.shape[0]
+    cdef int L = <int>layout.shape[0]
     cdef int64_t m = order.shape[0]
     cdef int64_t n_steps, l, i
     cdef float lut[256]
@@ -122,11 +123,11 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     cdef int64_t step, Bc, B1, B = batch_size, last
     cdef float coef
     cdef const float* Xc
-    cdef int64_t n0 = lay[0, 2]
+    cdef int64_t n0 = layout[0, 2] if layout.shape[0] > 0 and layout.shape[1] == 4 else 0
     cdef int64_t nrows
     if sizeof(long) != 8:
         raise RuntimeError("the cols epoch needs 64-bit long")
-    if L < 2 or L > FGD_COLS_MAXL or lay.shape[1] < 5:
+    if L < 2 or L > FGD_COLS_MAXL or layout.shape[1] != 4:
         raise ValueError(f"the cols epoch takes 2 to {FGD_COLS_MAXL} layers")
     if threads < 1 or threads > FGD_COLS_MAXT:
         raise ValueError(f"threads must be 1..{FGD_COLS_MAXT}")
@@ -140,7 +141,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
                          "softmax/sigmoid/linear output")
     if not isinstance(X, np.ndarray) or X.ndim != 2 or not X.flags.c_contiguous:
         raise ValueError("X must be a C-contiguous 2-D array")
-    if X.shape[1] != lay[0, 2]:
+    if X.shape[1] != n0:
         raise ValueError("X does not have the network's input width")
     if X.dtype == np.uint8:
         xu_view = X
@@ -151,7 +152,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     else:
         raise TypeError(f"the cols epoch takes uint8 or float32 X, got {X.dtype}")
     nrows = X.shape[0]
-    if targets.shape[0] != nrows or labels.shape[0] != nrows or targets.shape[1] != lay[L - 1, 3]:
+    if targets.shape[0] != nrows or labels.shape[0] != nrows or targets.shape[1] != layout[L - 1, 3]:
         raise ValueError("targets (rows, n_out) and labels (rows,) must match X")
     for i in range(m):
         if order[i] < 0 or order[i] >= nrows:
@@ -161,16 +162,16 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     local.B = batch_size
     last = 0
     for l in range(L):
-        local.n_in[l] = lay[l, 2]
-        local.n_out[l] = lay[l, 3]
-        local.pad[l] = lay[l, 4]
-        local.w_off[l] = lay[l, 0]
-        local.b_off[l] = lay[l, 1]
-        if (lay[l, 4] % 16 != 0 or lay[l, 4] < lay[l, 3] or lay[l, 1] != lay[l, 0] + lay[l, 2] * lay[l, 4]
-                or lay[l, 0] < last or lay[l, 1] + lay[l, 4] > params.shape[0]
-                or (l > 0 and lay[l, 2] != lay[l - 1, 3])):
-            raise ValueError("the layout table does not fit the parameters")
-        last = lay[l, 1] + lay[l, 4]
+        local.w_off[l] = layout[l, 0]
+        local.b_off[l] = layout[l, 1]
+        local.n_in[l] = layout[l, 2]
+        local.n_out[l] = layout[l, 3]
+        local.pad[l] = (layout[l, 3] + 15) // 16 * 16
+        if (layout[l, 2] < 1 or layout[l, 3] < 1 or layout[l, 1] != layout[l, 0] + layout[l, 2] * layout[l, 3]
+                or layout[l, 0] < last or layout[l, 1] + layout[l, 3] > params.shape[0]
+                or (l > 0 and layout[l, 2] != layout[l - 1, 3])):
+            raise ValueError("the layout does not fit the parameters")
+        last = layout[l, 1] + layout[l, 3]
     local.hidden_act = hidden_act
     local.out_act = out_act
     local.loss = loss
@@ -178,7 +179,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] lay, X, double x_s
     local.sparse0 = 1 if sparse_input else 0
     for i in range(256):
         lut[i] = (<float>i) * (<float>x_scale)
-    key = (bytes(np.asarray(lay)), batch_size, threads, bool(sparse_input))
+    key = (bytes(np.asarray(layout)), batch_size, threads, bool(sparse_input))
     if work is None:
         work = ColsWork()
     if work.key != key or work.net.mem == NULL:

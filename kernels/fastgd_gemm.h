@@ -243,14 +243,14 @@ static void fgd_klist_cols(const uint64_t* nz, long nw, long rows, long n, int* 
 /* ---- the "cols" training step ------------------------------------------------------------
    Network of L >= 2 dense layers, float32: hidden layers l < L-1 (activation relu, leaky_relu
    or linear), output layer L-1 (softmax/sigmoid/linear with cross-entropy or MSE). Widths are
-   padded to multiples of 16 (pad_l) as in dense_sgd.pyx.
+   padded to multiples of 16 (pad_l) in the call's own copies of the parameters.
 
    Thread t of T owns columns [c0[l][t], c1[l][t]) (16-lane blocks) of every hidden layer l, and
    the weight block of those columns, Wt[l][t] (n_in_l x (c1 - c0), contiguous), for the whole
-   call; those blocks hold the weights during the call (fgd_cols_load / fgd_cols_store copy
-   them from / to the padded parameter vector). The output layer's weights stay in the padded
-   vector: its rows c0..c1 of the top hidden layer's units belong to thread t for the update;
-   its forward splits the minibatch's samples.
+   call; those blocks hold the weights during the call (fgd_cols_copy copies them, the biases
+   and the output layer from / back to the network's flat parameter vector). The output
+   layer's padded copy Wo is shared: its rows c0..c1 (units of the top hidden layer) belong to
+   thread t for the update; its forward splits the minibatch's samples.
 
    One step of B rows (each phase for thread t; `|` is a barrier):
      forward l = 0..L-2:  A_l[:, c] = act(In_l W_l[:, c] + b_l[c])                        |
@@ -270,7 +270,7 @@ typedef struct {
     int L, T;
     long B, Bp;                              /* rows per step (max), rounded up to 16 */
     long n_in[FGD_COLS_MAXL], n_out[FGD_COLS_MAXL], pad[FGD_COLS_MAXL];
-    long w_off[FGD_COLS_MAXL], b_off[FGD_COLS_MAXL];   /* in the padded parameter vector */
+    long w_off[FGD_COLS_MAXL], b_off[FGD_COLS_MAXL];   /* in the flat parameter vector */
     int hidden_act, out_act, loss;
     float slope;                             /* leaky_relu's */
     long c0[FGD_COLS_MAXL][FGD_COLS_MAXT], c1[FGD_COLS_MAXL][FGD_COLS_MAXT];
@@ -279,6 +279,8 @@ typedef struct {
     float* D[FGD_COLS_MAXL];                 /* B x pad_l: hidden deltas dL/dz */
     float* DT[FGD_COLS_MAXL];                /* pad_l x Bp: D_l transposed (l >= 1) */
     float* PT[FGD_COLS_MAXL][FGD_COLS_MAXT]; /* pad_{l-1} x Bp: thread t's part of dA_{l-1}^T */
+    float* bias[FGD_COLS_MAXL];              /* pad_l: every layer's biases, zero padded */
+    float* Wo;                               /* n_in_o x pad_o: the output weights, zero padded */
     float* WoT;                              /* pad_o x pad_{L-2}: output weights transposed */
     float* Zo; float* Ao; float* Do;         /* B x pad_o: output z, activation, delta */
     float* X[2];                             /* B x n_in_0: the step's input rows (two steps) */
@@ -318,6 +320,9 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
         }
     }
     long po = net->pad[L - 1];
+    long off_bias[FGD_COLS_MAXL];
+    for (int l = 0; l < L; l++) off_bias[l] = FGD_TAKE(net->pad[l]);
+    long off_Wo = FGD_TAKE(net->n_in[L - 1] * po);
     long off_WoT = FGD_TAKE(po * net->pad[L - 2]);
     long off_Zo = FGD_TAKE(B * po), off_Ao = FGD_TAKE(B * po), off_Do = FGD_TAKE(B * po);
     long off_X0 = FGD_TAKE(B * net->n_in[0]), off_X1 = FGD_TAKE(B * net->n_in[0]);
@@ -344,6 +349,8 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
         net->DT[l] = l >= 1 ? m + off_DT[l] : NULL;
         for (int t = 0; t < T; t++) net->PT[l][t] = l >= 1 ? m + off_PT[l][t] : NULL;
     }
+    for (int l = 0; l < L; l++) net->bias[l] = m + off_bias[l];
+    net->Wo = m + off_Wo;
     net->WoT = m + off_WoT;
     net->Zo = m + off_Zo; net->Ao = m + off_Ao; net->Do = m + off_Do;
     net->X[0] = m + off_X0; net->X[1] = m + off_X1;
@@ -359,17 +366,50 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
 
 static void fgd_cols_free(fgd_cols_net* net) { free(net->mem); net->mem = NULL; }
 
-/* Thread t's hidden weight blocks from (store = 0) or back into (store = 1) the padded
-   parameter vector P. */
+/* Thread t's share of the parameters from (store = 0) or back into (store = 1) the network's
+   flat parameter vector P (layer l: W (n_in x n_out) at w_off, b (n_out) at b_off): its hidden
+   weight blocks and biases, and for the last thread the output layer. Padding stays zero. */
 static void fgd_cols_copy(fgd_cols_net* net, float* P, int t, int store) {
-    for (int l = 0; l < net->L - 1; l++) {
-        long c0 = net->c0[l][t], w = net->c1[l][t] - c0, pad = net->pad[l];
+    int L = net->L;
+    for (int l = 0; l < L - 1; l++) {
+        long c0 = net->c0[l][t], w = net->c1[l][t] - c0, n_out = net->n_out[l];
+        long real = (c0 + w < n_out ? c0 + w : n_out) - c0;  /* columns that exist */
         float* W = P + net->w_off[l];
         float* Wt = net->Wt[l][t];
         if (w == 0) continue;
+        if (real < 0) real = 0;
         for (long i = 0; i < net->n_in[l]; i++) {
-            if (store) memcpy(W + i * pad + c0, Wt + i * w, w * sizeof(float));
-            else memcpy(Wt + i * w, W + i * pad + c0, w * sizeof(float));
+            if (store) {
+                memcpy(W + i * n_out + c0, Wt + i * w, real * sizeof(float));
+            } else {
+                memcpy(Wt + i * w, W + i * n_out + c0, real * sizeof(float));
+                memset(Wt + i * w + real, 0, (w - real) * sizeof(float));
+            }
+        }
+        if (store) {
+            memcpy(P + net->b_off[l] + c0, net->bias[l] + c0, real * sizeof(float));
+        } else {
+            memcpy(net->bias[l] + c0, P + net->b_off[l] + c0, real * sizeof(float));
+            memset(net->bias[l] + c0 + real, 0, (w - real) * sizeof(float));
+        }
+    }
+    if (t == net->T - 1) {
+        long n_in = net->n_in[L - 1], n_out = net->n_out[L - 1], po = net->pad[L - 1];
+        float* W = P + net->w_off[L - 1];
+        float* b = P + net->b_off[L - 1];
+        for (long i = 0; i < n_in; i++) {
+            if (store) {
+                memcpy(W + i * n_out, net->Wo + i * po, n_out * sizeof(float));
+            } else {
+                memcpy(net->Wo + i * po, W + i * n_out, n_out * sizeof(float));
+                memset(net->Wo + i * po + n_out, 0, (po - n_out) * sizeof(float));
+            }
+        }
+        if (store) {
+            memcpy(b, net->bias[L - 1], n_out * sizeof(float));
+        } else {
+            memcpy(net->bias[L - 1], b, n_out * sizeof(float));
+            memset(net->bias[L - 1] + n_out, 0, (po - n_out) * sizeof(float));
         }
     }
 }
@@ -409,7 +449,7 @@ static void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, lo
     }
     if (w == 0) return;
     fgd_gemm(Bc, w, net->n_in[l], kl, kn, in, lda, 1, net->Wt[l][t], w, net->A[l] + c0, pad,
-             FGD_BIAS_ACT, P + net->b_off[l] + c0, NULL, 0.0f, net->hidden_act, net->slope);
+             FGD_BIAS_ACT, net->bias[l] + c0, NULL, 0.0f, net->hidden_act, net->slope);
 }
 
 /* One output row: z -> a, and with targets t the delta d, the loss added to loss_sum and 1 to
@@ -486,8 +526,8 @@ static void fgd_cols_output(fgd_cols_net* net, const float* P, long s0, long s1,
     long nc = 0;
     if (s1 <= s0) return;
     fgd_gemm(s1 - s0, po, net->n_in[L - 1], NULL, NULL, net->A[L - 2] + s0 * net->pad[L - 2], net->pad[L - 2],
-             1, P + net->w_off[L - 1], po, net->Zo + s0 * po, po, FGD_BIAS_ACT,
-             P + net->b_off[L - 1], NULL, 0.0f, FGD_ACT_LINEAR, 0.0f);
+             1, net->Wo, po, net->Zo + s0 * po, po, FGD_BIAS_ACT,
+             net->bias[L - 1], NULL, 0.0f, FGD_ACT_LINEAR, 0.0f);
     for (long s = s0; s < s1; s++)
         fgd_cols_output_row(net->Zo + s * po, net->Ao + s * po, targets + rows[s] * n_out, n_out,
                             net->out_act, net->loss, net->Do + s * po, &ls, &nc, labels[rows[s]]);
@@ -511,7 +551,7 @@ static void fgd_cols_backward_top(fgd_cols_net* net, float* P, int t, long Bc, f
     int L = net->L, h = L - 2;
     long c0 = net->c0[h][t], c1 = net->c1[h][t], ph = net->pad[h], po = net->pad[L - 1];
     long n_in = net->n_in[L - 1], r1 = c1 < n_in ? c1 : n_in;
-    float* Wo = P + net->w_off[L - 1];
+    float* Wo = net->Wo;
     if (c1 > c0) {
         for (long i = c0; i < r1; i++)
             for (long j = 0; j < po; j++) net->WoT[j * ph + i] = Wo[i * po + j];
@@ -522,7 +562,7 @@ static void fgd_cols_backward_top(fgd_cols_net* net, float* P, int t, long Bc, f
             fgd_gemm(r1 - c0, po, Bc, NULL, NULL, net->A[h] + c0, 1, ph, net->Do, po, Wo + c0 * po, po,
                      FGD_ACC, NULL, NULL, coef, 0, 0.0f);
     }
-    if (t == net->T - 1) fgd_cols_bias(P + net->b_off[L - 1], net->Do, po, 0, po, Bc, coef);
+    if (t == net->T - 1) fgd_cols_bias(net->bias[L - 1], net->Do, po, 0, po, Bc, coef);
 }
 
 /* Hidden layer l >= 1, thread t: its part of dA_{l-1}^T from the pre-update weights, then the
@@ -539,7 +579,7 @@ static void fgd_cols_backward_partial(fgd_cols_net* net, float* P, int l, int t,
              FGD_STORE, NULL, NULL, 0.0f, 0, 0.0f);
     fgd_gemm(net->n_in[l], w, Bc, NULL, NULL, net->A[l - 1], 1, net->pad[l - 1], net->D[l] + c0, pad,
              net->Wt[l][t], w, FGD_ACC, NULL, NULL, coef, 0, 0.0f);
-    fgd_cols_bias(P + net->b_off[l], net->D[l], pad, c0, c1, Bc, coef);
+    fgd_cols_bias(net->bias[l], net->D[l], pad, c0, c1, Bc, coef);
 }
 
 /* D_{l-1}[:, c'] for thread t's columns c' of layer l-1: the threads' partials summed (in
@@ -582,7 +622,7 @@ static void fgd_cols_update_first(fgd_cols_net* net, float* P, int t, long Bc, f
     if (w == 0) return;
     fgd_gemm(net->n_in[0], w, Bc, net->klu[t], net->knu[t], X, 1, net->n_in[0], net->D[0] + c0, pad, net->Wt[0][t], w,
              FGD_ACC, NULL, NULL, coef, 0, 0.0f);
-    fgd_cols_bias(P + net->b_off[0], net->D[0], pad, c0, c1, Bc, coef);
+    fgd_cols_bias(net->bias[0], net->D[0], pad, c0, c1, Bc, coef);
 }
 
 #endif /* FASTGD_GEMM_H */
