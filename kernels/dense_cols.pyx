@@ -100,7 +100,8 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
     loss sum and correct count go to loss_out[v], correct_out[v]. sparse_input: the first layer
     skips, per block of rows, the input columns that are zero in all of them (and its update
     the rows that are zero in a block of columns): worth it on mostly-zero input like MNIST.
-    work: a ColsWork to keep the buffers in between calls (None: allocated for this call)."""
+    work: a ColsWork to keep the buffers in between calls (None: allocated for this call).
+    Returns the number of OpenMP threads that ran the slices."""
     cdef fgd_cols_net* netp
     cdef fgd_cols_net local
     cdef ColsWork work_
@@ -123,6 +124,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
     cdef int64_t step, Bc, B1, B = batch_size, last
     cdef float coef
     cdef const float* Xc
+    cdef int team[1]
     cdef int64_t n0 = layout[0, 2] if layout.shape[0] > 0 and layout.shape[1] == 4 else 0
     cdef int64_t nrows
     if sizeof(long) != 8:
@@ -199,6 +201,8 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
         with nogil, parallel(num_threads=threads):
             tid = fgd_thread_num()
             nt = fgd_num_threads()
+            if tid == 0:
+                team[0] = nt
             # slices v = tid, tid + nt, ...: every slice runs even if OpenMP gives fewer threads
             v = tid
             while v < VT:
@@ -257,3 +261,4 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
             while v < VT:
                 fgd_cols_copy(netp, P, v, 1)
                 v = v + nt
+    return team[0]
