@@ -49,6 +49,7 @@ cdef extern from "fastgd_gemm.h":
     void fgd_cols_reduce(fgd_cols_net* net, int l, int t, long Bc) noexcept nogil
     void fgd_cols_update_first(fgd_cols_net* net, float* P, int t, long Bc, float coef,
                                const float* X) noexcept nogil
+    double fgd_thread_cpu() noexcept nogil
 
 cdef extern from "fastgd_simd.h":
     int fgd_thread_num() noexcept nogil
@@ -56,6 +57,21 @@ cdef extern from "fastgd_simd.h":
     void fgd_barrier() noexcept nogil
 
 include "ops_codes.pxi"
+
+cdef inline void barrier(double* prof, int tid) noexcept nogil:
+    """The phases' barrier; with a profile, this thread's CPU time before it counts as work
+    (prof[3 * tid]) and in it as waiting (prof[3 * tid + 1]); prof[3 * tid + 2] holds the time
+    the thread's current work began."""
+    cdef double t0
+    if prof == NULL:
+        fgd_barrier()
+        return
+    t0 = fgd_thread_cpu()
+    prof[3 * tid] += t0 - prof[3 * tid + 2]
+    fgd_barrier()
+    prof[3 * tid + 2] = fgd_thread_cpu()
+    prof[3 * tid + 1] += prof[3 * tid + 2] - t0
+
 
 cdef inline bint consecutive(const int64_t* od, int64_t a, int64_t n) noexcept nogil:
     """Whether rows od[a], od[a + 1], ... od[a + n - 1] follow each other (rows the backend has
@@ -92,7 +108,8 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                      const int64_t[::1] order, const float[:, ::1] targets,
                      const int32_t[::1] labels, const double[::1] lrs, int64_t batch_size,
                      int hidden_act, int out_act, int loss, int threads, double[::1] loss_out,
-                     int64_t[::1] correct_out, bint sparse_input=False, ColsWork work=None):
+                     int64_t[::1] correct_out, bint sparse_input=False, ColsWork work=None,
+                     double[::1] profile=None):
     """Plain SGD over the minibatches of `order` (rows of X: uint8 scaled by x_scale, or
     float32), `threads` column slices (run by up to that many OpenMP threads). params: the
     network's flat parameter vector, layout its Network.layout_array() (layer l: w_off, b_off,
@@ -101,7 +118,10 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
     skips, per block of rows, the input columns that are zero in all of them (and its update
     the rows that are zero in a block of columns): worth it on mostly-zero input like MNIST.
     work: a ColsWork to keep the buffers in between calls (None: allocated for this call).
-    Returns the number of OpenMP threads that ran the slices."""
+    profile: None, or 3 x threads doubles, zeros: OpenMP thread i's CPU seconds of work and of
+    waiting in barriers go to profile[3i], profile[3i + 1] (a measuring aid: on a shared machine
+    thread CPU time still shows how the work splits). Returns the number of OpenMP threads that
+    ran the slices."""
     cdef fgd_cols_net* netp
     cdef fgd_cols_net local
     cdef ColsWork work_
@@ -125,6 +145,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
     cdef float coef
     cdef const float* Xc
     cdef int team[1]
+    cdef double* prof = NULL
     cdef int64_t n0 = layout[0, 2] if layout.shape[0] > 0 and layout.shape[1] == 4 else 0
     cdef int64_t nrows
     if sizeof(long) != 8:
@@ -197,12 +218,18 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
         work.net.out_act = out_act
         work.net.loss = loss
     netp = &work.net
+    if profile is not None:
+        if profile.shape[0] < 3 * threads:
+            raise ValueError("profile needs 3 x threads slots")
+        prof = &profile[0]
     if True:
         with nogil, parallel(num_threads=threads):
             tid = fgd_thread_num()
             nt = fgd_num_threads()
             if tid == 0:
                 team[0] = nt
+            if prof != NULL:
+                prof[3 * tid + 2] = fgd_thread_cpu()
             # slices v = tid, tid + nt, ...: every slice runs even if OpenMP gives fewer threads
             v = tid
             while v < VT:
@@ -211,7 +238,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                     fgd_cols_gather(netp, netp.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
                                     min(B, m) * (v + 1) // VT)
                 v = v + nt
-            fgd_barrier()
+            barrier(prof, tid)
             for step in range(n_steps):
                 Bc = min(B, m - step * B)
                 if xf != NULL and consecutive(od, step * B, Bc):
@@ -224,7 +251,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                     while v < VT:
                         fgd_cols_forward(netp, P, <int>l, v, Bc, Xc)
                         v = v + nt
-                    fgd_barrier()
+                    barrier(prof, tid)
                     if l == 0 and step + 1 < n_steps:  # the next rows, into the other buffer
                         B1 = min(B, m - (step + 1) * B)
                         v = tid if xf == NULL or not consecutive(od, (step + 1) * B, B1) else VT
@@ -237,7 +264,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                     fgd_cols_output(netp, P, Bc * v // VT, Bc * (v + 1) // VT, od + step * B, tg,
                                     lab, lo + v, co + v)
                     v = v + nt
-                fgd_barrier()
+                barrier(prof, tid)
                 v = tid
                 while v < VT:
                     fgd_cols_backward_top(netp, P, v, Bc, coef)
@@ -247,7 +274,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                     while v < VT:
                         fgd_cols_backward_partial(netp, P, <int>l, v, Bc, coef)
                         v = v + nt
-                    fgd_barrier()
+                    barrier(prof, tid)
                     v = tid
                     while v < VT:
                         fgd_cols_reduce(netp, <int>l, v, Bc)
@@ -256,9 +283,12 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                 while v < VT:
                     fgd_cols_update_first(netp, P, v, Bc, coef, Xc)
                     v = v + nt
-            fgd_barrier()
+            barrier(prof, tid)
             v = tid
             while v < VT:
                 fgd_cols_copy(netp, P, v, 1)
                 v = v + nt
+    if prof != NULL:  # slot 2 held timestamps
+        for i in range(team[0]):
+            prof[3 * i + 2] = 0
     return team[0]

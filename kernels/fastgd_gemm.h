@@ -263,6 +263,14 @@ static void fgd_klist_cols(const uint64_t* nz, long nw, long rows, long n, int* 
    No barrier ends the step: the next step's first phase writes only this thread's columns of
    A_0 and reads its own weights; the next input rows are gathered into the other buffer after
    the first barrier (fgd_cols_gather). */
+#include <time.h>
+/* this thread's CPU seconds (the optional per-thread profile of the cols epoch) */
+static inline double fgd_thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 #define FGD_COLS_MAXL 16
 #define FGD_COLS_MAXT 64
 
