@@ -34,7 +34,7 @@ from cython.parallel cimport parallel
 from libc.math cimport exp, log, logf, log1p, tanh, fabs, sqrt, pow
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, realloc, free
-from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
@@ -50,6 +50,10 @@ cdef extern from "fastgd_simd.h":
     void fgd_shift(unsigned long long seed, unsigned long long pos, long long k, long long* dx,
                    long long* dy) noexcept nogil
     void fgd_prefetch(const void* p, long nbytes) noexcept nogil
+    void fgd_transpose_f(const float* W, long pad, long n_in, long n_out, float* wt,
+                         long lda) noexcept nogil
+    long fgd_shift_csr_row(const uint16_t* idx, const uint8_t* val, long nnz, long off, long dx,
+                           long cols, long n_pix, uint16_t* out_idx, uint8_t* out_val) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
     void fgd_sparse_forward16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
@@ -73,6 +77,15 @@ cdef extern from "fastgd_simd.h":
     void fgd_build_csc(const int64_t* ptr, const uint16_t* idx, const uint8_t* val,
                        const int64_t* rows, long B, long i0, long i1, int* cs, int* es,
                        uint8_t* ev) noexcept nogil
+
+cdef extern from "fastgd_augment.h":
+    long FGD_AUG_WORK(long rows, long cols) noexcept nogil
+    void fgd_augment_image_f(const float* srcf, const uint8_t* srcu8, float scale, long rows, long cols,
+                             unsigned long long seed, unsigned long long pos, long long max_shift,
+                             double max_rotate, double alpha, double* work, float* out) noexcept nogil
+    void fgd_augment_image_d(const double* srcf, const uint8_t* srcu8, double scale, long rows, long cols,
+                             unsigned long long seed, unsigned long long pos, long long max_shift,
+                             double max_rotate, double alpha, double* work, double* out) noexcept nogil
 
 include "ops_codes.pxi"
 
@@ -150,6 +163,12 @@ cdef struct Ctx:
     double drop_scale           # 1 / (1 - rate)
     unsigned long long drop_seed  # the epoch's seed for dropout masks and shifts
     int64_t shift               # max image shift in pixels; 0: off (dense input path only)
+    double max_rotate           # max rotation in degrees; 0: off (fastgd.augment; dense input only)
+    double elastic_alpha        # elastic displacement scale in pixels; 0: off (likewise)
+    bint augment                # shift, rotation or elastic distortion on: rows go through shifted_row
+    double* aug_work            # rotation/elastic: FGD_AUG_WORK doubles per thread, or NULL
+    int64_t aug_stride          # doubles per thread in aug_work
+    int aug_threads             # threads aug_work has room for
     int64_t img_rows
     int64_t img_cols
     int64_t first_position      # epoch position of order[0] (keys dropout and shifts)
@@ -438,6 +457,9 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     cdef floating m, s, e, l, top, dot
     cdef floating ev[VL]
     cdef floating sv[VL]
+    cdef floating tv[VL]
+    cdef floating av[VL]
+    cdef bint better
     if out_act == ACT_SOFTMAX:
         m = z[0]
         for j in range(1, n_out):
@@ -465,8 +487,14 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
             for j in range(n_out):
                 a[j] = a[j] / s
     elif out_act == ACT_SIGMOID:
-        for j in range(n_out):
-            a[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
+        if floating is float and n_out <= VL:  # one 16-lane pass (z, a are padded rows)
+            for jj in range(VL):
+                ev[jj] = (<floating>1) / ((<floating>1) + f_exp(-z[jj]))
+            for jj in range(VL):
+                a[jj] = ev[jj] if jj < n_out else <floating>0
+        else:
+            for j in range(n_out):
+                a[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
     else:
         for j in range(n_out):
             a[j] = z[j]
@@ -474,14 +502,36 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
         return
     best = 0
     top = a[0]  # the best value so far, kept in a register (a[best] would be a load per step)
-    for j in range(1, n_out):
-        if a[j] > top:
-            top = a[j]
-            best = j
+    for j in range(1, n_out):  # select, not branch: which unit wins is unpredictable
+        better = a[j] > top
+        best = j if better else best
+        top = a[j] if better else top
     if best == label:
         correct[0] += 1
     l = 0
-    if loss == LOSS_MSE:
+    if floating is float and loss == LOSS_MSE and out_act != ACT_SOFTMAX and n_out <= VL:
+        # 16 lanes (lanes >= n_out are 0 - 0): the loss as a tree sum, the delta in one pass
+        for jj in range(VL):
+            tv[jj] = 0
+        for jj in range(n_out):  # a copy, not a select per lane: t holds only n_out values
+            tv[jj] = t[jj]
+        for jj in range(VL):
+            av[jj] = a[jj] if jj < n_out else <floating>0
+        for jj in range(VL):
+            ev[jj] = av[jj] - tv[jj]
+            sv[jj] = ev[jj] * ev[jj]
+        if out_act == ACT_SIGMOID:
+            for jj in range(VL):
+                d[jj] = ev[jj] * av[jj] * ((<floating>1) - av[jj])
+        else:
+            for jj in range(VL):
+                d[jj] = ev[jj]
+        for jj in range(8):
+            sv[jj] = sv[jj] + sv[jj + 8]
+        for jj in range(4):
+            sv[jj] = sv[jj] + sv[jj + 4]
+        l = (<floating>0.5) * ((sv[0] + sv[2]) + (sv[1] + sv[3]))
+    elif loss == LOSS_MSE:
         for j in range(n_out):
             l += (a[j] - t[j]) * (a[j] - t[j])
         l = (<floating>0.5) * l
@@ -555,6 +605,18 @@ cdef void shifted_row(const Ctx* c, int64_t row, int64_t pos, const floating* lu
     cdef int64_t r_lo, r_hi, c_lo, c_hi
     cdef const uint8_t* su8
     cdef const floating* sf
+    if c.aug_work != NULL:  # rotation / elastic distortion: fastgd.augment's sampling map
+        if floating is float:
+            fgd_augment_image_f(<const float*>c.xf + row * c.n_in if c.xu8 == NULL else NULL,
+                                c.xu8 + row * c.n_in if c.xu8 != NULL else NULL, <float>c.x_scale,
+                                rows, cols, c.drop_seed, <unsigned long long>pos, c.shift, c.max_rotate,
+                                c.elastic_alpha, c.aug_work + fgd_thread_num() * c.aug_stride, out)
+        else:
+            fgd_augment_image_d(<const double*>c.xf + row * c.n_in if c.xu8 == NULL else NULL,
+                                c.xu8 + row * c.n_in if c.xu8 != NULL else NULL, <double>c.x_scale,
+                                rows, cols, c.drop_seed, <unsigned long long>pos, c.shift, c.max_rotate,
+                                c.elastic_alpha, c.aug_work + fgd_thread_num() * c.aug_stride, out)
+        return
     fgd_shift(c.drop_seed, <unsigned long long>pos, c.shift, &dx, &dy)
     for r in range(rows * cols):
         out[r] = 0
@@ -644,7 +706,7 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
                 # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
                 for s in range(s0, s1):
                     row = rows[s] if rows != NULL else first_row + s
-                    if c.shift > 0:
+                    if c.augment:
                         shifted_row(c, row, pos0 + s, lut, xbuf + s * n_in)
                     elif c.xu8 != NULL:
                         src = c.xu8 + row * n_in
@@ -805,11 +867,14 @@ cdef void hidden_deltas_small(const floating* D, int64_t pad, int64_t n_out, con
     cdef const floating* d
     cdef const floating* w0
     cdef const floating* w1
-    for j in range(n_out):
-        for i in range(n_in):
-            wt[j * lda + i] = W[i * pad + j]
-        for i in range(n_in, lda):
-            wt[j * lda + i] = 0
+    if floating is float:
+        fgd_transpose_f(W, pad, n_in, n_out, wt, lda)
+    else:
+        for j in range(n_out):
+            for i in range(n_in):
+                wt[j * lda + i] = W[i * pad + j]
+            for i in range(n_in, lda):
+                wt[j * lda + i] = 0
     for s in range(s0, s1):
         d = D + s * pad
         for ib in range(0, lda, 16):
@@ -1121,7 +1186,8 @@ cdef class Problem:
     def __init__(self, int64_t[:, ::1] lay, const int64_t[::1] soff, int hidden_act, int out_act,
                  int loss, X, double x_scale, csr=None, targets=None, labels=None,
                  double dropout=0, unsigned long long seed=0, int64_t first_position=0,
-                 int64_t shift=0, int64_t image_rows=0, int64_t image_cols=0):
+                 int64_t shift=0, int64_t image_rows=0, int64_t image_cols=0, double max_rotate=0,
+                 double elastic_alpha=0, int aug_threads=1):
         cdef const int64_t[::1] ptr
         cdef const uint16_t[::1] idx
         cdef const uint8_t[::1] val
@@ -1183,8 +1249,26 @@ cdef class Problem:
         c.shift = shift
         c.img_rows = image_rows
         c.img_cols = image_cols
-        if shift > 0 and (image_rows * image_cols != c.n_in or c.csr_ptr != NULL):
-            raise ValueError("image shifts need image_rows * image_cols == n_in and dense input")
+        c.max_rotate = max_rotate
+        c.elastic_alpha = elastic_alpha
+        c.augment = shift > 0 or max_rotate > 0 or elastic_alpha > 0
+        c.aug_work = NULL
+        c.aug_stride = 0
+        c.aug_threads = 0
+        if c.augment and (image_rows < 1 or image_cols < 1 or image_rows * image_cols != c.n_in
+                          or c.csr_ptr != NULL):
+            raise ValueError("image augmentation needs image_rows * image_cols == n_in and dense input")
+        if not (0 <= max_rotate <= 180 and 0 <= elastic_alpha < float("inf")):
+            raise ValueError("max_rotate must lie in [0, 180] and elastic_alpha be finite and >= 0")
+        if max_rotate > 0 or elastic_alpha > 0:
+            if aug_threads < 1:
+                raise ValueError("aug_threads must be >= 1")
+            work = np.zeros((aug_threads, FGD_AUG_WORK(image_rows, image_cols)), dtype=np.float64)
+            self.keep = self.keep + (work,)
+            address = work.ctypes.data
+            c.aug_work = <double*>address
+            c.aug_stride = work.shape[1]
+            c.aug_threads = aug_threads
 
 
 cdef class StepConfig:
@@ -1263,6 +1347,8 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
     cdef bint sparse = c.csr_ptr != NULL
     if problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating):
         raise TypeError("X/targets and params have different float types")
+    if c.aug_work != NULL and threads > c.aug_threads:
+        raise ValueError(f"the problem's augmentation scratch holds {c.aug_threads} threads, not {threads}")
     if m == 0 or lrs.shape[0] < n_steps or loss_out.shape[0] < threads or correct_out.shape[0] < threads:
         raise ValueError("train_epoch: empty order, or too few learning rates or output slots")
     if not rule.plain:
@@ -1427,16 +1513,38 @@ def build_csr(const uint8_t[:, ::1] X):
 
 def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8_t[::1] val,
                     const int64_t[::1] order, int64_t[::1] out_ptr, uint16_t[::1] out_idx,
-                    uint8_t[::1] out_val, int64_t pos0=0):
+                    uint8_t[::1] out_val, int64_t pos0=0, unsigned long long seed=0,
+                    int64_t first_position=0, int64_t max_shift=0, int64_t image_rows=0,
+                    int64_t image_cols=0):
     """Copy the CSR rows order[0], order[1], ... into out_* in that order (out_ptr has
     len(order) + 1 entries; out_idx/out_val hold at least pos0 + the rows' total non-zeros),
     starting at entry pos0 (so that a later part of an epoch can be gathered separately).
+    Returns the entry after the last one written.
 
     An epoch then reads its input front to back instead of hopping over 27 MB: one streaming
-    copy with many cache misses in flight costs less than the stalls it removes."""
-    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = pos0
+    copy with many cache misses in flight costs less than the stalls it removes.
+
+    max_shift > 0: the rows are (image_rows x image_cols) images and out row s is the image of
+    epoch position first_position + s moved by its shift (fastgd._random.shift_images,
+    out[r, c] = in[r - dy, c - dx]): each pixel index i becomes i + dy * cols + dx, and pixels
+    leaving the image are dropped (indices stay ascending). The sparse first layer then trains
+    on shifted images at the unshifted speed."""
+    cdef int64_t m = order.shape[0], s, row, k0, k1, k, pos = pos0, n_pix = image_rows * image_cols
     cdef const uint16_t* src_idx = &idx[0] if idx.shape[0] > 0 else NULL
     cdef const uint8_t* src_val = &val[0] if val.shape[0] > 0 else NULL
+    cdef uint16_t* dst_idx
+    cdef uint8_t* dst_val
+    cdef long long dx, dy
+    cdef bint overflow = False
+    cdef int64_t cap = min(out_idx.shape[0], out_val.shape[0])
+    if m + 1 > out_ptr.shape[0] or pos0 < 0:
+        raise ValueError("gather_csr_rows: out_ptr needs len(order) + 1 entries, pos0 >= 0")
+    if max_shift < 0:
+        raise ValueError("max_shift must be >= 0")
+    if max_shift > 0 and (image_rows < 1 or image_cols < 1 or n_pix > 65536):
+        raise ValueError("image shifts need image_rows, image_cols >= 1 and at most 65536 pixels")
+    dst_idx = &out_idx[0] if cap > 0 else NULL
+    dst_val = &out_val[0] if cap > 0 else NULL
     with nogil:
         for s in range(m):
             if s + 16 < m:
@@ -1450,11 +1558,22 @@ def gather_csr_rows(const int64_t[::1] ptr, const uint16_t[::1] idx, const uint8
             k0 = ptr[row]
             k1 = ptr[row + 1]
             out_ptr[s] = pos
-            if k1 > k0:  # whole rows by memcpy: an element loop costs a cycle per pixel
-                memcpy(&out_idx[pos], src_idx + k0, (k1 - k0) * sizeof(uint16_t))
-                memcpy(&out_val[pos], src_val + k0, (k1 - k0) * sizeof(uint8_t))
+            if k1 <= k0:
+                continue
+            if pos + (k1 - k0) > cap:
+                overflow = True
+                break
+            if max_shift == 0:  # whole rows by memcpy: an element loop costs a cycle per pixel
+                memcpy(dst_idx + pos, src_idx + k0, (k1 - k0) * sizeof(uint16_t))
+                memcpy(dst_val + pos, src_val + k0, (k1 - k0) * sizeof(uint8_t))
                 pos += k1 - k0
+                continue
+            fgd_shift(seed, <unsigned long long>(first_position + s), max_shift, &dx, &dy)
+            pos += fgd_shift_csr_row(src_idx + k0, src_val + k0, k1 - k0, dy * image_cols + dx, dx,
+                                     image_cols, n_pix, dst_idx + pos, dst_val + pos)
         out_ptr[m] = pos
+    if overflow:
+        raise ValueError("gather_csr_rows: out_idx/out_val too small for the rows")
     return pos
 
 

@@ -413,3 +413,139 @@ def test_sliced_epoch_equals_one_call():
         p = dataclasses.replace(plan, order=plan.order[a:z], lrs=plan.lrs[a // 8:-(-z // 8)], first_position=a)
         b.train_epoch(sliced, p, b.prepare(sliced, p))
     np.testing.assert_array_equal(sliced.params, whole.params)
+
+# ---- the compiled backends train on the reference's augmented images (phase 2) -------------------
+def _compiled_backends():
+    """The compiled backends built here (conftest), each of which must list AUGMENT_FEATURES."""
+    from conftest import COMPILED_BACKENDS
+
+    return COMPILED_BACKENDS
+
+
+def _tuned(name, path):
+    """A compiled backend forced onto one code path: "dense" (loops), "blas" (every layer gemm),
+    "sparse" (asks for sparse input: rotation/elastic must still take the dense path)."""
+    from test_backends import tuned
+
+    return tuned(name, path)
+
+
+AUG_SETTINGS = {
+    "rotate": dict(max_rotate=25.0),
+    "elastic": dict(elastic_alpha=2.5),
+    "everything": dict(max_shift=2, max_rotate=30.0, elastic_alpha=1.5, dropout=0.2, momentum=0.9),
+    "adam-rotate": dict(max_rotate=10.0, optimizer="adam"),
+}
+
+
+@pytest.mark.parametrize("backend", _compiled_backends())
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("settings,uint8,path,threads,bs,n", [
+    ("rotate", True, "sparse", 1, 7, 36),      # asks for sparse input: resampling goes dense; last batch 1 row
+    ("rotate", False, "dense", 2, 1, 9),       # batch 1: fewer rows than threads
+    ("elastic", True, "sync", 2, 5, 31),       # threaded deterministic path, last minibatch of one row
+    ("elastic", False, "blas", 2, 8, 27),
+    ("everything", True, "dense", 2, 3, 10),
+    ("everything", False, "sync", 2, 4, 13),
+    ("adam-rotate", True, "blas", 1, 6, 25),
+], ids=lambda v: str(v))
+def test_compiled_backends_equal_the_reference(backend, dtype, settings, uint8, path, threads, bs, n):
+    from test_backends import configure, make_problem, plan_for, train
+
+    shape = (7, 9)
+    ref, X, scale, targets, labels = make_problem([63, 11, 5], n, dtype, seed=8, uint8=uint8,
+                                                  activation="relu", output="softmax")
+    net = ref.copy()
+    order = np.random.default_rng(9).permutation(n)
+    s = dict(AUG_SETTINGS[settings])
+    rot, alpha = s.pop("max_rotate", 0.0), s.pop("elastic_alpha", 0.0)
+    plans = []
+    for m in (ref, net):
+        plan = configure(plan_for(X, scale, targets, labels, order, bs, 0.1, "cross_entropy", threads), m,
+                         image_shape=shape, seed=31, first_position=4, **s)
+        plan.max_rotate, plan.elastic_alpha = rot, alpha
+        plans.append(plan)
+    b = _tuned(backend, path)
+    assert {"rotate", "elastic"} <= b.features
+    want = train("numpy", ref, plans[0])
+    got = train(b, net, plans[1])
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (1e-4, 1e-5)
+    np.testing.assert_allclose(net.params, ref.params, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(got.loss_sum, want.loss_sum, rtol=rtol)
+    assert got.n_correct == want.n_correct or dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", _compiled_backends())
+def test_compiled_augmentation_is_deterministic_in_slices(backend):
+    from test_backends import configure, make_problem, plan_for
+
+    net0, X, scale, targets, labels = make_problem([42, 9, 4], 40, np.float32, seed=6, uint8=True,
+                                                   activation="relu", output="softmax")
+    order = np.random.default_rng(5).permutation(40)
+    runs = []
+    for cuts in ([0, 40], [0, 10, 25, 40]):
+        b = _tuned(backend, "sync")
+        net = net0.copy()
+        full = configure(plan_for(X, scale, targets, labels, order, 5, 0.05, "cross_entropy", 2), net,
+                         image_shape=(6, 7), seed=3, max_shift=1)
+        full.max_rotate, full.elastic_alpha = 20.0, 2.0
+        ws = b.prepare(net, full)
+        for a, c in zip(cuts[:-1], cuts[1:]):
+            part = dataclasses.replace(full, order=full.order[a:c], lrs=full.lrs[a // 5:-(-c // 5)], first_position=a)
+            b.train_epoch(net, part, ws)
+        runs.append(net.params.copy())
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
+@pytest.mark.parametrize("backend", _compiled_backends())
+def test_compiled_augmentation_runs_hogwild(backend):
+    """Non-deterministic mode with rotation: each thread resamples with its own scratch (Cython
+    Hogwild), or the backend falls back to its deterministic path (Numba)."""
+    from test_backends import configure, make_problem, plan_for
+
+    net, X, scale, targets, labels = make_problem([42, 9, 4], 60, np.float32, seed=6, uint8=True,
+                                                  activation="relu", output="softmax")
+    b = _tuned(backend, "dense")
+    plan = configure(plan_for(X, scale, targets, labels, np.arange(60), 4, 0.05, "cross_entropy", 2,
+                              deterministic=False), net, image_shape=(6, 7), seed=3)
+    plan.max_rotate, plan.elastic_alpha = 20.0, 1.0
+    before = net.params.copy()
+    result = b.train_epoch(net, plan, b.prepare(net, plan))
+    assert math.isfinite(result.loss_sum) and not np.array_equal(net.params, before)
+
+
+def test_cython_problem_checks_its_augmentation_settings():
+    """dense_sgd.Problem's own checks behind EpochPlan.validate: impossible image shapes or
+    settings and too little per-thread scratch are ValueErrors, not out-of-bounds writes."""
+    from conftest import COMPILED_BACKENDS
+
+    if "cython" not in COMPILED_BACKENDS:
+        pytest.fail("the cython backend ships but is not built")
+    from fastgd._kernels import dense_sgd
+    from fastgd.backends import cython_backend
+
+    net = fastgd.Network([12, 4, 2], dtype=np.float64, seed=0)
+    X = np.random.default_rng(0).standard_normal((8, 12))
+    targets, labels = np.eye(2)[np.arange(8) % 2], (np.arange(8) % 2).astype(np.int32)
+    lay = cython_backend._Layout(net, 4, 1 << 62)
+
+    def problem(**kw):
+        return dense_sgd.Problem(lay.table, lay.soff, 0, 0, 0, X, 1.0, None, targets, labels, **kw)
+
+    for bad in (dict(max_rotate=5.0, image_rows=3, image_cols=5), dict(elastic_alpha=1.0),
+                dict(max_rotate=181.0, image_rows=3, image_cols=4),
+                dict(elastic_alpha=float("inf"), image_rows=3, image_cols=4),
+                dict(elastic_alpha=float("nan"), image_rows=3, image_cols=4),
+                dict(max_rotate=5.0, image_rows=3, image_cols=4, aug_threads=0)):
+        with pytest.raises(ValueError):
+            problem(**bad)
+    prob = problem(max_rotate=5.0, image_rows=3, image_cols=4, aug_threads=1)
+    params = lay.pad(net.params)
+    with pytest.raises(ValueError, match="augmentation scratch"):
+        dense_sgd.train_epoch(params, prob, np.arange(8, dtype=np.int64), np.zeros(2), 4, dense_sgd.StepConfig(),
+                              None, None, lay.scratch(1), dense_sgd.MODES["sync"], 2, np.zeros(2),
+                              np.zeros(2, dtype=np.int64))
+    dense_sgd.train_epoch(params, prob, np.arange(8, dtype=np.int64), np.full(2, 0.1), 4, dense_sgd.StepConfig(),
+                          None, None, lay.scratch(1), dense_sgd.MODES["serial"], 1, np.zeros(1),
+                          np.zeros(1, dtype=np.int64))
+    assert np.isfinite(params).all() and not np.array_equal(lay.pad(net.params), params)

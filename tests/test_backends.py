@@ -120,9 +120,7 @@ def state_of(plan):
 # ---- the table of ops and the contract ------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_backend_implements_every_feature(backend):
-    # rotations and elastic distortions run in the NumPy reference only so far (issue 15)
-    extra = AUGMENT_FEATURES if backend == "numpy" else ()
-    assert get_backend(backend).features == frozenset(FEATURES + extra)
+    assert get_backend(backend).features == frozenset(FEATURES + AUGMENT_FEATURES)
 
 
 def test_compiled_backends_use_the_ops_codes():

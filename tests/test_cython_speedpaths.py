@@ -210,3 +210,114 @@ def test_transposed_weight_deltas_at_the_limit_match_reference(dtype, sizes, uin
     # own kernels only (no layer is BLAS-sized here): bitwise independent of the thread count
     np.testing.assert_array_equal(results[1], results[0])
     np.testing.assert_array_equal(results[3], results[2])
+
+
+# ---- image shifts on the sparse first layer: the rows are shifted as they are gathered ----------
+def test_shifted_gather_moves_known_images():
+    """gather_csr_rows with shifts equals the CSR of fastgd._random.shift_images' images: a
+    single pixel at each corner and the centre, a full image, an empty one, on a non-square
+    image, for every shift up to (and beyond) the image size."""
+    from fastgd import _random
+    from fastgd._kernels import dense_sgd
+
+    rows, cols = 5, 7
+    imgs = []
+    for r, c in [(0, 0), (0, cols - 1), (rows - 1, 0), (rows - 1, cols - 1), (2, 3)]:
+        img = np.zeros((rows, cols), np.uint8)
+        img[r, c] = 200
+        imgs.append(img.ravel())
+    imgs += [np.arange(1, rows * cols + 1, dtype=np.uint8), np.zeros(rows * cols, np.uint8)]
+    X = np.array(imgs)
+    ptr, idx, val = dense_sgd.build_csr(X)
+    for max_shift in (1, 3, 8):
+        for seed in range(6):
+            order = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(X)), 3)).astype(np.int64)
+            m = order.size
+            out_ptr, out_idx, out_val = np.zeros(m + 1, np.int64), np.zeros(idx.size * 3, np.uint16), \
+                np.zeros(idx.size * 3, np.uint8)
+            end = dense_sgd.gather_csr_rows(ptr, idx, val, order, out_ptr, out_idx, out_val, 0, seed=seed,
+                                            first_position=11, max_shift=max_shift, image_rows=rows,
+                                            image_cols=cols)
+            dx, dy = _random.shifts(seed, 11 + np.arange(m), max_shift)
+            want = _random.shift_images(X[order], rows, cols, dx, dy)
+            wptr, widx, wval = dense_sgd.build_csr(np.ascontiguousarray(want))
+            assert end == wptr[-1]
+            np.testing.assert_array_equal(out_ptr, wptr)
+            np.testing.assert_array_equal(out_idx[:end], widx)
+            np.testing.assert_array_equal(out_val[:end], wval)
+    # a single pixel by hand: (r, c) = (2, 3) moved by the shift of its position
+    dx, dy = _random.shifts(4, np.arange(1), 2)
+    one = np.zeros(2, np.int64)
+    got_idx = np.zeros(1, np.uint16)
+    got_val = np.zeros(1, np.uint8)
+    end = dense_sgd.gather_csr_rows(ptr, idx, val, np.array([4], np.int64), one, got_idx, got_val, seed=4,
+                                    max_shift=2, image_rows=rows, image_cols=cols)
+    assert end == 1 and got_idx[0] == (2 + dy[0]) * cols + 3 + dx[0] and got_val[0] == 200
+
+
+def test_shifted_gather_checks_its_buffers():
+    from fastgd._kernels import dense_sgd
+
+    X = np.full((3, 12), 7, np.uint8)
+    ptr, idx, val = dense_sgd.build_csr(X)
+    order = np.arange(3, dtype=np.int64)
+    with pytest.raises(ValueError, match="too small"):
+        dense_sgd.gather_csr_rows(ptr, idx, val, order, np.zeros(4, np.int64), np.zeros(35, np.uint16),
+                                  np.zeros(35, np.uint8), max_shift=1, image_rows=3, image_cols=4)
+    with pytest.raises(ValueError, match="len\\(order\\) \\+ 1"):
+        dense_sgd.gather_csr_rows(ptr, idx, val, order, np.zeros(3, np.int64), np.zeros(36, np.uint16),
+                                  np.zeros(36, np.uint8))
+    with pytest.raises(ValueError, match="image_rows"):
+        dense_sgd.gather_csr_rows(ptr, idx, val, order, np.zeros(4, np.int64), np.zeros(36, np.uint16),
+                                  np.zeros(36, np.uint8), max_shift=1, image_rows=0, image_cols=4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes,shape", [([35, 9, 3], (5, 7)), ([784, 37, 10], (28, 28)), ([42, 130, 5], (7, 6))])
+@pytest.mark.parametrize("threads,sync_min_work,bs,n,dropout", [
+    (1, 0, 6, 43, 0.0),          # serial; last minibatch of one row
+    (2, 0, 1, 9, 0.2),           # sync, batch 1: fewer rows than threads
+    (2, 0, 5, 31, 0.0),          # sync, last minibatch of one row
+    (2, 1 << 62, 4, 70, 0.1),    # serial on a 2-thread plan: the rest of the rows gathered meanwhile
+])
+def test_sparse_shifted_epochs_match_reference(dtype, sizes, shape, threads, sync_min_work, bs, n, dropout):
+    net, X, scale, targets, labels = problem(sizes, n, dtype, seed=9, activation="relu", output="softmax",
+                                             density=0.3)
+    X[2] = 255  # a full image: every shift drops pixels
+    plan = make_plan(X, scale, targets, labels, bs, lr=0.2, loss="cross_entropy", threads=threads)
+    configure(plan, net, max_shift=3, image_shape=shape, seed=77, first_position=5, dropout=dropout)
+    b = cy("sparse", sync_min_work=sync_min_work)
+    got = net.copy()
+    ws = b.prepare(got, plan)
+    result = b.train_epoch(got, plan, ws)
+    assert ws.csr is not None and getattr(ws, "dense_buffers", None) is None  # the sparse path ran
+    assert result.mode == ("sync" if threads == 2 and sync_min_work == 0 else "serial")
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(got.params, reference(net, plan), rtol=rtol, atol=atol)
+    dense = net.copy()
+    dense_result = train(cy("dense", sync_min_work=sync_min_work), dense, plan)
+    np.testing.assert_allclose(got.params, dense.params, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(result.loss_sum, dense_result.loss_sum, rtol=rtol)
+
+
+def test_sparse_shifted_epoch_in_slices_equals_one_call():
+    """Positions carry across calls: an epoch in three calls (the Trainer's slices) trains like
+    one, and a second epoch on the same workspace reuses its buffers."""
+    import dataclasses
+
+    net, X, scale, targets, labels = problem([48, 20, 4], 64, np.float32, seed=2, activation="relu",
+                                             output="softmax", density=0.4)
+    plan = make_plan(X, scale, targets, labels, 8, lr=0.1, loss="cross_entropy", threads=2)
+    configure(plan, net, max_shift=2, image_shape=(6, 8), seed=5)
+    runs = []
+    for cuts in ([0, 64], [0, 16, 40, 64]):
+        b = cy("sparse", sync_min_work=1 << 62)
+        m = net.copy()
+        ws = b.prepare(m, plan)
+        for _ in range(2):
+            for a, z in zip(cuts[:-1], cuts[1:]):
+                part = dataclasses.replace(plan, order=plan.order[a:z], lrs=plan.lrs[a // 8:z // 8], first_position=a)
+                b.train_epoch(m, part, ws)
+        runs.append(m.params.copy())
+    np.testing.assert_array_equal(runs[1], runs[0])
+    assert not np.array_equal(runs[0], net.params)

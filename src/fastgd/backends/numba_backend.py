@@ -59,7 +59,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from .. import ops
-from .base import FEATURES, SGD, Backend, BackendUnavailable, EpochResult, Workspace
+from .base import AUGMENT_FEATURES, FEATURES, SGD, Backend, BackendUnavailable, EpochResult, Workspace
 
 try:
     import numba
@@ -71,6 +71,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from . import numba_augment  # noqa: E402
 from . import numba_kernels as K  # noqa: E402
 
 try:  # load SciPy's BLAS now: threadpool_limits only reaches libraries already loaded, and the
@@ -201,7 +202,7 @@ class NumbaBackend(Backend):
     """
 
     name = NAME
-    features = frozenset(FEATURES)
+    features = frozenset(FEATURES + AUGMENT_FEATURES)
 
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
                  sparse_max_density=0.5, team_epoch=True):
@@ -276,11 +277,11 @@ class NumbaBackend(Backend):
     # ---- training -------------------------------------------------------------------------------
     def _team(self, plan, hogwild):
         return (not hogwild and _plain_sgd(plan.rule) and plan.dropout == 0 and plan.max_shift == 0
-                and self.team_epoch)
+                and not _resamples(plan) and self.team_epoch)
 
     def _hogwild(self, plan, workers):
         return (not plan.deterministic and workers > 1 and plan.n_steps > 1 and _plain_sgd(plan.rule)
-                and plan.dropout == 0 and plan.max_shift == 0)
+                and plan.dropout == 0 and plan.max_shift == 0 and not _resamples(plan))
 
     def _fit_buffers(self, net, plan, ws):
         """The workspace's buffers for `plan` (made on first use; a plan with another batch size,
@@ -322,15 +323,17 @@ class NumbaBackend(Backend):
 
     @staticmethod
     def _augment(net, plan, ws):
-        """numba_kernels.Augment for plan's dropout and shifts, or None when both are off."""
+        """numba_kernels.Augment for plan's dropout, shifts, rotation and elastic distortion, or None when
+        all are off."""
         dropout, max_shift = float(plan.dropout), int(plan.max_shift)
-        if dropout == 0 and max_shift == 0:
+        rotate, alpha = float(plan.max_rotate), float(plan.elastic_alpha)
+        if dropout == 0 and max_shift == 0 and rotate == 0 and alpha == 0:
             return None
-        rows, cols = (int(v) for v in plan.image_shape) if max_shift > 0 else (0, 0)
+        rows, cols = (int(v) for v in plan.image_shape) if (max_shift > 0 or rotate > 0 or alpha > 0) else (0, 0)
         bmax = int(plan.batch_size)
         s, csr = ws.scratch, ws.csr
         drop_size = s.acts.shape[-1] if dropout > 0 else 0
-        shift_csr = max_shift > 0 and csr[0].shape[0] > 0
+        shift_csr = max_shift > 0 and csr[0].shape[0] > 0 and not _resamples(plan)
         n_pixels = rows * cols if shift_csr else 0
         pix = np.arange(n_pixels, dtype=np.int64)
         midx = np.zeros(bmax * net.sizes[0] if shift_csr else 0, dtype=csr[1].dtype)
@@ -339,7 +342,9 @@ class NumbaBackend(Backend):
                          np.zeros(drop_size, dtype=net.dtype), np.zeros(drop_size, dtype=net.dtype),
                          np.zeros(bmax + 1 if shift_csr else 0, dtype=np.int64), midx,
                          np.zeros(midx.shape[0], dtype=np.uint8), np.arange(bmax, dtype=np.int64),
-                         pix // max(cols, 1), pix % max(cols, 1))
+                         pix // max(cols, 1), pix % max(cols, 1), rotate, alpha,
+                         numba_augment.make_works(s.n_split or 1, rows, cols) if (rotate > 0 or alpha > 0)
+                         else np.zeros((0, 0)))
 
     def train_epoch(self, net, plan, ws=None):
         plan.validate(net)
@@ -350,7 +355,7 @@ class NumbaBackend(Backend):
             raise ValueError(f"the numba backend does not implement {', '.join(sorted(missing))}")
         hogwild, workers, use_blas = self._fit_buffers(net, plan, ws)
         model = K.Net(net.params, net.layout_array(), kinds_of(net))
-        csr = ws.csr
+        csr = NO_CSR if _resamples(plan) else ws.csr  # rotation/elastic resample dense rows
         data = self._data(plan.X, plan.x_scale, csr, plan.targets, plan.labels, ops.LOSS_CODES[plan.loss], net.dtype)
         n_blas = 1 if use_blas.any() else None
         if ws.team is not None:
@@ -401,6 +406,11 @@ class NumbaBackend(Backend):
         ws.info = {"seconds": seconds, "compiled": misses > 0, "cache_hits": hits, "cache_misses": misses,
                    "index_seconds": time.perf_counter() - t1}
         return ws
+
+
+def _resamples(plan):
+    """plan rotates or elastically distorts its images (fastgd.augment; dense input path)."""
+    return float(plan.max_rotate) > 0 or float(plan.elastic_alpha) > 0
 
 
 def _cache_counts(dispatcher):

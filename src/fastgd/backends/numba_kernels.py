@@ -17,7 +17,8 @@ What a kernel call gets (namedtuples, so signatures stay short; see numba_backen
              gradients / a loop layer's transposed weights), use_blas (n_layers,) bool, n_split.
 ``Optim``    the optimiser beyond plain in-place SGD (StepRule; momentum, weight decay, L1,
              Adam/AdamW), with the gradient buffer and the state arrays; ``None`` for plain SGD.
-``Augment``  dropout and image shifts with their scratch; ``None`` when both are off.
+``Augment``  dropout, image shifts, rotation and elastic distortion (numba_augment) with their
+             scratch; ``None`` when all are off.
 ``None`` arguments are compile-time facts: Numba prunes `if opt is None` branches, so plain SGD
 compiles to the same code as before the optimiser and augmentation existed, from the same source.
 
@@ -51,6 +52,7 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
                         TANH)
 
 from .base import ADAM, ADAMW, SGD
+from .numba_augment import augment_rows_split
 from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size,  # noqa: F401
                          team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
@@ -69,7 +71,7 @@ Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_b
 Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
 Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas")
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
-                                "mptr midx mval brows pixel_row pixel_col")
+                                "mptr midx mval brows pixel_row pixel_col max_rotate elastic_alpha aug_work")
 
 
 
@@ -605,6 +607,10 @@ def input_rows(data, rows, s, aug, pos0):
                 return aug.mptr, aug.midx, aug.mval, view1d(aug.brows, 0, rows.shape[0])
         return data.csr_ptr, data.csr_idx, data.csr_val, rows
     if aug is not None:
+        if aug.max_rotate > 0 or aug.elastic_alpha > 0:  # fastgd.augment's sampling map
+            augment_rows_split(data.X, rows, data.x_scale, x0, aug.seed, pos0, aug.max_shift, aug.max_rotate,
+                               aug.elastic_alpha, aug.img_rows, aug.img_cols, aug.aug_work)
+            return data.csr_ptr, data.csr_idx, data.csr_val, rows
         if aug.max_shift > 0:
             gather_dense_shifted(data.X, rows, data.x_scale, x0, aug.seed, pos0, aug.max_shift, aug.img_rows,
                                  aug.img_cols)
