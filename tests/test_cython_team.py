@@ -161,9 +161,13 @@ def test_auto_rule():
     Xf = rng.standard_normal((40, 784)).astype(np.float32)
     labels = rng.integers(0, 10, 40).astype(np.int32)
     targets = np.eye(10, dtype=np.float32)[labels]
+    mid = fastgd.Network([784, 128, 10], activation="relu", output="softmax", dtype="float32", seed=0)
     for batch in (32, 128):
         plan = make_plan(Xf, 1.0, targets, labels, batch, loss="cross_entropy", threads=2)
         assert b._cols(net, plan, None, {})
+        assert b._cols(net, plan, "sparse input", {})  # its layers past the first still reach the work
+        assert b._cols(mid, plan, None, {})
+        assert not b._cols(mid, plan, "sparse input", {})  # the sparse first layer is most of its work
         assert not b._cols(small, plan, None, {})
     b.cols = False
     assert not b._cols(net, plan, None, {})
