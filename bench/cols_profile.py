@@ -1,0 +1,43 @@
+"""One full 60k-image epoch of 784-512-512-10 (relu/softmax CE, float32) in the Cython "cols"
+epoch, called directly, with its per-thread profile: each OpenMP thread's CPU seconds of work
+and of waiting in barriers. On a shared machine the wall time says little about the kernel,
+but the work CPU per thread still shows how the work splits (1 thread vs 2: the scaling the
+kernel would have on quiet cores).
+
+    PYTHONPATH=src python bench/cols_profile.py [batch] [gauss: 0|1] [threads,...] [rounds]
+"""
+import sys
+import time
+
+import numpy as np
+
+import fastgd
+from fastgd import ops
+from fastgd._kernels import dense_cols
+
+if __name__ == "__main__":
+    bs = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    gauss = len(sys.argv) > 2 and sys.argv[2] == "1"
+    thread_counts = [int(t) for t in sys.argv[3].split(",")] if len(sys.argv) > 3 else [1, 2]
+    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+    X, y, _, _ = fastgd.datasets.load_mnist()
+    if gauss:
+        X = np.random.default_rng(0).standard_normal(X.shape).astype(np.float32)
+    labels = np.asarray(y, dtype=np.int32)
+    targets = np.eye(10, dtype=np.float32)[labels]
+    lrs = np.full(-(-len(X) // bs), 0.05)
+    codes = (ops.ACTIVATION_CODES["relu"], ops.ACTIVATION_CODES["softmax"], ops.LOSS_CODES["cross_entropy"])
+    for r in range(rounds):
+        for threads in thread_counts:
+            net = fastgd.Network([784, 512, 512, 10], activation="relu", output="softmax", dtype="float32", seed=0)
+            order = np.random.default_rng(r).permutation(len(X)).astype(np.int64)
+            prof = np.zeros(3 * threads)
+            t0 = time.perf_counter()
+            ran = dense_cols.train_epoch_cols(net.params, net.layout_array(), X, 1 / 255 if X.dtype == np.uint8 else 1.0,
+                                              order, targets, labels, lrs, bs, *codes, threads, np.zeros(threads),
+                                              np.zeros(threads, np.int64), not gauss, None, prof)
+            wall = time.perf_counter() - t0
+            p = prof.reshape(threads, 3)[:ran]
+            print(f"b{bs}{' Gaussian' if gauss else ' MNIST'} {threads} thread(s) ({ran} ran): wall {wall * 1e3:.0f} ms; "
+                  f"work CPU per thread {', '.join(f'{a * 1e3:.0f}' for a in p[:, 0])} ms; "
+                  f"barrier-wait CPU {', '.join(f'{a * 1e3:.0f}' for a in p[:, 1])} ms", flush=True)
