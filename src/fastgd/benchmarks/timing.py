@@ -267,9 +267,17 @@ class Runner:
         return seconds
 
 
-def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, progress=None, max_samples=None):
+# Idle time before each timed call when backends alternate: the worker threads a backend leaves
+# behind (OpenBLAS, libgomp, Numba's pool) keep spinning for up to ~0.1 s after its call and
+# would steal the next backend's cores (measured: cython's 10k forward 9 -> 18 ms right after numpy).
+SETTLE_SECONDS = 0.3
+
+
+def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, progress=None, max_samples=None,
+            settle_seconds=SETTLE_SECONDS):
     """Time every config: per case, the backends' rounds are interleaved so that a change in machine
-    load affects all of them alike. Returns a list of Results in the order of `configs`."""
+    load affects all of them alike, with `settle_seconds` of idle time before each call of a case
+    timed against others. Returns a list of Results in the order of `configs`."""
     workload = workload or Workload()
     by_case = {}
     for c in configs:
@@ -283,6 +291,8 @@ def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, pr
             for r in runners:
                 if r.config.kind == "train":
                     r.reset()
+                if len(runners) > 1 and settle_seconds > 0:
+                    time.sleep(settle_seconds)
                 r.run()
                 if round_ < warmup:  # warm-up rounds are not kept
                     r.result.seconds.pop()
