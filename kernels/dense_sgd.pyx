@@ -44,6 +44,8 @@ cdef extern from "fastgd_simd.h":
     int fgd_thread_num() noexcept nogil
     int fgd_num_threads() noexcept nogil
     void fgd_barrier() noexcept nogil
+    unsigned int fgd_flush_denormals() noexcept nogil
+    void fgd_restore_fp(unsigned int old) noexcept nogil
     float fgd_expf(float x) noexcept nogil
     double fgd_uniform(unsigned long long seed, unsigned long long pos,
                        unsigned long long unit) noexcept nogil
@@ -1345,6 +1347,7 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
     cdef floating lut[256]
     cdef CscWork* wk = NULL
     cdef bint sparse = c.csr_ptr != NULL
+    cdef unsigned int fp_mode = 0
     if problem.itemsize != 0 and problem.itemsize != <int>sizeof(floating):
         raise TypeError("X/targets and params have different float types")
     if c.aug_work != NULL and threads > c.aug_threads:
@@ -1366,6 +1369,7 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
     set_lut(&c, lut)
     if mode == MODE_SERIAL:
         with nogil:
+            fp_mode = fgd_flush_denormals()
             if sparse:
                 wk = csc_new(c.n_in)
             for step in range(n_steps):
@@ -1377,8 +1381,10 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
                 apply_step(&c, P, S0, G0, od + step * batch_size, B, lr[step], t0 + step, 0, 1, &r,
                            wk)
             csc_free(wk)
+            fgd_restore_fp(fp_mode)
         return
     with nogil, parallel(num_threads=threads):
+        fp_mode = fgd_flush_denormals()  # per thread (fp_mode is thread-private here)
         tid = fgd_thread_num()
         nt = fgd_num_threads()
         wk = csc_new(c.n_in) if sparse else NULL
@@ -1410,6 +1416,7 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
                            &r, wk)
                 fgd_barrier()  # the next step reads the updated weights
         csc_free(wk)
+        fgd_restore_fp(fp_mode)
 
 
 def loss_and_grad(floating[::1] params, floating[::1] grad, Problem problem,

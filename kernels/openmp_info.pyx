@@ -74,3 +74,35 @@ def parallel_sum(const floating[::1] x, int threads=1):
     for i in prange(n, nogil=True, num_threads=threads, schedule="static"):
         total += x[i]
     return total
+
+
+# ---- the calling thread's floating-point mode -------------------------------------------------
+cdef extern from *:
+    """
+    #if defined(__SSE__) || defined(__x86_64__)
+    #include <xmmintrin.h>
+    static unsigned int fastgd_flush_denormals(void) {
+        unsigned int old = _mm_getcsr();
+        _mm_setcsr(old | 0x8040u);  /* FTZ | DAZ */
+        return old;
+    }
+    static void fastgd_restore_fp(unsigned int old) { _mm_setcsr(old); }
+    #else
+    static unsigned int fastgd_flush_denormals(void) { return 0u; }
+    static void fastgd_restore_fp(unsigned int old) { (void)old; }
+    #endif
+    """
+    unsigned int fastgd_flush_denormals() nogil
+    void fastgd_restore_fp(unsigned int old) nogil
+
+
+def flush_denormals():
+    """Flush denormals to zero (FTZ, DAZ) on the calling thread; returns the old mode for
+    restore_fp. For backends whose kernels cannot set it themselves (Numba): a saturated sigmoid
+    network's deltas fall below FLT_MIN and every operation on them costs a microcode assist."""
+    return fastgd_flush_denormals()
+
+
+def restore_fp(unsigned int old):
+    """Put back the floating-point mode flush_denormals returned."""
+    fastgd_restore_fp(old)

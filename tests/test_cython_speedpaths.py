@@ -321,3 +321,22 @@ def test_sparse_shifted_epoch_in_slices_equals_one_call():
         runs.append(m.params.copy())
     np.testing.assert_array_equal(runs[1], runs[0])
     assert not np.array_equal(runs[0], net.params)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_leaves_the_callers_floating_point_mode_alone(threads):
+    """The training kernel flushes denormals to zero on its threads (a saturated sigmoid network
+    otherwise slows down several-fold) and must restore the caller's mode: afterwards a float32
+    denormal on this thread still survives arithmetic."""
+    tiny = np.array([1e-39], dtype=np.float32)
+    assert tiny[0] != 0 and (tiny * np.float32(1.0))[0] != 0, "denormals already flushed before training"
+    X = np.random.default_rng(0).integers(0, 256, size=(64, 30)).astype(np.uint8)
+    labels = np.arange(64, dtype=np.int32) % 3
+    targets = np.eye(3, dtype=np.float32)[labels]
+    for mode_work in (0, 1 << 40):  # sync mode on 2 threads, then serial
+        net = fastgd.Network([30, 9, 3], activation="sigmoid", output="sigmoid", dtype=np.float32, seed=0)
+        plan = make_plan(X, np.float32(1 / 255), targets, labels, 5, lr=3.0, loss="mse", threads=threads)
+        result = train(cy(sync_min_work=mode_work), net, plan)
+        assert np.isfinite(net.params).all() and result.mode == ("sync" if threads == 2 and mode_work == 0 else "serial")
+        again = np.array([1e-39], dtype=np.float32)
+        assert again[0] != 0 and (again * np.float32(1.0))[0] != 0, "the kernel left FTZ/DAZ on"

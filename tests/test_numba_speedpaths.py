@@ -310,3 +310,20 @@ def test_bounds_checked_build_runs_the_team_on_one_worker():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_leaves_the_callers_floating_point_mode_alone(threads):
+    """train_epoch flushes denormals on the calling thread while it runs (a saturated sigmoid
+    network otherwise slows down several-fold) and restores the caller's mode afterwards."""
+    tiny = np.array([1e-39], dtype=np.float32)
+    assert tiny[0] != 0 and (tiny * np.float32(1.0))[0] != 0, "denormals already flushed before training"
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(64, 30)).astype(np.uint8)
+    y = np.arange(64) % 3
+    net = fastgd.Network([30, 9, 3], activation="sigmoid", output="sigmoid", dtype=np.float32, seed=0)
+    fastgd.Trainer(net, loss="mse", lr=3.0, batch_size=5, epochs=2, backend="numba", threads=threads,
+                   seed=0).fit(X, y)
+    assert np.isfinite(net.params).all()
+    again = np.array([1e-39], dtype=np.float32)
+    assert again[0] != 0 and (again * np.float32(1.0))[0] != 0, "train_epoch left FTZ/DAZ on"

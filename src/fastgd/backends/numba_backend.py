@@ -78,6 +78,15 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from . import numba_augment  # noqa: E402
 from . import numba_kernels as K  # noqa: E402
 
+try:  # _fp_mode: Numba cannot set the SSE control word, the package's small compiled helper can
+    from .._kernels.openmp_info import flush_denormals as _flush_denormals, restore_fp as _restore_fp
+except ImportError:  # extensions not built (a source checkout): no flushing, same results
+    def _flush_denormals():
+        return 0
+
+    def _restore_fp(old):
+        pass
+
 try:  # load SciPy's BLAS now: threadpool_limits only reaches libraries already loaded, and the
     # kernels' first gemm would otherwise load it inside a `blas_threads(1)` block, unlimited (two
     # OpenBLAS threads on the busy 2-core machine: 128x784x512 sgemm 28 ms instead of 1.3 ms)
@@ -389,6 +398,15 @@ class NumbaBackend(Backend):
                          else np.zeros((0, 0)))
 
     def train_epoch(self, net, plan, ws=None):
+        # denormals flushed on this thread while the epoch runs (its Numba worker threads keep
+        # their own mode): a saturated sigmoid net's deltas turn denormal and every op on one is slow
+        old = _flush_denormals()
+        try:
+            return self._train_epoch(net, plan, ws)
+        finally:
+            _restore_fp(old)
+
+    def _train_epoch(self, net, plan, ws):
         plan.validate(net)
         if ws is None:  # convenience for one-off calls (tests); the Trainer passes prepare()'s
             ws = Workspace()
