@@ -5,8 +5,10 @@ they draw from, EpochPlan.validate's checks and training with them in the NumPy 
 import ctypes
 import dataclasses
 import math
+import os
 import shutil
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -228,6 +230,39 @@ def test_numba_equals_the_reference_bitwise(dtype, uint8):
             NA.augment_rows_split(X, idx, scale, split, np.uint64(seed), 17, ms, mr, al, *shape,
                                   NA.make_works(n_split, *shape))
             np.testing.assert_array_equal(split.view(np.uint8), want.view(np.uint8))
+
+
+POLLUTION_CHILD = r"""
+import re, numpy as np, fastgd
+from fastgd.backends import numba_augment as NA
+rng = np.random.default_rng(0)
+X = rng.random((40, 784))
+y = rng.integers(0, 10, 40)
+for dt in (np.float64,):  # the fastmath training kernels call numba_augment first
+    net = fastgd.Network([784, 16, 10], dtype=dt, seed=0)
+    fastgd.Trainer(net, backend="numba", epochs=1, batch_size=8, augment_shift=2, augment_rotate=15.0,
+                   augment_elastic=3.0, image_shape=(28, 28)).fit(X.astype(dt), y)
+fma = re.compile(r"\bv?f[n]?m(add|sub)[0-9]{3}[ps][sd]\b")
+seen = 0
+for disp in (NA.augment_rows, NA.warp, NA.sample_params, NA._cell):
+    for sig in disp.signatures:
+        seen += 1
+        assert not fma.search(disp.inspect_asm(sig)), (disp.__name__, sig)
+assert seen >= 4, seen
+print("no fma in", seen)
+"""
+
+
+def test_numba_augment_stays_fma_free_when_called_from_fastmath_kernels(tmp_path):
+    """numba_augment's functions called from the training kernels (fastmath) must not inherit
+    fastmath: a callee that leaves it unset does, and the disk cache then handed the FMA version
+    to every later call too (CI's first failure of the bitwise test above)."""
+    pytest.importorskip("numba")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("NUMBA_BOUNDSCHECK", None)
+    out = subprocess.run([sys.executable, "-c", POLLUTION_CHILD], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no fma in" in out.stdout
 
 
 HARNESS = r"""

@@ -23,8 +23,11 @@ from numba.core import config
 
 from .. import _random, augment
 
-# No fastmath: every a * b + c stays two roundings, as in the reference.
-JIT = dict(cache=not config.BOUNDSCHECK, nogil=True, error_model="numpy")
+# No fastmath: every a * b + c stays two roundings, as in the reference. Said explicitly: a callee
+# that leaves fastmath unset inherits its caller's (numba.core.cpu: flags.inherit_if_not_set), so
+# called from the fastmath training kernels these compiled with FMAs, and the on-disk cache then
+# handed that version to direct calls too.
+JIT = dict(cache=not config.BOUNDSCHECK, nogil=True, fastmath=False, error_model="numpy")
 
 _C0 = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
