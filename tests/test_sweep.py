@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,25 +192,32 @@ def test_local_pool_and_dask_equal_sequential(tmp_path, dask_client):
 
 
 def test_dask_worker_killed_mid_trial_still_finishes_every_trial(tmp_path, dask_client):
-    """SIGKILL one worker process while it runs a trial: Dask reruns the trial elsewhere."""
+    """SIGKILL one worker process while it runs its first trial: Dask reruns the trial elsewhere.
+
+    The kill comes from a thread watching the scheduler during the first wave of trials, so the
+    killed worker holds no finished result yet (only its running trial is lost)."""
     spec = {"settings": {**TINY, "sizes": [784, 64, 10], "epochs": 4}, "train_size": 6000, "test_size": 300,
             "grid": {"lr": [0.02, 0.05, 0.1, 0.2]}, "seeds": 2}
     killed = []
+    stop = threading.Event()
 
-    def kill_a_busy_worker(record):
-        if killed:
-            return
-        for _ in range(200):
+    def kill_the_first_busy_worker():
+        while not stop.is_set():
             busy = [w for w, tasks in dask_client.processing().items() if tasks]
             if busy:
                 pid = dask_client.run(os.getpid, workers=[busy[0]])[busy[0]]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
-            time.sleep(0.01)
+            time.sleep(0.005)
 
-    result = fastgd.sweep(spec, out=tmp_path / "d", dask_client=dask_client, progress=False,
-                          on_result=kill_a_busy_worker)
+    killer = threading.Thread(target=kill_the_first_busy_worker, daemon=True)
+    killer.start()
+    try:
+        result = fastgd.sweep(spec, out=tmp_path / "d", dask_client=dask_client, progress=False)
+    finally:
+        stop.set()
+        killer.join(timeout=60)
     assert killed, "no worker was busy to kill"
     assert len(result.records) == 8 and all(r["status"] == "ok" for r in result.records)
     expected = fastgd.sweep(spec, out=tmp_path / "s", workers=1, progress=False)

@@ -166,13 +166,24 @@ class DaskRunner:
     it resolves to the worker's own copy. A worker that dies mid-trial is handled by Dask: the
     scheduler reruns its trials on other workers (up to ``distributed.scheduler.allowed-failures``
     times); ``retries`` also reruns a trial whose task raised outside the trial itself.
+
+    A finished trial's result waits on its worker until fetched. If that worker dies first, Dask
+    is meant to recompute it, but a fetch racing the death can wait for good (gather hangs of
+    that kind are reported against distributed). So a fetch that takes longer than
+    ``fetch_timeout`` seconds gives the trial up and submits it again (trials are deterministic),
+    at most ``MAX_FETCHES`` times, then records it as lost. Waiting for a trial to *finish* has
+    no timeout: trials may legitimately run for hours.
     """
 
-    def __init__(self, address=None, client=None, retries=2):
+    MAX_FETCHES = 3
+
+    def __init__(self, address=None, client=None, retries=2, fetch_timeout=60.0):
         if (address is None) == (client is None):
             raise ValueError("give a scheduler address or a dask client, not both or neither")
         self._address, self._client, self._own_client = address, client, client is None
         self.retries = retries
+        self.fetch_timeout = fetch_timeout
+        self._fetches = {}
         self.slots = 1
         self.description = f"dask {address or 'client'}"
 
@@ -205,7 +216,15 @@ class DaskRunner:
         for future in done:
             task = self._futures.pop(future)
             try:
-                finished.append((task, *future.result()))
+                finished.append((task, *future.result(timeout=self.fetch_timeout)))
+            except TimeoutError:  # the result is stuck on (or lost with) a worker: run the trial again
+                fetches = self._fetches[task.trial_id] = self._fetches.get(task.trial_id, 0) + 1
+                if fetches >= self.MAX_FETCHES:
+                    finished.append((task, *_lost_record(
+                        task, f"LostResult: its result could not be fetched in {fetches} runs")))
+                else:
+                    future.cancel()
+                    self.submit(task)
             except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after too many worker deaths
                 finished.append((task, *_lost_record(task, f"{type(exc).__name__}: {exc}")))
             future.release()
