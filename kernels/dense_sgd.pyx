@@ -56,6 +56,8 @@ cdef extern from "fastgd_simd.h":
                          long lda) noexcept nogil
     long fgd_shift_csr_row(const uint16_t* idx, const uint8_t* val, long nnz, long off, long dx,
                            long cols, long n_pix, uint16_t* out_idx, uint8_t* out_val) noexcept nogil
+    long fgd_row_nonzeros_u8(const uint8_t* x, long n, uint16_t* idx, uint8_t* val) noexcept nogil
+    long fgd_row_count_u8(const uint8_t* x, long n) noexcept nogil
     void fgd_axpy16f(float* t, float x, const float* d) noexcept nogil
     void fgd_axpy16d(double* t, double x, const double* d) noexcept nogil
     void fgd_sparse_forward16f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
@@ -1445,12 +1447,24 @@ def loss_and_grad(floating[::1] params, floating[::1] grad, Problem problem,
 
 
 def forward(floating[::1] params, Problem problem, int64_t chunk, floating[:, ::1] scratch,
-            floating[:, ::1] out, double[::1] losses=None, int64_t[::1] corrects=None):
+            floating[:, ::1] out, double[::1] losses=None, int64_t[::1] corrects=None,
+            uint16_t[::1] sparse_idx=None, uint8_t[::1] sparse_val=None, int64_t[::1] sparse_ptr=None):
     """Output activations of every input row into out (n x n_out), `chunk` rows at a time, on
     one thread (callers run several calls on row ranges in parallel). With targets in `problem`,
     also each chunk's loss sum (from the pre-activations, the training formula) and correct
-    count into losses[ch], corrects[ch] (evaluate)."""
+    count into losses[ch], corrects[ch] (evaluate).
+
+    With the sparse_* buffers (uint8 input, no CSR in problem; idx and val chunk * n_in + 1
+    long, ptr chunk + 1), each chunk's non-zero pixels are listed first and the first layer
+    touches only their weight rows, as training's sparse path does: inference needs no CSR of
+    the whole input built beforehand."""
     cdef Ctx c = problem.c
+    cdef Ctx sc
+    cdef bint sparse = sparse_idx is not None
+    cdef uint16_t* sp_idx = NULL
+    cdef uint8_t* sp_val = NULL
+    cdef int64_t* sp_ptr = NULL
+    cdef int64_t n_in = c.n_in
     cdef int64_t n = out.shape[0]
     cdef int64_t n_out = out.shape[1]
     cdef int64_t n_chunks = (n + chunk - 1) // chunk
@@ -1468,16 +1482,36 @@ def forward(floating[::1] params, Problem problem, int64_t chunk, floating[:, ::
         raise TypeError("X/targets and params have different float types")
     if problem.keep[2].shape[0] != n:
         raise ValueError("out must have one row per input row")
+    if sparse:
+        if c.xu8 == NULL or c.csr_ptr != NULL or sparse_val is None or sparse_ptr is None:
+            raise ValueError("the sparse forward needs uint8 input without a CSR and all three buffers")
+        if (sparse_idx.shape[0] < chunk * n_in + 1 or sparse_val.shape[0] < chunk * n_in + 1
+                or sparse_ptr.shape[0] < chunk + 1 or n_in > 65536):
+            raise ValueError("sparse buffers too small for chunk rows")
+        sp_idx = &sparse_idx[0]
+        sp_val = &sparse_val[0]
+        sp_ptr = &sparse_ptr[0]
     if scored:
         if losses is None or corrects is None or losses.shape[0] < n_chunks or corrects.shape[0] < n_chunks:
             raise ValueError("evaluate needs one loss and one count slot per chunk")
         ls = &losses[0]
         cs = &corrects[0]
     set_lut(&c, lut)
+    sc = c  # the chunk's own CSR: rows 0..B-1 of sp_ptr
+    sc.csr_ptr = sp_ptr
+    sc.csr_idx = sp_idx
+    sc.csr_val = sp_val
     with nogil:
         for ch in range(n_chunks):
             B = min(chunk, n - ch * chunk)
-            network_forward(&c, <const floating*>&params[0], S0, NULL, ch * chunk, 0, B, False, 0)
+            if sparse:
+                sp_ptr[0] = 0
+                for s in range(B):
+                    sp_ptr[s + 1] = sp_ptr[s] + fgd_row_nonzeros_u8(c.xu8 + (ch * chunk + s) * n_in, n_in,
+                                                                    sp_idx + sp_ptr[s], sp_val + sp_ptr[s])
+                network_forward(&sc, <const floating*>&params[0], S0, NULL, 0, 0, B, False, 0)
+            else:
+                network_forward(&c, <const floating*>&params[0], S0, NULL, ch * chunk, 0, B, False, 0)
             if scored:
                 ls[ch] = 0
                 cs[ch] = 0
@@ -1492,7 +1526,7 @@ def forward(floating[::1] params, Problem problem, int64_t chunk, floating[:, ::
 def build_csr(const uint8_t[:, ::1] X):
     """Non-zero pixels of each row of a uint8 matrix: (ptr int64 (n+1), idx uint16, val uint8),
     row r's pixels are idx[ptr[r]:ptr[r+1]] (ascending) with values val[...]."""
-    cdef int64_t n = X.shape[0], d = X.shape[1], r, i, k, nnz = 0
+    cdef int64_t n = X.shape[0], d = X.shape[1], r, nnz = 0
     if d > 65536:
         raise ValueError("build_csr stores column indices as uint16: at most 65536 columns")
     ptr_arr = np.empty(n + 1, dtype=np.int64)
@@ -1500,21 +1534,20 @@ def build_csr(const uint8_t[:, ::1] X):
     with nogil:
         for r in range(n):
             ptr[r] = nnz
-            for i in range(d):
-                nnz += X[r, i] != 0
+            if d > 0:
+                nnz += fgd_row_count_u8(&X[r, 0], d)
         ptr[n] = nnz
-    idx_arr = np.empty(nnz, dtype=np.uint16)
-    val_arr = np.empty(nnz, dtype=np.uint8)
+    # + d: fgd_row_nonzeros_u8 may write (then overwrite) one slot past a row's last pixel
+    idx_arr = np.empty(nnz + d, dtype=np.uint16)
+    val_arr = np.empty(nnz + d, dtype=np.uint8)
     cdef uint16_t[::1] idx = idx_arr
     cdef uint8_t[::1] val = val_arr
-    with nogil:
-        k = 0
-        for r in range(n):
-            for i in range(d):
-                if X[r, i] != 0:
-                    idx[k] = <uint16_t>i
-                    val[k] = X[r, i]
-                    k += 1
+    if d > 0:
+        with nogil:
+            for r in range(n):
+                fgd_row_nonzeros_u8(&X[r, 0], d, &idx[ptr[r]], &val[ptr[r]])
+    idx_arr = idx_arr[:nnz]
+    val_arr = val_arr[:nnz]
     return ptr_arr, idx_arr, val_arr
 
 

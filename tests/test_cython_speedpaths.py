@@ -167,6 +167,80 @@ def test_flat_forward_matches_reference(dtype, sizes, uint8):
             b.flat_forward_max_work = 1 << 18
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", WIDTHS + [[784, 16, 16, 10], [70, 3], [130, 64, 10]])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_inference_matches_reference(dtype, sizes, threads):
+    """uint8 inference lists each chunk's non-zero pixels on the fly (no CSR of the whole input):
+    forward and evaluate equal the reference and the dense path, whatever the chunking. 11
+    rows in chunks of 4: a last chunk of 3; chunks of 5 on 2 threads: a part of one row."""
+    net, X, scale, targets, labels = problem(sizes, 11, dtype, seed=9, activation="relu", output="softmax",
+                                             density=0.25)
+    X[2] = 0  # an all-zero row
+    X[5] = 255  # a full one
+    X[9, -1] = 7  # a pixel in the last (scalar tail) position
+    ref = fastgd.backends.get_backend("numpy")
+    want = ref.forward(net, X, scale)
+    want_eval = ref.evaluate(net, X, scale, targets, labels, "cross_entropy")
+    rtol, atol = tol(dtype)
+    for chunk in (4, 5, 11, 256):
+        b = cy("auto")
+        b.flat_forward_max_work = 0
+        b.forward_chunk = chunk
+        assert b._sparse_forward(X)
+        got = b.forward(net, X, scale, threads)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+        loss, correct = b.evaluate(net, X, scale, targets, labels, "cross_entropy", threads)
+        np.testing.assert_allclose(loss, want_eval[0], rtol=rtol)
+        assert correct == want_eval[1]
+        d = cy("dense")
+        d.flat_forward_max_work = 0
+        d.forward_chunk = chunk
+        assert not d._sparse_forward(X)
+        np.testing.assert_allclose(d.forward(net, X, scale, threads), got, rtol=rtol, atol=atol)
+    # a dense uint8 input takes the dense path in auto mode; a float one never goes sparse
+    assert not cy("auto")._sparse_forward(np.full((5, sizes[0]), 3, np.uint8))
+    assert not cy("sparse")._sparse_forward(X.astype(dtype))
+
+
+def test_sparse_inference_rejects_bad_buffers():
+    from fastgd._kernels import dense_sgd
+    net, X, scale, targets, labels = problem([30, 20, 4], 6, np.float32, seed=1, activation="relu",
+                                             output="softmax", density=0.3)
+    b = cy("sparse")
+    lay = cython_backend._Layout(net, 4, b.blas_min_work, sparse_first=True)
+    prob = b._problem(net, lay, X, scale)
+    out = np.empty((6, 4), np.float32)
+    good = dict(sparse_idx=np.empty(4 * 30 + 1, np.uint16), sparse_val=np.empty(4 * 30 + 1, np.uint8),
+                sparse_ptr=np.empty(5, np.int64))
+    dense_sgd.forward(lay.pad(net.params), prob, 4, lay.scratch(1), out, **good)
+    np.testing.assert_allclose(out, fastgd.backends.get_backend("numpy").forward(net, X, scale), rtol=2e-4, atol=2e-5)
+    for key in good:
+        short = dict(good, **{key: good[key][:-1]})
+        with pytest.raises(ValueError, match="too small"):
+            dense_sgd.forward(lay.pad(net.params), prob, 4, lay.scratch(1), out, **short)
+    with pytest.raises(ValueError, match="needs uint8 input"):
+        Xf = (X * scale).astype(np.float32)
+        dense_sgd.forward(lay.pad(net.params), b._problem(net, lay, Xf, 1.0), 4, lay.scratch(1), out, **good)
+
+
+def test_build_csr_matches_numpy():
+    from fastgd._kernels import dense_sgd
+    rng = np.random.default_rng(4)
+    for shape in [(7, 784), (5, 63), (3, 64), (4, 65), (6, 129), (2, 1), (3, 0), (0, 10)]:
+        X = rng.integers(0, 256, shape, dtype=np.uint8)
+        X[rng.random(shape) < 0.7] = 0
+        if shape[0] > 2:
+            X[1] = 0
+            X[2] = 200
+        ptr, idx, val = dense_sgd.build_csr(X)
+        rows, cols = np.nonzero(X)
+        np.testing.assert_array_equal(ptr, np.r_[0, np.cumsum(np.count_nonzero(X, axis=1))])
+        np.testing.assert_array_equal(idx, cols)
+        np.testing.assert_array_equal(val, X[rows, cols])
+        assert idx.dtype == np.uint16 and val.dtype == np.uint8 and idx.size == val.size == ptr[-1]
+
+
 def test_flat_forward_is_used_for_one_row_and_rejects_bad_input():
     net = fastgd.Network([20, 9, 3], "relu", "softmax", dtype=np.float32, seed=0)
     b = cython_backend.CythonBackend()

@@ -395,13 +395,17 @@ class CythonBackend(Backend):
         threads = self._check_threads(threads)
         n = X.shape[0]
         chunk = max(1, min(self.forward_chunk, n))
-        lay = _Layout(net, chunk, self.blas_min_work)
+        sparse = self._sparse_forward(X)
+        lay = _Layout(net, chunk, self.blas_min_work, sparse_first=sparse)
         out = np.empty((n, net.sizes[-1]), dtype=net.dtype)
         params = lay.pad(net.params)
         n_chunks = -(-n // chunk)
         parts = min(threads, n_chunks)
         bounds = [min(n, chunk * (n_chunks * p // parts)) for p in range(parts + 1)]
         scratch = lay.scratch(parts)
+        room = chunk * X.shape[1] + 1
+        buffers = [dict(sparse_idx=np.empty(room, np.uint16), sparse_val=np.empty(room, np.uint8),
+                        sparse_ptr=np.empty(chunk + 1, np.int64)) if sparse else {} for _ in range(parts)]
         losses = np.zeros(n_chunks) if targets is not None else None
         corrects = np.zeros(n_chunks, dtype=np.int64) if targets is not None else None
 
@@ -412,7 +416,8 @@ class CythonBackend(Backend):
                                     labels[a:b] if labels is not None else None, loss)
             c0 = a // chunk
             _k.forward(params, problem, chunk, scratch[p:p + 1], out[a:b],
-                       losses[c0:] if losses is not None else None, corrects[c0:] if corrects is not None else None)
+                       losses[c0:] if losses is not None else None, corrects[c0:] if corrects is not None else None,
+                       **buffers[p])
 
         with self._blas_limit(1, lay):
             if parts == 1:
@@ -423,6 +428,17 @@ class CythonBackend(Backend):
                 for f in pending:
                     f.result()
         return out, losses, corrects
+
+    def _sparse_forward(self, X):
+        """Whether inference on uint8 X takes the zero-skipping first layer (each chunk's non-zero
+        pixels listed on the fly): as _input_csr decides for training, by the density measured
+        on up to 2048 evenly spaced rows (rows are independent, so only speed depends on it)."""
+        if X.dtype != np.uint8 or self.input_mode == "dense" or X.shape[1] > 65536 or X.size == 0:
+            return False
+        if self.input_mode == "sparse":
+            return True
+        sample = X[::max(1, X.shape[0] // 2048)]
+        return np.count_nonzero(sample) <= self.sparse_max_density * sample.size
 
     def forward(self, net, X, x_scale, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:
