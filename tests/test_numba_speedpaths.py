@@ -328,3 +328,63 @@ def test_training_leaves_the_callers_floating_point_mode_alone(threads):
     assert np.isfinite(net.params).all()
     again = np.array([1e-39], dtype=np.float32)
     assert again[0] != 0 and (again * np.float32(1.0))[0] != 0, "train_epoch left FTZ/DAZ on"
+
+
+# ---- inference: each chunk's non-zero pixels listed on the fly -------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes", [[784, 37, 10], [100, 130, 33, 7], [60, 200, 5], [130, 64, 10], [70, 17]])
+@pytest.mark.parametrize("threads", [1, TWO])
+def test_sparse_inference_matches_reference(dtype, sizes, threads):
+    """uint8 inference with a first layer wider than one vector lists each chunk's non-zero
+    pixels in the kernel (no CSR of the whole input): forward and evaluate equal the reference
+    and the dense path. 11 rows in chunks of 4 / 5 / 11 / 256: a last chunk of 3 rows, chunks
+    fewer than workers; an all-zero row, a full row, a pixel in the last (tail) position."""
+    rng = np.random.default_rng(8)
+    net = fastgd.Network(sizes, "relu", "softmax", dtype=dtype, seed=1)
+    X = rng.integers(1, 256, (11, sizes[0]), dtype=np.uint8)
+    X[rng.random(X.shape) > 0.25] = 0
+    X[2] = 0
+    X[5] = 255
+    X[9, -1] = 7
+    labels = rng.integers(0, sizes[-1], 11).astype(np.int32)
+    targets = np.eye(sizes[-1], dtype=dtype)[labels]
+    ref = get_backend("numpy")
+    want = ref.forward(net, X, UINT8_SCALE)
+    want_loss, want_correct = ref.evaluate(net, X, UINT8_SCALE, targets, labels, "cross_entropy")
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (2e-4, 2e-5)
+    for chunk in (4, 5, 11, 256):
+        b = NumbaBackend(forward_chunk=chunk)
+        assert b._sparse_forward(net, X)
+        got = b.forward(net, X, UINT8_SCALE, threads)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+        loss, correct = b.evaluate(net, X, UINT8_SCALE, targets, labels, "cross_entropy", threads)
+        np.testing.assert_allclose(loss, want_loss, rtol=rtol)
+        assert correct == want_correct
+        dense = NumbaBackend(forward_chunk=chunk, sparse_input="never")
+        assert not dense._sparse_forward(net, X)
+        np.testing.assert_allclose(dense.forward(net, X, UINT8_SCALE, threads), got, rtol=rtol, atol=atol)
+    # the rule: dense uint8 input, float input, a 16-unit first layer and a strided view stay dense
+    assert not NumbaBackend()._sparse_forward(net, np.full((5, sizes[0]), 3, np.uint8))
+    assert not NumbaBackend(sparse_input="always")._sparse_forward(net, X.astype(dtype))
+    assert not NumbaBackend()._sparse_forward(fastgd.Network([sizes[0], 16, 3], dtype=dtype), X)
+    assert not NumbaBackend()._sparse_forward(net, np.asfortranarray(X))
+
+
+def test_chunk_csr_matches_numpy():
+    rng = np.random.default_rng(4)
+    for shape in [(7, 784), (5, 63), (3, 64), (4, 65), (6, 129), (3, 1), (4, 128)]:
+        X = rng.integers(0, 256, shape, dtype=np.uint8)
+        X[rng.random(shape) < 0.7] = 0
+        X[1] = 0  # an all-zero row
+        X[2] = 200  # a full one
+        for start, stop in ((0, shape[0]), (1, shape[0] - 1), (2, 3)):
+            n = stop - start
+            ptr = np.full(n + 1, -1, np.int64)
+            idx = np.zeros(n * shape[1] + 1, np.uint16)
+            val = np.zeros(n * shape[1] + 1, np.uint8)
+            K.chunk_csr(X.reshape(-1), shape[1], start, stop, ptr, idx, val)
+            part = X[start:stop]
+            rows, cols = np.nonzero(part)
+            np.testing.assert_array_equal(ptr, np.r_[0, np.cumsum(np.count_nonzero(part, axis=1))])
+            np.testing.assert_array_equal(idx[:ptr[-1]], cols)
+            np.testing.assert_array_equal(val[:ptr[-1]], part[rows, cols])

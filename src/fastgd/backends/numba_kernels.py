@@ -47,6 +47,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 from numba.core import config
+from numba.cpython.unsafe.numbers import trailing_zeros  # LLVM cttz: the next non-zero pixel
 
 from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, RELU, SIGMOID, SOFTMAX,  # noqa: F401
                         TANH)
@@ -54,7 +55,7 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
 from .base import ADAM, ADAMW, SGD
 from .numba_augment import augment_rows_split
 from .numba_sparse import scale_table, sparse_forward, sparse_forward_narrow, sparse_update  # noqa: F401
-from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, prefetch, team_barrier, team_size,  # noqa: F401
+from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, nonzero_bits64, prefetch, team_barrier, team_size,  # noqa: F401
                          team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
                          vwhere_positive_else, view1d, view2d)
@@ -622,6 +623,23 @@ def input_rows(data, rows, s, aug, pos0):
 
 
 @njit(**JIT)
+def layer_forward(net, s, x, B, l):
+    """Layer l of B samples from its input x (bmax, sizes[l]): z = x W + b, then the activation
+    (hidden layers: in place, into s.acts; the last one: z into s.zlast, a into s.acts)."""
+    bmax = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    W, b = _layer_views(net.params, net.layout, l)
+    a = _acts(s.acts, s.act_off, s.sizes, l + 1, bmax)
+    z = s.zlast if l == L - 1 else a
+    if s.use_blas[l]:
+        dense_forward_blas(x, B, W, b, z, s.n_split)
+    else:
+        dense_forward_loops(x, B, W, b, z)
+    for i in range(B):
+        activation_forward(z, a, i, net.kinds[l])
+
+
+@njit(**JIT)
 def network_forward(net, data, rows, s, aug, pos0):
     """Forward pass of the samples X[rows] (epoch positions pos0, pos0 + 1, ...): activations
     into s.acts (hidden layers in place of their z), the last pre-activation into s.zlast; with
@@ -633,18 +651,15 @@ def network_forward(net, data, rows, s, aug, pos0):
     ptr, idx, val, in_rows = input_rows(data, rows, s, aug, pos0)
     first_unit = 0
     for l in range(L):
-        W, b = _layer_views(net.params, net.layout, l)
-        x = _layer_input(s, aug, l, bmax)
         a = _acts(s.acts, s.act_off, s.sizes, l + 1, bmax)
-        z = s.zlast if l == L - 1 else a  # hidden layers turn z into a in place
         if l == 0 and data.csr_ptr.shape[0] > 0:
+            W, b = _layer_views(net.params, net.layout, l)
+            z = s.zlast if l == L - 1 else a  # hidden layers turn z into a in place
             dense_forward_sparse(ptr, idx, val, data.x_scale, in_rows, W, b, z)
-        elif s.use_blas[l]:
-            dense_forward_blas(x, B, W, b, z, s.n_split)
+            for i in range(B):
+                activation_forward(z, a, i, net.kinds[l])
         else:
-            dense_forward_loops(x, B, W, b, z)
-        for i in range(B):
-            activation_forward(z, a, i, net.kinds[l])
+            layer_forward(net, s, _layer_input(s, aug, l, bmax), B, l)
         if aug is not None:
             if aug.dropout > 0 and l < L - 1:
                 dropout_rows(a, _acts(aug.masks, s.act_off, s.sizes, l + 1, bmax),
@@ -889,12 +904,15 @@ def loss_and_grad(net, data, grad, s):
 
 
 @njit(parallel=True, **JIT)
-def forward_chunks(net, data, out, chunk, s, losses, corrects):
+def forward_chunks(net, data, out, chunk, s, losses, corrects, sparse):
     """Output activations of every row of X into out, in chunks of `chunk` rows, worker w taking
     chunks w, w + n_workers, ... (scratch arrays have a leading worker axis). With `losses`
     (n_chunks,) float64 (not None): each chunk's loss sum and correct count too, from the
-    pre-activations like training (`evaluate`). Chunks are independent, so nothing depends on
-    the thread count."""
+    pre-activations like training (`evaluate`). With `sparse` (uint8 X, no CSR in data: per
+    worker ptr (W, chunk + 1), idx and val (W, chunk * n_in + 1), and the 256 scaled pixel
+    values), each chunk's non-zero pixels are listed first and the first layer reads only
+    those (sparse_first_forward). Chunks are independent, so nothing depends on the thread
+    count."""
     n = data.X.shape[0]
     n_workers = s.acts.shape[0]
     n_chunks = (n + chunk - 1) // chunk
@@ -906,7 +924,11 @@ def forward_chunks(net, data, out, chunk, s, losses, corrects):
             start = c * chunk
             stop = min(n, start + chunk)
             rows = np.arange(start, stop)
-            network_forward(net, data, rows, sw, None, 0)
+            if sparse is not None:
+                sparse_first_forward(net, data.X, start, stop, sw, sparse[0][w], sparse[1][w], sparse[2][w],
+                                     sparse[3])
+            else:
+                network_forward(net, data, rows, sw, None, 0)
             if losses is not None:
                 ls, cor = output_delta(net, data, rows, sw)
                 losses[c] = ls
@@ -915,6 +937,56 @@ def forward_chunks(net, data, out, chunk, s, losses, corrects):
             for i in range(stop - start):
                 for j in range(n_out):
                     out[start + i, j] = a[i, j]
+
+
+@njit(**JIT)
+def sparse_first_forward(net, X, start, stop, s, ptr, idx, val, lut):
+    """network_forward of the uint8 rows X[start:stop] (inference, first layer wider than VL)
+    with the first layer reading only their non-zero pixels, listed here (chunk_csr), through
+    numba_sparse.sparse_forward as the team epoch does; lut (256,): the reference's pixel values."""
+    B = stop - start
+    bmax = s.zlast.shape[0]
+    L = net.layout.shape[0]
+    chunk_csr(X.reshape(-1), X.shape[1], start, stop, ptr, idx, val)
+    W, b = _layer_views(net.params, net.layout, 0)
+    zbuf, zoff = (s.zlast.reshape(-1), 0) if L == 1 else (s.acts, s.act_off[1])
+    sparse_forward(ptr, idx, val, lut, np.arange(B), view1d(net.params, net.layout[0, 0], s.sizes[0] * s.sizes[1]),
+                   b, zbuf, zoff)
+    a = _acts(s.acts, s.act_off, s.sizes, 1, bmax)
+    z = s.zlast if L == 1 else a
+    for i in range(B):
+        activation_forward(z, a, i, net.kinds[0])
+    for l in range(1, L):
+        layer_forward(net, s, _acts(s.acts, s.act_off, s.sizes, l, bmax), B, l)
+
+
+@njit(**JIT)
+def chunk_csr(x, n_in, start, stop, ptr, idx, val):
+    """The non-zero pixels of rows start..stop of the flat uint8 matrix x (rows of n_in) as a CSR
+    of local rows 0.. (ptr (rows + 1), idx and val with room for rows * n_in + 1): 64 pixels
+    tested at once (nonzero_bits64), set bits walked; the row's tail branch-free (a zero
+    pixel's entry is written, then overwritten by the next one)."""
+    p = 0
+    ptr[0] = 0
+    for r in range(start, stop):
+        o = r * n_in
+        k = 0
+        while k + 64 <= n_in:
+            m = nonzero_bits64(x, o + k)
+            while m != 0:
+                j = k + np.int64(trailing_zeros(m))
+                idx[p] = j
+                val[p] = ld(x, o + j)
+                p += 1
+                m &= m - np.uint64(1)
+            k += 64
+        while k < n_in:
+            v = ld(x, o + k)
+            idx[p] = k
+            val[p] = v
+            p += v != 0
+            k += 1
+        ptr[r - start + 1] = p
 
 
 # ---- dropout masks and image shifts -----------------------------------------------------------

@@ -375,6 +375,27 @@ def prefetch(typingctx, arr, off):
 
 
 
+@intrinsic
+def nonzero_bits64(typingctx, arr, off):
+    """uint64 whose bit j says arr.flat[off + j] != 0, for the 64 bytes from off of a uint8
+    C-contiguous array (one vector compare: vptestmb with AVX-512BW)."""
+    if not isinstance(arr, types.Array) or arr.layout != "C" or arr.dtype != types.uint8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        off_ = context.cast(builder, args[1], sig.args[1], types.intp)
+        if _boundscheck():
+            _check_range(context, builder, sig.args[0], args[0], off_, ir.Constant(_I64, 64))
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        vty = ir.VectorType(ir.IntType(8), 64)
+        ptr = builder.bitcast(builder.gep(ary.data, [off_]), vty.as_pointer())
+        v = builder.load(ptr, align=1)
+        bits = builder.icmp_unsigned("!=", v, ir.Constant(vty, None))
+        return builder.bitcast(bits, _I64)
+
+    return types.uint64(arr, off), codegen
+
+
 # ---- an OpenMP team barrier and direct BLAS gemm -------------------------------------------
 def _load_gomp():
     """Make libgomp's symbols visible to the JIT linker (Numba's "omp" threading layer and the
