@@ -81,6 +81,15 @@ def _masked_fn(builder, kind, vty, ptr):
     return cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.{kind}.v{VL}f{bits}.p0")
 
 
+def _element_ptr(context, builder, sig, args, n):
+    """Pointer to element args[1] of the array args[0] (an (arr, index) intrinsic's arguments),
+    whose n elements from there are checked to lie inside it under NUMBA_BOUNDSCHECK=1."""
+    i = context.cast(builder, args[1], sig.args[1], types.intp)
+    if _boundscheck():
+        _check_range(context, builder, sig.args[0], args[0], i, ir.Constant(_I64, n))
+    return builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [i])
+
+
 def _check_array(arr):
     return isinstance(arr, types.Array) and arr.layout == "C" and isinstance(arr.dtype, types.Float)
 
@@ -383,12 +392,8 @@ def nonzero_bits64(typingctx, arr, off):
         return None
 
     def codegen(context, builder, sig, args):
-        off_ = context.cast(builder, args[1], sig.args[1], types.intp)
-        if _boundscheck():
-            _check_range(context, builder, sig.args[0], args[0], off_, ir.Constant(_I64, 64))
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
         vty = ir.VectorType(ir.IntType(8), 64)
-        ptr = builder.bitcast(builder.gep(ary.data, [off_]), vty.as_pointer())
+        ptr = builder.bitcast(_element_ptr(context, builder, sig, args, 64), vty.as_pointer())
         v = builder.load(ptr, align=1)
         bits = builder.icmp_unsigned("!=", v, ir.Constant(vty, None))
         return builder.bitcast(bits, _I64)
@@ -506,11 +511,7 @@ def ld(typingctx, arr, i):
         return None
 
     def codegen(context, builder, sig, args):
-        i_ = context.cast(builder, args[1], sig.args[1], types.intp)
-        if _boundscheck():
-            _check_range(context, builder, sig.args[0], args[0], i_, ir.Constant(_I64, 1))
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.load(builder.gep(ary.data, [i_]))
+        return builder.load(_element_ptr(context, builder, sig, args, 1))
 
     return arr.dtype(arr, i), codegen
 
