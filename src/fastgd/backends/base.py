@@ -69,6 +69,16 @@ FEATURES = ("momentum", "nesterov", "l2", "l1", "dropout", "shift", "adam", "ada
 AUGMENT_FEATURES = ("rotate", "elastic")
 
 
+def sparse_input_pays(X, max_density):
+    """Whether the zero-skipping first layer pays for inference on uint8 X: at most max_density
+    of its pixels non-zero, measured on up to 2048 evenly spaced rows (rows are independent, so
+    only speed depends on the sample). The compiled backends add their own kernel limits."""
+    if X.dtype != np.uint8 or X.shape[1] > 65536 or X.size == 0:
+        return False
+    sample = X[::max(1, X.shape[0] // 2048)]
+    return np.count_nonzero(sample) <= max_density * sample.size
+
+
 class BackendUnavailable(ImportError):
     """Raised when a known backend cannot run here (e.g. its compiled extension was not built)."""
 

@@ -71,7 +71,8 @@ import threading
 import numpy as np
 
 from .. import ops
-from .base import AUGMENT_FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult, FEATURES, Workspace
+from .base import (AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult,
+                   Workspace, sparse_input_pays)
 
 try:
     from fastgd._kernels import dense_sgd as _k
@@ -431,14 +432,11 @@ class CythonBackend(Backend):
 
     def _sparse_forward(self, X):
         """Whether inference on uint8 X takes the zero-skipping first layer (each chunk's non-zero
-        pixels listed on the fly): as _input_csr decides for training, by the density measured
-        on up to 2048 evenly spaced rows (rows are independent, so only speed depends on it)."""
+        pixels listed on the fly): as _input_csr decides for training, by measured density
+        (base.sparse_input_pays)."""
         if X.dtype != np.uint8 or self.input_mode == "dense" or X.shape[1] > 65536 or X.size == 0:
             return False
-        if self.input_mode == "sparse":
-            return True
-        sample = X[::max(1, X.shape[0] // 2048)]
-        return np.count_nonzero(sample) <= self.sparse_max_density * sample.size
+        return self.input_mode == "sparse" or sparse_input_pays(X, self.sparse_max_density)
 
     def forward(self, net, X, x_scale, threads=1):
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == 0:

@@ -63,7 +63,8 @@ from contextlib import nullcontext
 import numpy as np
 
 from .. import ops
-from .base import AUGMENT_FEATURES, FEATURES, SGD, Backend, BackendUnavailable, EpochResult, Workspace
+from .base import (AUGMENT_FEATURES, FEATURES, SGD, Backend, BackendUnavailable, EpochResult, Workspace,
+                   sparse_input_pays)
 
 try:
     import numba
@@ -298,15 +299,11 @@ class NumbaBackend(Backend):
     def _sparse_forward(self, net, X):
         """Whether inference on uint8 X lists each chunk's non-zero pixels for the first layer:
         first layers wider than one vector (at 16 units the dense loops measured faster), when
-        at most `sparse_max_density` of the pixels are non-zero, measured on up to 2048 evenly
-        spaced rows (rows are independent, so only speed depends on it)."""
+        at most `sparse_max_density` of the pixels are non-zero (base.sparse_input_pays)."""
         if (X.dtype != np.uint8 or self.sparse_input == "never" or X.shape[1] > 65536 or X.size == 0
                 or not X.flags.c_contiguous or net.sizes[1] <= K.VL):
             return False
-        if self.sparse_input == "always":
-            return True
-        sample = X[::max(1, X.shape[0] // 2048)]
-        return np.count_nonzero(sample) <= self.sparse_max_density * sample.size
+        return self.sparse_input == "always" or sparse_input_pays(X, self.sparse_max_density)
 
     def forward(self, net, X, x_scale, threads=1):
         if X.shape[0] == 0:
