@@ -336,9 +336,9 @@ def test_dropout_and_momentum_on_blas_layers_match_reference(threads):
 @pytest.mark.parametrize("recipe", [{}, dict(momentum=0.9, nesterov=True, l2=0.01, dropout=0.3),
                                     dict(optimizer="adamw", dropout=0.1)], ids=["plain", "recipe", "adamw"])
 def test_overlapped_row_copy_changes_nothing(backend, recipe):
-    """threads=2 on a one-thread epoch copies most rows on a second thread while the kernel
-    trains on the first eighth of the steps (two kernel calls): bitwise the same epoch, with
-    the steps' learning rates and dropout positions carried across the split."""
+    """threads=2 on a one-thread epoch copies the rows part by part on a second thread while the
+    kernel trains on the part before (34 steps: 5 kernel calls): bitwise the same epoch, with
+    the steps' learning rates and dropout positions carried across the splits."""
     net, X, scale, targets, labels = problem([60, 16, 5], 203, np.float32, seed=4)
 
     def new_plan():

@@ -71,6 +71,7 @@ import threading
 import numpy as np
 
 from .. import ops
+from . import pipeline
 from .base import (AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult,
                    Workspace, sparse_input_pays)
 
@@ -211,9 +212,9 @@ class CythonBackend(Backend):
       permute_sparse, permute_dense: stream each call's rows in visiting order (see above).
       cols: the "cols" epoch: None (when it applies and per-step work reaches cols_min_work),
         True (whenever it applies), False (never); env FASTGD_CYTHON_COLS=1/0 sets True/False.
-      overlap_gather: when plan.threads > 1 but the epoch runs on one thread, copy most of the
-        sparse rows on a second (Python) thread while the kernel trains on the first eighth
-        (finished before the call returns).
+      overlap_gather: when plan.threads > 1 but the epoch runs on one thread, copy the sparse
+        rows part by part on a second (Python) thread, each while the kernel trains on the
+        part before (see pipeline.part_bounds; all finished before the call returns).
     """
 
     name = NAME
@@ -286,34 +287,18 @@ class CythonBackend(Backend):
             return csr
         return None
 
-    @staticmethod
-    def _perm_buffers(ws, m, nnz, targets, touch=False):
-        """The workspace's buffers for m rows holding nnz pixels (new ones when those are too
-        small); touch: write them once so their pages are faulted in now rather than in an epoch."""
-        buf = getattr(ws, "perm_buffers", None)
-        if (buf is None or buf[0].size < m + 1 or buf[1].size < nnz or buf[3].shape[1:] != targets.shape[1:]
-                or buf[3].shape[0] < m or buf[3].dtype != targets.dtype):
-            buf = (np.empty(m + 1, np.int64), np.empty(max(nnz, 1), np.uint16), np.empty(max(nnz, 1), np.uint8),
-                   np.empty((m,) + targets.shape[1:], targets.dtype), np.empty(m, np.int32),
-                   np.arange(m, dtype=np.int64))
-            if touch:
-                for b in buf[:5]:
-                    b.fill(0)
-            ws.perm_buffers = buf
-        return buf
-
-    def _permuted(self, ws, csr, order, targets, labels, head=None, shift=None):
-        """(csr, targets, labels, identity order, rest) of the rows in `order`, in that order.
-        Only the first `head` rows (default: all) are copied here; `rest` is None, or a callable
-        copying the others (the caller runs it on another thread while the kernel trains on the
-        head, and waits for it before the call returns). shift: None, or (seed, first_position,
-        max_shift, image_rows, image_cols): row s is copied as the image of epoch position
-        first_position + s moved by its shift (pixels leaving the image dropped)."""
+    def _permuted(self, ws, csr, order, targets, labels, shift=None):
+        """(csr, targets, labels, identity order, copy) for the rows in `order`, in that order,
+        in the workspace's buffers. Nothing is copied here: copy(a, b, pos) copies rows a..b
+        (their pixels from entry pos on) and returns the entry after their last pixel, the pos
+        of rows b.. (shifts drop pixels, so it is known only once a..b are copied). shift: None,
+        or (seed, first_position, max_shift, image_rows, image_cols): row s is copied as the
+        image of epoch position first_position + s moved by its shift (pixels leaving the image
+        dropped)."""
         ptr, idx, val = csr
         nnz = _k.csr_rows_nnz(ptr, order)
         m = order.size
-        head = m if head is None else head
-        buf = self._perm_buffers(ws, m, nnz, targets)
+        buf = pipeline.perm_buffers(ws, m, nnz, targets, np.uint16)
         out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
 
         moved = {} if shift is None else dict(seed=shift[0], max_shift=shift[2], image_rows=shift[3],
@@ -327,9 +312,7 @@ class CythonBackend(Backend):
             np.take(labels, order[a:b], out=out_labels[a:b])
             return end
 
-        head_end = copy(0, head, 0)  # the rest starts where the head ended (shifts drop pixels)
-        rest = (lambda: copy(head, m, head_end)) if head < m else None
-        return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m], rest
+        return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m], copy
 
     @staticmethod
     def _permuted_dense(ws, X, order, targets, labels):
@@ -370,7 +353,7 @@ class CythonBackend(Backend):
             if plan.X.dtype == np.uint8 and not _resamples(plan) and (int(plan.max_shift) == 0 or self.permute_sparse):
                 ws.csr = self._input_csr(plan.X)
             if touch and ws.csr is not None and self.permute_sparse:  # a call visits at most every row
-                self._perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, touch=True)
+                pipeline.perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, np.uint16, touch=True)
         key = (bs, net.dtype.str, tuple(net.sizes), self.blas_min_work, ws.csr is not None)
         if getattr(ws, "layout_key", None) != key:
             ws.layout_key = key
@@ -588,15 +571,14 @@ class CythonBackend(Backend):
                 state[k] = lay.pad(flat)
         loss_out = np.zeros(threads, dtype=np.float64)
         correct_out = np.zeros(threads, dtype=np.int64)
-        rest = None
-        head = order.size
+        bounds, copy = [0, order.size], None
         if csr is not None and self.permute_sparse:
             # the call's rows, copied in visiting order: the kernel then streams them. Given
-            # 2+ threads that the epoch itself does not use, the first eighth of the steps is
-            # copied first and the rest on another thread while the kernel trains on it
-            if self.overlap_gather and mode == "serial" and int(plan.threads) > 1 and not lay.uses_blas:
-                head = min(order.size, -(-n_steps // 8) * bs)
-            csr, targets, labels, order, rest = self._permuted(ws, csr, order, targets, labels, head, shift)
+            # 2+ threads that the epoch itself does not use, the rows are copied part by part
+            # on another thread while the kernel trains on the part before (see pipeline)
+            pipelined = self.overlap_gather and mode == "serial" and int(plan.threads) > 1 and not lay.uses_blas
+            bounds = pipeline.part_bounds(n_steps, bs, order.size, pipelined)
+            csr, targets, labels, order, copy = self._permuted(ws, csr, order, targets, labels, shift)
         elif csr is None and self.permute_dense and order.size * X[0].nbytes <= self.permute_dense_max_bytes:
             # dense rows likewise: one gather per call, then the kernel streams them
             X, targets, labels, order = self._permuted_dense(ws, X, order, targets, labels)
@@ -618,15 +600,10 @@ class CythonBackend(Backend):
 
         try:
             with self._blas_limit(blas_threads, lay):
-                if rest is None:
+                if copy is None:
                     run(0, order.size)
                 else:
-                    pending = _thread_pool(1).submit(rest)
-                    try:
-                        run(0, head)
-                    finally:
-                        pending.result()
-                    run(head, order.size)
+                    pipeline.run_in_parts(copy, bounds, run)
         finally:
             if grad is not None:
                 grad.fill(0)  # an exception between steps must not leave a partial gradient
