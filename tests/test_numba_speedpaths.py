@@ -388,3 +388,79 @@ def test_chunk_csr_matches_numpy():
             np.testing.assert_array_equal(ptr, np.r_[0, np.cumsum(np.count_nonzero(part, axis=1))])
             np.testing.assert_array_equal(idx[:ptr[-1]], cols)
             np.testing.assert_array_equal(val[:ptr[-1]], part[rows, cols])
+
+
+# ---- the team epoch over rows copied in visiting order (fastgd.backends.pipeline) ----------
+@pytest.mark.parametrize("sizes,n,batch", [([784, 16, 16, 10], 41, 10), ([50, 11, 7], 13, 4),
+                                           ([70, 200, 9], 33, 8), ([40, 33, 7], 17, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_copied_rows_train_bitwise_like_rows_in_place(sizes, n, batch, threads):
+    """permute_sparse copies each call's CSR rows, targets and labels in visiting order (with
+    overlap_gather, part by part on another thread while the kernel trains on the part before):
+    the same weights, loss and accuracy to the bit as reading the rows where they lie, on a
+    shuffled order with a short last minibatch, over two epochs and a Trainer-style split call."""
+    outcomes = []
+    for permute, overlap in ((False, False), (True, False), (True, True)):
+        net, X, scale, targets, labels = make_problem(sizes, n, np.float32, seed=7, uint8=True, activation="sigmoid",
+                                                      output="sigmoid")
+        b = NumbaBackend(blas_min_work=LOOPS)
+        b.permute_sparse, b.overlap_gather = permute, overlap
+        order = np.random.default_rng(2).permutation(n)
+        plan = plan_for(X, scale, targets, labels, order, batch, 0.5, "mse", threads)
+        ws = b.prepare(net, plan)
+        results = [b.train_epoch(net, plan, ws)]
+        steps = plan.n_steps
+        head = plan_for(X, scale, targets, labels, order[:batch * (steps // 2)], batch, 0.5, "mse", threads)
+        tail = plan_for(X, scale, targets, labels, order[batch * (steps // 2):], batch, 0.5, "mse", threads)
+        results += [b.train_epoch(net, head, ws), b.train_epoch(net, tail, ws)]
+        assert ws.team is not None and (ws.csr[0].shape[0] > 0)
+        outcomes.append((net.params.copy(), [(r.loss_sum, r.n_correct) for r in results]))
+    for params, results in outcomes[1:]:
+        np.testing.assert_array_equal(params, outcomes[0][0])
+        assert results == outcomes[0][1]
+
+
+def test_gather_csr_rows_matches_numpy():
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 256, (30, 70), dtype=np.uint8)
+    X[rng.random(X.shape) < 0.8] = 0
+    X[3] = 0  # an empty row
+    for idx_dtype in (np.uint16, np.int32):
+        ptr, idx, val = K.build_csr(X, idx_dtype)
+        order = np.r_[rng.permutation(30), [3, 3, 0]].astype(np.int64)  # repeats and an empty row
+        nnz = int(K.csr_rows_nnz(ptr, order))
+        assert nnz == np.count_nonzero(X[order])
+        pos0 = 5
+        out_ptr = np.full(order.size + 1, -1, np.int64)
+        out_idx = np.zeros(pos0 + nnz + 3, idx_dtype)
+        out_val = np.zeros(pos0 + nnz + 3, np.uint8)
+        end = K.gather_csr_rows(ptr, idx, val, order, out_ptr, out_idx, out_val, pos0)
+        assert end == pos0 + nnz
+        rows, cols = np.nonzero(X[order])
+        np.testing.assert_array_equal(out_ptr, pos0 + np.r_[0, np.cumsum(np.count_nonzero(X[order], axis=1))])
+        np.testing.assert_array_equal(out_idx[pos0:end], cols)
+        np.testing.assert_array_equal(out_val[pos0:end], X[order][rows, cols])
+        assert not out_idx[end:].any() and not out_idx[:pos0].any()  # nothing written outside
+
+
+def test_bounds_checked_copy_elems_raises_index_error():
+    code = ("import numpy as np\n"
+            "from numba import njit\n"
+            "from fastgd.backends.numba_simd import copy_elems\n"
+            "@njit\n"
+            "def f(d, do, s, so, n):\n"
+            "    copy_elems(d, do, s, so, n)\n"
+            "d = np.zeros(6, np.uint16); s = np.arange(6, dtype=np.uint16)\n"
+            "f(d, 1, s, 2, 4)\n"
+            "assert list(d) == [0, 2, 3, 4, 5, 0]\n"
+            "for args in ((d, 3, s, 0, 4), (d, 0, s, 3, 4)):\n"
+            "    try:\n"
+            "        f(*args)\n"
+            "    except IndexError:\n"
+            "        print('IndexError')\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["IndexError", "IndexError"]

@@ -77,6 +77,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from . import numba_augment  # noqa: E402
+from . import pipeline  # noqa: E402
 from . import numba_kernels as K  # noqa: E402
 
 try:  # _fp_mode: Numba cannot set the SSE control word, the package's small compiled helper can
@@ -251,6 +252,8 @@ class NumbaBackend(Backend):
         self.forward_chunk = forward_chunk
         self.sparse_input = sparse_input
         self.sparse_max_density = sparse_max_density
+        self.permute_sparse = True
+        self.overlap_gather = True
 
     # ---- sparse input ---------------------------------------------------------------------------
     def _csr(self, X, first_layer_blas):
@@ -375,6 +378,9 @@ class NumbaBackend(Backend):
                 set_threads(n_team)
                 ws.team_key = tkey
                 ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas, ws.csr, plan.x_scale)
+                if self.permute_sparse and ws.csr[0].shape[0] > 0:  # a call visits at most every row
+                    pipeline.perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, ws.csr[1].dtype,
+                                          touch=True)
             ws.team = ws.team_buffers
         return hogwild, workers, use_blas
 
@@ -436,13 +442,7 @@ class NumbaBackend(Backend):
         data = self._data(plan.X, plan.x_scale, csr, plan.targets, plan.labels, ops.LOSS_CODES[plan.loss], net.dtype)
         n_blas = 1 if use_blas.any() else None
         if ws.team is not None:
-            nw = ws.team.woff.shape[0] // ws.team.act_off.shape[0]
-            set_threads(nw)
-            losses, corrects = np.zeros(nw), np.zeros(nw, dtype=np.int64)
-            with blas_threads(1 if use_blas.any() else None):
-                _call(K.train_epoch_team, model, data, plan.order, plan.lrs, int(plan.batch_size), ws.team, losses,
-                      corrects)
-            return EpochResult(float(losses.sum()), int(corrects.sum()), nw, "sync" if nw > 1 else "serial")
+            return self._train_team(net, plan, ws, model, data, use_blas)
         set_threads(workers)
         with blas_threads(n_blas):
             if hogwild:
@@ -453,6 +453,46 @@ class NumbaBackend(Backend):
                                       ws.scratch, self._optim(net, plan.rule, ws.grad), self._augment(net, plan, ws))
         used = workers if use_blas.any() else 1  # only the split gemms use more than one thread
         return EpochResult(float(loss_sum), int(correct), used, "sync" if used > 1 else "serial")
+
+    def _train_team(self, net, plan, ws, model, data, use_blas):
+        """The team epoch (numba_kernels.train_epoch_team) over plan's rows; with sparse input
+        (and permute_sparse), over a copy of the call's rows in visiting order, pipelined with
+        the training when a second thread is free (fastgd.backends.pipeline)."""
+        nw = ws.team.woff.shape[0] // ws.team.act_off.shape[0]
+        set_threads(nw)
+        bs = int(plan.batch_size)
+        order, copy, bounds = plan.order, None, [0, plan.order.size]
+        if ws.csr[0].shape[0] > 0 and self.permute_sparse:
+            ptr, idx, val = ws.csr
+            m = order.size
+            buf = pipeline.perm_buffers(ws, m, int(_call(K.csr_rows_nnz, ptr, plan.order)), plan.targets, idx.dtype)
+            out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
+            data = data._replace(csr_ptr=out_ptr, csr_idx=buf[1], csr_val=buf[2], targets=out_targets,
+                                 labels=out_labels)
+            order = buf[5][:m]
+
+            def copy(a, b, pos):
+                end = _call(K.gather_csr_rows, ptr, idx, val, plan.order[a:b], out_ptr[a:b + 1], buf[1], buf[2], pos)
+                np.take(plan.targets, plan.order[a:b], axis=0, out=out_targets[a:b])
+                np.take(plan.labels, plan.order[a:b], out=out_labels[a:b])
+                return end
+
+            pipelined = self.overlap_gather and nw == 1 and int(plan.threads) > 1
+            bounds = pipeline.part_bounds(plan.n_steps, bs, m, pipelined)
+        losses, corrects = np.zeros(nw), np.zeros(nw, dtype=np.int64)
+        loss_sum, correct = [0.0], [0]
+
+        def run(a, b):
+            _call(K.train_epoch_team, model, data, order[a:b], plan.lrs[a // bs:], bs, ws.team, losses, corrects)
+            loss_sum[0] += float(losses.sum())
+            correct[0] += int(corrects.sum())
+
+        with blas_threads(1 if use_blas.any() else None):
+            if copy is None:
+                run(0, order.size)
+            else:
+                pipeline.run_in_parts(copy, bounds, run)
+        return EpochResult(loss_sum[0], correct[0], nw, "sync" if nw > 1 else "serial")
 
     def prepare(self, net, plan):
         """Compile (or load from the on-disk cache) the kernels `plan` needs on a tiny copy of the

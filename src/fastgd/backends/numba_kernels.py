@@ -55,7 +55,7 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
 from .base import ADAM, ADAMW, SGD
 from .numba_augment import augment_rows_split
 from .numba_sparse import scale_table, sparse_forward, sparse_forward_narrow, sparse_update  # noqa: F401
-from .numba_simd import (HAVE_GOMP, VL, borrow, gemm_raw, ld, nonzero_bits64, prefetch, team_barrier, team_size,  # noqa: F401
+from .numba_simd import (HAVE_GOMP, VL, borrow, copy_elems, gemm_raw, ld, nonzero_bits64, prefetch, team_barrier, team_size,  # noqa: F401
                          team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
                          vwhere_positive_else, view1d, view2d)
@@ -301,6 +301,42 @@ def build_csr(X, idx_dtype):
     val = np.empty(nnz, dtype=np.uint8)
     csr_fill(X, ptr, idx, val)
     return ptr, idx, val
+
+
+@njit(**JIT)
+def csr_rows_nnz(ptr, order):
+    """The number of non-zero pixels in CSR rows order[0], order[1], ..."""
+    total = 0
+    for s in range(order.shape[0]):
+        total += ptr[order[s] + 1] - ptr[order[s]]
+    return total
+
+
+@njit(**JIT)
+def gather_csr_rows(ptr, idx, val, order, out_ptr, out_idx, out_val, pos):
+    """Copies CSR rows order[0], order[1], ... in that order into out_* from pixel entry pos on
+    (row s: out_ptr[s]..out_ptr[s + 1]; out_ptr has len(order) + 1 entries, out_idx/out_val
+    room for pos + the rows' pixels). Returns the entry after the last pixel copied."""
+    m = order.shape[0]
+    for s in range(m):
+        if s + 16 < m:  # rows sit at random places: start loading them well ahead
+            prefetch(ptr, ld(order, s + 16))
+            if s + 8 < m:
+                r = ld(order, s + 8)
+                k0 = ld(ptr, r)
+                for p in range(k0, ld(ptr, r + 1), 64 // idx.itemsize):
+                    prefetch(idx, p)
+                for p in range(k0, ld(ptr, r + 1), 64):
+                    prefetch(val, p)
+        r = ld(order, s)
+        k0 = ld(ptr, r)
+        n = ld(ptr, r + 1) - k0
+        out_ptr[s] = pos
+        copy_elems(out_idx, pos, idx, k0, n)
+        copy_elems(out_val, pos, val, k0, n)
+        pos += n
+    out_ptr[m] = pos
+    return pos
 
 
 @njit(**JIT)

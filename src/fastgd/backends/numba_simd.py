@@ -383,6 +383,30 @@ def prefetch(typingctx, arr, off):
     return types.none(arr, off), codegen
 
 
+@intrinsic
+def copy_elems(typingctx, dst, dst_off, src, src_off, n):
+    """dst.flat[dst_off:dst_off + n] = src.flat[src_off:src_off + n] for two C-contiguous
+    arrays of one dtype, as one memcpy (the element loop Numba makes of a slice copy ran at
+    ~1.4 ns per element, 7x the memcpy, in the row gather); ranges checked under
+    NUMBA_BOUNDSCHECK=1."""
+    if (not isinstance(dst, types.Array) or not isinstance(src, types.Array) or dst.layout != "C"
+            or src.layout != "C" or dst.dtype != src.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        count = context.cast(builder, args[4], sig.args[4], types.intp)
+        d_off = context.cast(builder, args[1], sig.args[1], types.intp)
+        s_off = context.cast(builder, args[3], sig.args[3], types.intp)
+        if _boundscheck():
+            _check_range(context, builder, sig.args[0], args[0], d_off, count)
+            _check_range(context, builder, sig.args[2], args[2], s_off, count)
+        d = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [d_off])
+        s = builder.gep(context.make_array(sig.args[2])(context, builder, args[2]).data, [s_off])
+        cgutils.raw_memcpy(builder, d, s, count, context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype)))
+        return context.get_dummy_value()
+
+    return types.none(dst, dst_off, src, src_off, n), codegen
+
 
 @intrinsic
 def nonzero_bits64(typingctx, arr, off):

@@ -1,14 +1,14 @@
 """Rows in visiting order: a call's sparse input rows copied front to back, overlapped with training.
 
 An epoch that visits shuffled rows in place hops over the whole input (27 MB of MNIST CSR) and
-stalls on every row. The Cython backend therefore copies a call's rows (their CSR entries,
-targets and labels) into workspace buffers in visiting order and lets the kernel stream them:
-on the lesson network this took its epoch from ~60 ms to ~35 ms. When a second core is free
-(the epoch runs on one thread), the copy runs on it, part by part, each part while the kernel
-trains on the one before (`part_bounds`, `run_in_parts`). (Numba's team epoch prefetches the
-next minibatch's rows instead; copying measured no gain there: 68 vs 57 ms on the lesson.)
+stalls on every row. Both compiled backends therefore copy a call's rows (their CSR entries,
+targets and labels) into workspace buffers in visiting order and let the kernel stream them
+(lesson network, median epoch: Cython ~60 -> ~35 ms; Numba's team epoch, which prefetches the
+next minibatch, 55.5 -> 45.9 ms). When a second core is free (the epoch runs on one thread),
+the copy runs on it, part by part, each part while the kernel trains on the one before
+(`part_bounds`, `run_in_parts`).
 
-The backend owns the copy itself (its compiled gather) and the kernel call; this module owns
+Each backend owns the copy itself (its compiled gather) and the kernel call; this module owns
 the buffers, the split into parts and the hand-off between the two threads.
 """
 from __future__ import annotations
