@@ -326,13 +326,31 @@ def sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W
         p0 = ld(ptr, r)
         p1 = ld(ptr, r + 1)
         a = p0 if i0 <= 0 else _first_at_least(idx, p0, p1, i0)
+        if a >= p1:
+            continue
+        e = p1 if np.int64(ld(idx, p1 - 1)) < i1 else _first_at_least(idx, a, p1, i1)
         d = vload(D, do + s * n_out, m)
-        for p in range(a, p1):
-            k = np.int64(ld(idx, p))
-            if k >= i1:
-                break
-            o = k * n_out
+        p = a
+        # four rows loaded before any is stored (a sample's pixels are distinct rows), as
+        # fgd_sparse_update16: the same operations per row
+        while p + 4 <= e:
+            o0 = np.int64(ld(idx, p)) * n_out
+            o1 = np.int64(ld(idx, p + 1)) * n_out
+            o2 = np.int64(ld(idx, p + 2)) * n_out
+            o3 = np.int64(ld(idx, p + 3)) * n_out
+            t0 = vfma(vload(W, o0, m), coef * ld(lut, ld(val, p)), d)
+            t1 = vfma(vload(W, o1, m), coef * ld(lut, ld(val, p + 1)), d)
+            t2 = vfma(vload(W, o2, m), coef * ld(lut, ld(val, p + 2)), d)
+            t3 = vfma(vload(W, o3, m), coef * ld(lut, ld(val, p + 3)), d)
+            vstore(W, o0, m, t0)
+            vstore(W, o1, m, t1)
+            vstore(W, o2, m, t2)
+            vstore(W, o3, m, t3)
+            p += 4
+        while p < e:
+            o = np.int64(ld(idx, p)) * n_out
             vstore(W, o, m, vfma(vload(W, o, m), coef * ld(lut, ld(val, p)), d))
+            p += 1
 
 
 @njit(**JIT)
