@@ -485,7 +485,8 @@ class NumbaBackend(Backend):
         loss_sum, correct = [0.0], [0]
 
         def run(a, b):
-            _call(K.train_epoch_team, model, data, order[a:b], plan.lrs[a // bs:], bs, ws.team, losses, corrects)
+            _call(K.train_epoch_team, model, data, order[a:b], plan.lrs[a // bs:], bs, ws.team, losses, corrects,
+                  copy is not None)
             loss_sum[0] += float(losses.sum())
             correct[0] += int(corrects.sum())
 

@@ -1315,12 +1315,14 @@ def team_update(net, data, order, start, B, t, w, nw, coef):
 
 
 @njit(parallel=True, **JIT)
-def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
+def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects, streamed):
     """Plain-SGD deterministic epoch on len(losses) workers in ONE parallel region, two team
     barriers per minibatch (see above). Worker w's loss sum and correct count go to losses[w],
     corrects[w]. Needs a prange whose iterations run one per OpenMP thread (team_probe) when
     len(losses) > 1. Per weight, the sparse and loop layers sum their samples in order whatever
-    the worker count; gemm layers are one gemm over all the minibatch's rows."""
+    the worker count; gemm layers are one gemm over all the minibatch's rows. streamed: the
+    rows lie in visiting order (fastgd.backends.pipeline), so the next minibatch's are not
+    prefetched (the hardware prefetcher follows the stream)."""
     nw = losses.shape[0]
     n = order.shape[0]
     n_steps = (n + batch_size - 1) // batch_size
@@ -1339,8 +1341,9 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects):
             s0 = B * w // nw
             Bw = B * (w + 1) // nw - s0
             nB = min(n, stop + batch_size) - stop
-            prefetch_rows(bdata.X, bdata.csr_ptr, bdata.csr_idx, bdata.csr_val, bdata.targets, bdata.labels,
-                          view1d(border, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
+            if not streamed:
+                prefetch_rows(bdata.X, bdata.csr_ptr, bdata.csr_idx, bdata.csr_val, bdata.targets, bdata.labels,
+                              view1d(border, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
             if Bw > 0:
                 s = _team_scratch(bt, w, s0)
                 rows = view1d(border, start + s0, Bw)
