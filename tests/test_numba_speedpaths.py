@@ -464,3 +464,42 @@ def test_bounds_checked_copy_elems_raises_index_error():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["IndexError", "IndexError"]
+
+
+# ---- few-row inference (single-sample predict) ----------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes,activation,output", [([784, 16, 16, 10], "sigmoid", "sigmoid"),
+                                                     ([20, 9, 3], "relu", "softmax"),
+                                                     ([70, 200, 9], "tanh", "linear"),
+                                                     ([13, 17, 33, 5], "leaky_relu", "softmax")])
+@pytest.mark.parametrize("uint8", [True, False])
+def test_flat_forward_matches_reference(dtype, sizes, activation, output, uint8):
+    """One or two rows run numba_kernels.forward_flat on the caller's thread from net.params:
+    the reference's outputs, and the chunked path's (flat_forward_max_work=0)."""
+    net = fastgd.Network(sizes, activation, output, dtype=dtype, seed=3)
+    rng = np.random.default_rng(1)
+    if uint8:
+        X = rng.integers(0, 256, (2, sizes[0]), dtype=np.uint8)
+        X[rng.random(X.shape) < 0.6] = 0
+        scale = UINT8_SCALE
+    else:
+        X, scale = rng.standard_normal((2, sizes[0])).astype(dtype), 1.0
+    ref = get_backend("numpy").forward(net, X, scale)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+    b = NumbaBackend()
+    for rows in (X[:1], X):
+        assert rows.shape[0] * net.n_params <= b.flat_forward_max_work
+        before = len(K.forward_flat.signatures)
+        out = b.forward(net, rows, scale, 2)
+        assert out.dtype == dtype and out.shape == (rows.shape[0], sizes[-1])
+        np.testing.assert_allclose(out, ref[:rows.shape[0]], **tol)
+        assert len(K.forward_flat.signatures) >= max(before, 1)
+    chunked = NumbaBackend()
+    chunked.flat_forward_max_work = 0
+    np.testing.assert_allclose(chunked.forward(net, X, scale, 2), ref, **tol)
+
+
+def test_flat_forward_rejects_a_row_of_the_wrong_width():
+    net = fastgd.Network([20, 9, 3], "relu", "softmax", dtype=np.float32, seed=0)
+    with pytest.raises(ValueError, match="rows of 20 values"):
+        NumbaBackend().forward(net, np.zeros((1, 21), np.float32), 1.0, 1)

@@ -110,6 +110,9 @@ BLAS_MIN_WORK = 1 << 20
 TEAM_MIN_WORK = 1 << 23
 #: Rows per chunk in `forward` and `evaluate`.
 FORWARD_CHUNK = 256
+#: rows x n_params up to which `forward` runs numba_kernels.forward_flat on the caller's thread
+#: (784-128-10: 2 rows), as the Cython backend's flat_forward_max_work.
+FLAT_FORWARD_MAX_WORK = 1 << 18
 
 
 def _call(kernel, *args):
@@ -239,6 +242,12 @@ class NumbaBackend(Backend):
         128-512 units at batch 32-128).
       team_min_work: batch x n_params from which the team epoch uses more than one worker
         without a BLAS-sized layer (TEAM_MIN_WORK).
+      flat_forward_max_work: rows x n_params up to which forward runs forward_flat on the
+        caller's thread (FLAT_FORWARD_MAX_WORK).
+      permute_sparse: the one-worker team epoch streams each call's sparse rows copied in
+        visiting order (fastgd.backends.pipeline) instead of reading them where they lie.
+      overlap_gather: when plan.threads > 1 but the team has one worker, that copy runs part by
+        part on a second (Python) thread while the kernel trains on the part before.
     """
 
     name = NAME
@@ -252,6 +261,7 @@ class NumbaBackend(Backend):
         self.forward_chunk = forward_chunk
         self.sparse_input = sparse_input
         self.sparse_max_density = sparse_max_density
+        self.flat_forward_max_work = FLAT_FORWARD_MAX_WORK
         self.permute_sparse = True
         self.overlap_gather = True
 
@@ -311,6 +321,13 @@ class NumbaBackend(Backend):
     def forward(self, net, X, x_scale, threads=1):
         if X.shape[0] == 0:
             return np.empty((0, net.sizes[-1]), dtype=net.dtype)
+        if X.shape[0] * net.params.size <= self.flat_forward_max_work:
+            # a few rows (single-sample predict): on this thread from the flat parameters
+            if X.ndim != 2 or X.shape[1] != net.sizes[0]:
+                raise ValueError(f"X has shape {X.shape}; the network takes rows of {net.sizes[0]} values")
+            out = np.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)
+            _call(K.forward_flat, K.Net(net.params, net.layout_array(), kinds_of(net)), X, float(x_scale), out)
+            return out
         return self._forward_pass(net, X, x_scale, threads)[0]
 
     def evaluate(self, net, X, x_scale, targets, labels, loss, threads=1):
@@ -503,7 +520,8 @@ class NumbaBackend(Backend):
         scratch and the gradient buffer. `ws.compile_seconds` is 0.0 when every kernel came from
         the cache; `ws.info` records the warm-up time, cache hits and misses. Leaves net.params
         and plan.rule.state untouched."""
-        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.train_epoch_team, K.forward_chunks, K.csr_fill)
+        dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.train_epoch_team, K.forward_chunks, K.forward_flat,
+                       K.csr_fill)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()
         small = net.copy()
@@ -515,7 +533,8 @@ class NumbaBackend(Backend):
                                    rule=rule, first_position=0)
         self.train_epoch(small, tiny, Workspace())
         self.evaluate(small, plan.X[:m], plan.x_scale, plan.targets[:m], plan.labels[:m], plan.loss, plan.threads)
-        self.forward(small, plan.X[:m], plan.x_scale, plan.threads)
+        self._forward_pass(small, plan.X[:m], plan.x_scale, plan.threads)  # chunked, as for many rows
+        self.forward(small, plan.X[:1], plan.x_scale, plan.threads)  # forward_flat, as for one
         seconds = time.perf_counter() - t0
         after = [_cache_counts(d) for d in dispatchers]
         hits = sum(a[0] - b[0] for a, b in zip(after, before))
