@@ -96,3 +96,21 @@ def default_sigint():
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_bounds_checked(code):
+    """stdout of `python -c code` under NUMBA_BOUNDSCHECK=1 (Numba's and fastgd's intrinsics'
+    index checks compiled in), with this checkout's fastgd first on the path; fails the test on
+    a non-zero exit."""
+    import os
+    import subprocess
+    import sys
+
+    import fastgd
+
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout

@@ -24,7 +24,7 @@ from fastgd.backends import numba_kernels as K
 from fastgd.backends.base import ADAM, SGD, StepRule
 from fastgd.backends.numba_backend import NumbaBackend
 
-from conftest import tol
+from conftest import run_bounds_checked, tol
 from test_backends import advance, assert_close, configure, make_problem, plan_for, state_of, train
 
 # A child process: prepare() on a small uint8 problem, then print what the cache did.
@@ -374,9 +374,5 @@ def test_bounds_checked_run_catches_out_of_range_access():
             "    f(a, 5)\n"
             "except IndexError:\n"
             "    print('IndexError')\n")
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
-    src = Path(fastgd.__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "IndexError"
+    stdout = run_bounds_checked(code)
+    assert stdout.strip() == "IndexError"

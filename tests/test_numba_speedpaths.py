@@ -7,10 +7,6 @@ weights (float64 tight, float32 loose, conftest.tol): odd widths, batch 1, minib
 rows than threads, a last minibatch of one row, uint8 sparse / uint8 dense / float input, one and
 two threads, gemm and loop layers.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -22,6 +18,7 @@ from fastgd.backends import numba_kernels as K
 from fastgd.backends.numba_backend import NumbaBackend
 from fastgd.backends.numba_simd import borrow, ld
 
+from conftest import run_bounds_checked
 from test_backends import UINT8_SCALE, assert_close, make_problem, plan_for, train
 
 LOOPS = 1 << 62  # blas_min_work that keeps every layer on the loop path
@@ -232,12 +229,8 @@ def test_bounds_checked_gemm_raises_index_error():
             "    K.gemm(False, False, 2, 2, 3, 1.0, A, 1, 3, B, 0, 2, 0.0, C, 0, 2)\n"
             "except IndexError:\n"
             "    print('IndexError')\n")
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
-    src = Path(fastgd.__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "IndexError"
+    stdout = run_bounds_checked(code)
+    assert stdout.strip() == "IndexError"
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -305,12 +298,8 @@ def test_bounds_checked_build_runs_the_team_on_one_worker():
     leaving it early would leave the other at a barrier for ever: no team of two there."""
     code = ("from fastgd.backends import numba_backend as nb, numba_kernels as K\n"
             "print(K.BOUNDS, nb.team_works(1), nb.team_works(2))\n")
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
-    src = Path(fastgd.__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True", "False"]
+    stdout = run_bounds_checked(code)
+    assert stdout.split() == ["True", "True", "False"]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -458,12 +447,8 @@ def test_bounds_checked_copy_elems_raises_index_error():
             "        f(*args)\n"
             "    except IndexError:\n"
             "        print('IndexError')\n")
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1")
-    src = Path(fastgd.__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["IndexError", "IndexError"]
+    stdout = run_bounds_checked(code)
+    assert stdout.split() == ["IndexError", "IndexError"]
 
 
 # ---- few-row inference (single-sample predict) ----------------------------------------------
