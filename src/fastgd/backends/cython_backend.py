@@ -287,32 +287,20 @@ class CythonBackend(Backend):
             return csr
         return None
 
-    def _permuted(self, ws, csr, order, targets, labels, shift=None):
-        """(csr, targets, labels, identity order, copy) for the rows in `order`, in that order,
-        in the workspace's buffers. Nothing is copied here: copy(a, b, pos) copies rows a..b
-        (their pixels from entry pos on) and returns the entry after their last pixel, the pos
-        of rows b.. (shifts drop pixels, so it is known only once a..b are copied). shift: None,
-        or (seed, first_position, max_shift, image_rows, image_cols): row s is copied as the
-        image of epoch position first_position + s moved by its shift (pixels leaving the image
-        dropped)."""
+    @staticmethod
+    def _permuted(ws, csr, order, targets, labels, shift=None):
+        """pipeline.permuted with this backend's gather. shift: None, or (seed, first_position,
+        max_shift, image_rows, image_cols): row s is copied as the image of epoch position
+        first_position + s moved by its shift (pixels leaving the image dropped)."""
         ptr, idx, val = csr
-        nnz = _k.csr_rows_nnz(ptr, order)
-        m = order.size
-        buf = pipeline.perm_buffers(ws, m, nnz, targets, np.uint16)
-        out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
-
         moved = {} if shift is None else dict(seed=shift[0], max_shift=shift[2], image_rows=shift[3],
                                               image_cols=shift[4])
 
-        def copy(a, b, pos0):
+        def gather(a, rows, out_ptr, out_idx, out_val, pos):
             first = {} if shift is None else dict(first_position=shift[1] + a)
-            end = _k.gather_csr_rows(ptr, idx, val, order[a:b], out_ptr[a:b + 1], buf[1], buf[2], pos0, **moved,
-                                     **first)
-            np.take(targets, order[a:b], axis=0, out=out_targets[a:b])
-            np.take(labels, order[a:b], out=out_labels[a:b])
-            return end
+            return _k.gather_csr_rows(ptr, idx, val, rows, out_ptr, out_idx, out_val, pos, **moved, **first)
 
-        return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m], copy
+        return pipeline.permuted(ws, csr, order, targets, labels, _k.csr_rows_nnz(ptr, order), gather)
 
     @staticmethod
     def _permuted_dense(ws, X, order, targets, labels):

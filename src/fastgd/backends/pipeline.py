@@ -50,6 +50,26 @@ def perm_buffers(ws, m, nnz, targets, idx_dtype, touch=False):
     return buf
 
 
+def permuted(ws, csr, order, targets, labels, nnz, gather):
+    """The rows in `order`, in that order, in the workspace's buffers: (csr, targets, labels,
+    identity order, copy). Nothing is copied here: copy(a, b, pos) copies rows a..b (their
+    pixels from entry pos on; targets and labels too) and returns the entry after their last
+    pixel, the pos of rows b.. (a backend's gather may drop pixels, e.g. Cython's shifts, so it
+    is known only then). nnz: the rows' pixel count; gather(a, rows, out_ptr, out_idx, out_val,
+    pos): the backend's compiled row copy of rows = order[a:b], returning the next entry."""
+    m = order.size
+    buf = perm_buffers(ws, m, nnz, targets, csr[1].dtype)
+    out_ptr, out_targets, out_labels = buf[0][:m + 1], buf[3][:m], buf[4][:m]
+
+    def copy(a, b, pos):
+        end = gather(a, order[a:b], out_ptr[a:b + 1], buf[1], buf[2], pos)
+        np.take(targets, order[a:b], axis=0, out=out_targets[a:b])
+        np.take(labels, order[a:b], out=out_labels[a:b])
+        return end
+
+    return (out_ptr, buf[1], buf[2]), out_targets, out_labels, buf[5][:m], copy
+
+
 def part_bounds(n_steps, batch_size, n_rows, pipelined):
     """Row bounds [0, b1, ..., n_rows] of a call's parts (each a whole number of minibatches).
     Not pipelined: one part. Pipelined: the first ~1/64 of the steps, then each part twice the
