@@ -91,3 +91,70 @@ def test_an_interrupted_run_stops_the_copying_before_returning():
     time.sleep(0.05)
     assert len(events) == n  # no copy writes the workspace's buffers after the call returned
     assert len([e for e in events if e[0] == "copy"]) < len(bounds) - 1
+
+
+def test_a_second_interrupt_while_the_copy_stops_is_raised_after_it_stopped():
+    """Ctrl-C twice: the second lands while run_in_parts waits for the copy in flight; it is
+    raised only once that copy is done, so nothing writes the buffers after the call."""
+    import signal
+
+    main = threading.get_ident()
+    bounds = pipeline.part_bounds(640, 1, 640, True)
+    copy, run_part, events = _recorder(bounds, slow_copy=0.2)
+    timers = []
+
+    def run(a, b):
+        if a == bounds[1]:
+            # a real signal to the main thread: it wakes a blocked wait, as Ctrl-C does
+            # (_thread.interrupt_main would only be noticed once the wait was over)
+            timers.append(threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGINT)))
+            timers[-1].start()
+            raise KeyboardInterrupt
+        run_part(a, b)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_in_parts(copy, bounds, run)
+        n = len(events)
+        timers[0].join()
+        time.sleep(0.3)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert len(events) == n
+
+
+def test_an_interrupt_right_after_the_copy_was_queued_still_waits_for_it(monkeypatch):
+    """Ctrl-C can land inside submit, after the copy was queued and started: the call still
+    stops that copy and waits for it before returning."""
+    def submit_then_interrupted(fn, *args):
+        threading.Thread(target=fn, args=args).start()
+        time.sleep(0.02)  # the copy of part 1 is under way
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.helper_pool, "submit", submit_then_interrupted)
+    bounds = pipeline.part_bounds(640, 1, 640, True)
+    copy, run, events = _recorder(bounds, slow_copy=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_in_parts(copy, bounds, run)
+    n = len(events)
+    time.sleep(0.2)
+    assert len(events) == n == 2  # parts 0 and 1: the copy stopped before part 2
+
+
+def test_a_copy_that_starts_after_the_call_gave_up_writes_nothing(monkeypatch):
+    """...and one that had not started yet then writes nothing when it does."""
+    late = []
+    monkeypatch.setattr(pipeline.helper_pool, "submit", lambda fn, *args: late.append((fn, args)))
+    bounds = pipeline.part_bounds(64, 1, 64, True)
+    copy, _, events = _recorder(bounds)
+
+    def run(a, b):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_in_parts(copy, bounds, run)
+    n = len(events)
+    fn, args = late[0]
+    fn(*args)  # the queued copy finally runs
+    assert len(events) == n == 1  # only part 0, copied before the call's first run

@@ -71,7 +71,7 @@ import threading
 import numpy as np
 
 from .. import ops
-from . import pipeline
+from . import helper_pool, pipeline
 from .base import (AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult,
                    Workspace, sparse_input_pays)
 
@@ -91,7 +91,7 @@ if (_k.ACT_CODES != ops.ACTIVATION_CODES or _k.LOSS_CODES != ops.LOSS_CODES or _
 NAME = "cython"
 LANES = _k.LANES
 
-_shared = {}  # process-wide helpers holding no run data: the threadpoolctl controller, a thread pool
+_shared = {}  # process-wide helpers holding no run data: the threadpoolctl controller
 _shared_lock = threading.Lock()
 _flat_layouts = {}  # network sizes -> (Network.layout_array(), forward_flat work size)
 
@@ -108,18 +108,6 @@ def _controller():
 
             _shared["controller"] = ThreadpoolController()  # after scipy's BLAS is loaded by _k
         return _shared["controller"]
-
-
-def _thread_pool(workers):
-    """A kept pool of at least `workers` Python threads (idle threads sleep; they hold no data)."""
-    with _shared_lock:
-        pool = _shared.get("pool")
-        if pool is None or pool._max_workers < workers:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = _shared["pool"] = ThreadPoolExecutor(max_workers=max(workers, 2),
-                                                        thread_name_prefix="fastgd-cython")
-        return pool
 
 
 #: Rotation / elastic distortion cost per input pixel in units of one parameter's per-sample work
@@ -395,7 +383,7 @@ class CythonBackend(Backend):
             if parts == 1:
                 run(0)
             else:
-                pending = [_thread_pool(parts - 1).submit(run, p) for p in range(1, parts)]
+                pending = [helper_pool.submit(run, p) for p in range(1, parts)]
                 run(0)
                 for f in pending:
                     f.result()

@@ -17,19 +17,7 @@ import threading
 
 import numpy as np
 
-_pool_lock = threading.Lock()
-_pool = []
-
-
-def _thread_pool():
-    """A kept pool of Python threads for the copies (idle threads sleep; they hold no data)."""
-    with _pool_lock:
-        if not _pool:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _pool.append(ThreadPoolExecutor(max_workers=4, thread_name_prefix="fastgd-copy"))
-        return _pool[0]
-
+from . import helper_pool
 
 def perm_buffers(ws, m, nnz, targets, idx_dtype, touch=False):
     """The workspace's buffers for m rows holding nnz pixels: (row pointers (m + 1,) int64,
@@ -94,16 +82,21 @@ def run_in_parts(copy, bounds, run):
     entry, returned by the part before; shifts drop pixels, so it is known only then) and
     run(a, b) on each once it is copied. Part 0 is copied on this thread, the others on a pool
     thread while run() trains on the part before. Returns when every started copy has
-    finished (the buffers are the workspace's), also when run() raises; a copy's error is
-    raised here, before its part would run."""
+    finished (the buffers are the workspace's), also when run() raises or Ctrl-C comes; a
+    copy's error is raised here, before its part would run."""
     if len(bounds) == 2:
         copy(bounds[0], bounds[1], 0)
         run(bounds[0], bounds[1])
         return
     ready = [threading.Event() for _ in bounds[1:]]
-    state = {"stop": False, "error": None}
+    done = threading.Event()
+    state = {"stop": False, "running": False, "error": None}
 
     def copy_rest(pos):
+        # running, then stop checked; the trainer's thread sets stop, then checks running: so
+        # either it waits for `done`, or this sees stop and writes nothing (an interrupt can
+        # land after submit queued this but before the trainer's thread knew it had)
+        state["running"] = True
         try:
             for k in range(1, len(ready)):
                 if state["stop"]:
@@ -115,11 +108,12 @@ def run_in_parts(copy, bounds, run):
         finally:
             for event in ready:
                 event.set()
+            done.set()
 
     pos = copy(bounds[0], bounds[1], 0)
     ready[0].set()
-    pending = _thread_pool().submit(copy_rest, pos)
     try:
+        helper_pool.submit(copy_rest, pos)
         for k in range(len(ready)):
             ready[k].wait()
             if state["error"] is not None:
@@ -127,4 +121,20 @@ def run_in_parts(copy, bounds, run):
             run(bounds[k], bounds[k + 1])
     finally:
         state["stop"] = True
-        pending.result()
+        if state["running"]:
+            _wait_through_interrupts(done)
+
+
+def _wait_through_interrupts(event):
+    """Wait for event even through a second Ctrl-C (then raised once it is set): a copy still
+    writing into the workspace's buffers would corrupt the next call's rows. The copy stops at
+    its next part, a few ms at most."""
+    interrupt = None
+    while True:
+        try:
+            event.wait()
+            break
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt
