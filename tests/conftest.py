@@ -114,3 +114,17 @@ def run_bounds_checked(code):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+# ---- a hang at interpreter exit fails the run, with every thread's stack --------------------
+# CI once sat an hour after the suite's summary (its last step never started): something kept
+# the process from exiting. If it has not exited EXIT_WATCHDOG_SECONDS after the session,
+# faulthandler prints every Python thread's stack and exits with status 1: CI fails fast and
+# says where.
+EXIT_WATCHDOG_SECONDS = 300
+
+
+def pytest_unconfigure(config):
+    import faulthandler
+
+    faulthandler.dump_traceback_later(EXIT_WATCHDOG_SECONDS, exit=True)

@@ -377,6 +377,19 @@ def test_pickle_round_trip_predicts_the_same_and_keeps_training(iris):
     assert np.array_equal(clone_.coefs_[0], W)
 
 
+def assert_joblib_workers_exit():
+    """joblib's worker processes, which trained fastgd models, shut down when asked. Left to the
+    end, a worker that could not would hold up the exit of the whole test process, untimed."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor  # the pool joblib used: the public getter would remake it
+    assert executor is not None, "n_jobs=2 ran no joblib worker processes"
+    workers = list(executor._processes.values())
+    executor.shutdown(wait=True)
+    assert workers and not any(p.is_alive() for p in workers)
+
+
+@pytest.mark.timeout(300)
 def test_pipeline_gridsearch_and_cross_val_score():
     X, y = make_classification(600, 10, n_informative=6, n_classes=3, random_state=0)
     X = X * 50 + 20  # badly scaled on purpose: the pipeline's scaler fixes it
@@ -388,6 +401,7 @@ def test_pipeline_gridsearch_and_cross_val_score():
     quiet(grid.fit, X, y)
     assert grid.best_score_ > 0.7 and grid.best_params_["mlp__hidden_layer_sizes"] in [(4,), (32,)]
     assert grid.predict(X).shape == (600,)
+    assert_joblib_workers_exit()
     reg = Pipeline([("scale", StandardScaler()),
                     ("mlp", MLPRegressor((16,), max_iter=100, learning_rate_init=0.01, random_state=0, threads=1))])
     Xr, yr = make_regression(400, 6, noise=1.0, random_state=0)
