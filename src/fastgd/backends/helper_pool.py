@@ -1,12 +1,12 @@
 """Python threads that run work beside a kernel: a call's row copies (pipeline.run_in_parts) and
 Cython's forward chunks. One process-wide pool; the threads hold no data between calls.
 
-Why not concurrent.futures.ThreadPoolExecutor: since Python 3.9 its threads are joined when the
-interpreter exits, after a sentinel is queued for each thread the executor has registered. A
-KeyboardInterrupt that lands inside ``Thread.start`` (it waits for the new thread) leaves a
-started thread the executor never registered: it waits for work forever, and so does the exit
-of the process (a script, or a joblib worker whose parent then waits for it). These threads
-are daemons, so exit never waits for them, and a new one is counted as idle only once it runs.
+Why not concurrent.futures.ThreadPoolExecutor: since Python 3.9 interpreter exit joins its
+threads, after queueing a sentinel for each thread the executor has registered. A
+KeyboardInterrupt that lands inside or just after ``Thread.start`` (it waits for the new
+thread) leaves a started thread the executor never registered; when it is the pool's first, no
+sentinel ever reaches it, and the exit of the process (a script, or a joblib worker whose
+parent then waits for it) waits forever. These threads are daemons: exit never waits for them.
 """
 from __future__ import annotations
 
