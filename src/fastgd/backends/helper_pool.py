@@ -17,11 +17,12 @@ from concurrent.futures import Future
 
 _lock = threading.Lock()
 _tasks = queue.SimpleQueue()  # (future, fn, args)
-_idle = [0]  # threads waiting in _tasks.get() that no submit has claimed yet
-_started = [0]  # threads ever started, for their names
+_idle = 0  # threads waiting in _tasks.get() that no submit has claimed yet
+_started = 0  # threads ever started, for their names
 
 
 def _work():
+    global _idle
     while True:
         future, fn, args = _tasks.get()
         if future.set_running_or_notify_cancel():
@@ -33,21 +34,22 @@ def _work():
                 future.set_result(result)
         del future, fn, args  # hold nothing while idle
         with _lock:
-            _idle[0] += 1
+            _idle += 1
 
 
 def submit(fn, *args):
     """Run fn(*args) on a pool thread: a Future of its result. A thread is started when none is
     idle, so work submitted together runs at once (the copies and forward chunks wait for
     nothing but themselves, so the pool needs no bound)."""
+    global _idle, _started
     future = Future()
     with _lock:
-        claimed = _idle[0] > 0
+        claimed = _idle > 0
         if claimed:
-            _idle[0] -= 1
+            _idle -= 1
         else:
-            _started[0] += 1
-            name = f"fastgd-helper-{_started[0]}"
+            _started += 1
+            name = f"fastgd-helper-{_started}"
     if not claimed:
         # started before the task is queued: an interrupt here leaves no task behind for a
         # later thread to run out of its context, only an extra idle daemon
@@ -59,10 +61,10 @@ def submit(fn, *args):
 def _after_fork_in_child():
     # the child has none of the parent's threads: the idle count would claim threads that do
     # not exist, and the lock or queue may have been held by one of them at the fork
-    global _lock, _tasks
+    global _lock, _tasks, _idle
     _lock = threading.Lock()
     _tasks = queue.SimpleQueue()
-    _idle[0] = 0
+    _idle = 0
 
 
 if hasattr(os, "register_at_fork"):

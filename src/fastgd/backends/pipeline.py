@@ -19,6 +19,7 @@ import numpy as np
 
 from . import helper_pool
 
+
 def perm_buffers(ws, m, nnz, targets, idx_dtype, touch=False):
     """The workspace's buffers for m rows holding nnz pixels: (row pointers (m + 1,) int64,
     pixel indices (nnz,) idx_dtype, pixel values (nnz,) uint8, targets (m, ...), labels (m,)
@@ -88,13 +89,12 @@ def run_in_parts(copy, bounds, run):
         copy(bounds[0], bounds[1], 0)
         run(bounds[0], bounds[1])
         return
-    ready = [threading.Event() for _ in bounds[1:]]
-    done = threading.Event()
+    ready = [threading.Event() for _ in bounds[1:]]  # the last is set once the copying is over
     state = {"stop": False, "running": False, "error": None}
 
     def copy_rest(pos):
         # running, then stop checked; the trainer's thread sets stop, then checks running: so
-        # either it waits for `done`, or this sees stop and writes nothing (an interrupt can
+        # either it waits for the last `ready`, or this sees stop and writes nothing (an interrupt can
         # land after submit queued this but before the trainer's thread knew it had)
         state["running"] = True
         try:
@@ -108,7 +108,6 @@ def run_in_parts(copy, bounds, run):
         finally:
             for event in ready:
                 event.set()
-            done.set()
 
     pos = copy(bounds[0], bounds[1], 0)
     ready[0].set()
@@ -122,7 +121,7 @@ def run_in_parts(copy, bounds, run):
     finally:
         state["stop"] = True
         if state["running"]:
-            _wait_through_interrupts(done)
+            _wait_through_interrupts(ready[-1])
 
 
 def _wait_through_interrupts(event):
