@@ -64,9 +64,9 @@ def _act(z, kind):
     return z
 
 
-@pytest.mark.parametrize("M", [1, 2, 4, 5, 6, 7, 8, 10, 13, 32, 38])
-@pytest.mark.parametrize("N", [1, 16, 17, 32, 50, 64, 80, 129])
-@pytest.mark.parametrize("K", [1, 7, 130, 300])
+@pytest.mark.parametrize("M", [1, 2, 4, 5, 6, 7, 8, 10, 13, 32])
+@pytest.mark.parametrize("N", [1, 16, 17, 32, 50, 80, 129])
+@pytest.mark.parametrize("K", [1, 7, 300])
 def test_gemm_tiles_matches_numpy(M, N, K):
     """Every tile shape (6, 4 and single rows; 4, 2 and single vectors, the last masked), K in
     one block and in several (KC), A read straight and transposed through its strides, offsets
@@ -79,7 +79,7 @@ def test_gemm_tiles_matches_numpy(M, N, K):
     for transposed in (False, True):
         rsa, csa = (1, M + 2) if transposed else (K + 1, 1)
         A = rng.standard_normal(3 + (M - 1) * rsa + (K - 1) * csa + 1).astype(np.float32)
-        Am = np.array([[A[3 + i * rsa + k * csa] for k in range(K)] for i in range(M)], dtype=np.float32)
+        Am = np.lib.stride_tricks.as_strided(A[3:], shape=(M, K), strides=(4 * rsa, 4 * csa))
         want = Am.astype(np.float64) @ Bm.astype(np.float64)
         E = rng.standard_normal(4 + M * ldc).astype(np.float32)
         bias = E[4:4 + N]
@@ -271,14 +271,10 @@ def test_optimiser_and_augmentation_route_elsewhere(kw):
     assert result.mode != "cols"
 
 
-def test_column_splits_on_cache_lines():
-    """Interior boundaries fall on 16-float blocks of the weight rows as they lie in memory, the
-    slices cover every column once, and a layer narrower than the workers leaves some empty."""
-    params = np.zeros(10_000, np.float32)
-    layout = np.array([[3, 3 + 20 * 512, 20, 512], [0, 0, 512, 100], [0, 0, 100, 4]], dtype=np.int64)
-    s = C.column_splits(params, layout, [20, 512, 100, 4], 2).reshape(2, 3)
-    base = params.ctypes.data // 4
-    assert s[0, 0] == 0 and s[0, 2] == 512 and (base + 3 + s[0, 1]) % 16 == 0 and 200 < s[0, 1] < 312
-    assert s[1, 0] == 0 and s[1, 2] == 100 and s[1, 0] <= s[1, 1] <= s[1, 2]
-    s3 = C.column_splits(params, layout[:1], [20, 8, 4], 3)
-    assert list(s3[[0, 3]]) == [0, 8] and all(np.diff(s3) >= 0)
+def test_column_splits():
+    """Slices of whole 16-column blocks covering every column once, fixed by the shapes (not by
+    where the weights lie), and a layer narrower than the workers leaves some empty."""
+    s = C.column_splits([20, 512, 100, 4], 2).reshape(2, 3)
+    assert list(s[0]) == [0, 256, 512] and list(s[1]) == [0, 48, 100]
+    s3 = C.column_splits([20, 8, 4], 3)
+    assert list(s3) == [0, 0, 0, 8]

@@ -430,7 +430,7 @@ class NumbaBackend(Backend):
             ckey = (key, n_cols, ws.csr_key, id(ws.csr[0]))
             if getattr(ws, "cols_key", None) != ckey:
                 ws.cols_key = ckey
-                ws.cols_buffers = numba_cols.make_cols(net, net.params, net.layout_array(), bs, n_cols, ws.csr)
+                ws.cols_buffers = numba_cols.make_cols(net, bs, n_cols, ws.csr)
             ws.cols = ws.cols_buffers
         return hogwild, workers, use_blas
 

@@ -28,10 +28,10 @@ is non-zero (`build_lists`, `gemm_klist`): a weight row is loaded once per 4 sam
 sample-by-sample zero skipping loaded it once per sample from L2 (measured ~20 GFLOP/s).
 
 The weights stay where they are, in the network's flat parameter vector: a slice is a strided
-block (row stride n_out), its boundaries put on 64-byte lines (`column_splits`) so two workers
-never write one line. The dense products are `gemm_tiles`: 4 rows x 4 vectors of 16 lanes held
-in 16 accumulators for the whole K loop, the bias and activation fused into the forward, the
-activation derivative into the deltas, and the SGD step into the weight-gradient tile.
+block (row stride n_out) of whole 16-column blocks (`column_splits`). The dense products are
+`gemm_tiles`: 6 rows x 4 vectors of 16 lanes held in 24 accumulators over blocks of K, the
+SGD step fused into the weight-gradient tile, the bias and activation, or the activation
+derivative, applied to each finished panel while it is still in cache.
 
 Deterministic for a given worker count, not bitwise equal across counts (the input deltas of a
 layer sum the workers' partial products). Nothing in the parallel region may raise (see
@@ -136,6 +136,25 @@ def _start(C, c, m, fresh):
 
 
 @njit(**JIT)
+def _put(acc, C, c, m, add, coef):
+    """A tile's accumulator into C[c:c + m]: the raw sum, or (add) C += coef * acc."""
+    if add:
+        vstore(C, c, m, vfma(vload(C, c, m), coef, acc))
+    else:
+        vstore(C, c, m, acc)
+
+
+@njit(**JIT)
+def _finish(C, c, ldc, M, n, epi, E, e, lde, coef, act):
+    """BIAS_ACT / DACT of a finished block of raw sums, rows < M and columns < n of C from c
+    (E's element at e + i*lde + j)."""
+    for i in range(M):
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            _epilogue(vload(C, c + i * ldc + j0, m), C, c + i * ldc + j0, m, epi, E, e + i * lde + j0, coef, act)
+
+
+@njit(**JIT)
 def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, lde, coef, act):
     """For i < M, j < N: acc = sum_{k < K} A[ao + i*rsa + k*csa] * Bm[bo + k*ldb + j], then
     C[co + i*ldc + j] by `epi` (_epilogue; E's element at eo + i*lde + j). A is read by scalar
@@ -144,17 +163,16 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
     Panels of 4 vectors (64 columns) of Bm, then 2, then one at a time (the last one masked
     when N is not a multiple of 16: nothing past column N is read or written); each panel in
     blocks of KC rows, which stay in L1 while every row tile runs over them (the weights would
-    otherwise stream from L2 once per 6 rows). Tiles of 6 rows keep 6 x (panel width)
+    otherwise stream from L2 once per tile). Tiles of 6 rows keep 6 x (panel width)
     accumulators in registers for the block (24 for 4 vectors: 4 loads of Bm and 6 broadcasts
     of A per 24 FMAs; 4-row tiles measured ~85 vs ~120 GFLOP/s for 6 on 784-512 shapes), then
-    tiles of 4 rows, then single rows (see n4). Between blocks the raw sums wait in C (for ACC
-    each block adds coef * its part)."""
+    tiles of 2 rows, then a single row. Between blocks the raw sums wait in C (ACC: each block
+    adds coef * its part); BIAS_ACT and DACT are applied to the panel once it is complete
+    (_finish: written once, rather than inside every tile, that tile code compiled ~4x
+    bigger and slower)."""
     nf = N // VL
     ml = N - nf * VL
-    # rows in tiles of 6, then of 4 where M % 6 leaves 2, 4 or 5 (M = 32: 4 x 6 + 2 x 4), then single
-    n4 = 2 if (M % 6 == 2 and M >= 8) else (1 if M % 6 >= 4 else 0)
-    m6 = (M - 4 * n4) // 6 * 6
-    m4 = m6 + 4 * n4
+    add = epi == ACC
     jv = 0
     while jv < nf or (jv == nf and ml > 0):
         width = 4 if jv + 4 <= nf else (2 if jv + 2 <= nf else 1)
@@ -162,15 +180,13 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
         j0 = jv * VL
         for k0 in range(0, K, KC):
             kc = min(KC, K - k0)
-            fresh = k0 == 0 or epi == ACC
-            mode = epi if (k0 + kc >= K or epi == ACC) else STORE
+            fresh = k0 == 0 or add
             bk0 = bo + k0 * ldb + j0
             i = 0
             while i < M:
-                rows = 6 if i < m6 else (4 if i < m4 else 1)
+                rows = 6 if i + 6 <= M else (2 if i + 2 <= M else 1)
                 a0 = ao + i * rsa + k0 * csa
                 c = co + i * ldc + j0
-                e = eo + i * lde + j0
                 if rows == 6 and width == 4:
                     c00 = _start(C, c, VL, fresh)
                     c01 = _start(C, c + 16, VL, fresh)
@@ -233,30 +249,30 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                         c51 = vfma(c51, x, b1)
                         c52 = vfma(c52, x, b2)
                         c53 = vfma(c53, x, b3)
-                    _epilogue(c00, C, c, VL, mode, E, e, coef, act)
-                    _epilogue(c01, C, c + 16, VL, mode, E, e + 16, coef, act)
-                    _epilogue(c02, C, c + 32, VL, mode, E, e + 32, coef, act)
-                    _epilogue(c03, C, c + 48, VL, mode, E, e + 48, coef, act)
-                    _epilogue(c10, C, c + ldc, VL, mode, E, e + lde, coef, act)
-                    _epilogue(c11, C, c + ldc + 16, VL, mode, E, e + lde + 16, coef, act)
-                    _epilogue(c12, C, c + ldc + 32, VL, mode, E, e + lde + 32, coef, act)
-                    _epilogue(c13, C, c + ldc + 48, VL, mode, E, e + lde + 48, coef, act)
-                    _epilogue(c20, C, c + 2 * ldc, VL, mode, E, e + 2 * lde, coef, act)
-                    _epilogue(c21, C, c + 2 * ldc + 16, VL, mode, E, e + 2 * lde + 16, coef, act)
-                    _epilogue(c22, C, c + 2 * ldc + 32, VL, mode, E, e + 2 * lde + 32, coef, act)
-                    _epilogue(c23, C, c + 2 * ldc + 48, VL, mode, E, e + 2 * lde + 48, coef, act)
-                    _epilogue(c30, C, c + 3 * ldc, VL, mode, E, e + 3 * lde, coef, act)
-                    _epilogue(c31, C, c + 3 * ldc + 16, VL, mode, E, e + 3 * lde + 16, coef, act)
-                    _epilogue(c32, C, c + 3 * ldc + 32, VL, mode, E, e + 3 * lde + 32, coef, act)
-                    _epilogue(c33, C, c + 3 * ldc + 48, VL, mode, E, e + 3 * lde + 48, coef, act)
-                    _epilogue(c40, C, c + 4 * ldc, VL, mode, E, e + 4 * lde, coef, act)
-                    _epilogue(c41, C, c + 4 * ldc + 16, VL, mode, E, e + 4 * lde + 16, coef, act)
-                    _epilogue(c42, C, c + 4 * ldc + 32, VL, mode, E, e + 4 * lde + 32, coef, act)
-                    _epilogue(c43, C, c + 4 * ldc + 48, VL, mode, E, e + 4 * lde + 48, coef, act)
-                    _epilogue(c50, C, c + 5 * ldc, VL, mode, E, e + 5 * lde, coef, act)
-                    _epilogue(c51, C, c + 5 * ldc + 16, VL, mode, E, e + 5 * lde + 16, coef, act)
-                    _epilogue(c52, C, c + 5 * ldc + 32, VL, mode, E, e + 5 * lde + 32, coef, act)
-                    _epilogue(c53, C, c + 5 * ldc + 48, VL, mode, E, e + 5 * lde + 48, coef, act)
+                    _put(c00, C, c, VL, add, coef)
+                    _put(c01, C, c + 16, VL, add, coef)
+                    _put(c02, C, c + 32, VL, add, coef)
+                    _put(c03, C, c + 48, VL, add, coef)
+                    _put(c10, C, c + ldc, VL, add, coef)
+                    _put(c11, C, c + ldc + 16, VL, add, coef)
+                    _put(c12, C, c + ldc + 32, VL, add, coef)
+                    _put(c13, C, c + ldc + 48, VL, add, coef)
+                    _put(c20, C, c + 2 * ldc, VL, add, coef)
+                    _put(c21, C, c + 2 * ldc + 16, VL, add, coef)
+                    _put(c22, C, c + 2 * ldc + 32, VL, add, coef)
+                    _put(c23, C, c + 2 * ldc + 48, VL, add, coef)
+                    _put(c30, C, c + 3 * ldc, VL, add, coef)
+                    _put(c31, C, c + 3 * ldc + 16, VL, add, coef)
+                    _put(c32, C, c + 3 * ldc + 32, VL, add, coef)
+                    _put(c33, C, c + 3 * ldc + 48, VL, add, coef)
+                    _put(c40, C, c + 4 * ldc, VL, add, coef)
+                    _put(c41, C, c + 4 * ldc + 16, VL, add, coef)
+                    _put(c42, C, c + 4 * ldc + 32, VL, add, coef)
+                    _put(c43, C, c + 4 * ldc + 48, VL, add, coef)
+                    _put(c50, C, c + 5 * ldc, VL, add, coef)
+                    _put(c51, C, c + 5 * ldc + 16, VL, add, coef)
+                    _put(c52, C, c + 5 * ldc + 32, VL, add, coef)
+                    _put(c53, C, c + 5 * ldc + 48, VL, add, coef)
                 elif rows == 6 and width == 2:
                     c00 = _start(C, c, VL, fresh)
                     c01 = _start(C, c + 16, VL, fresh)
@@ -293,18 +309,18 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                         x = ld(A, ak + 5 * rsa)
                         c50 = vfma(c50, x, b0)
                         c51 = vfma(c51, x, b1)
-                    _epilogue(c00, C, c, VL, mode, E, e, coef, act)
-                    _epilogue(c01, C, c + 16, VL, mode, E, e + 16, coef, act)
-                    _epilogue(c10, C, c + ldc, VL, mode, E, e + lde, coef, act)
-                    _epilogue(c11, C, c + ldc + 16, VL, mode, E, e + lde + 16, coef, act)
-                    _epilogue(c20, C, c + 2 * ldc, VL, mode, E, e + 2 * lde, coef, act)
-                    _epilogue(c21, C, c + 2 * ldc + 16, VL, mode, E, e + 2 * lde + 16, coef, act)
-                    _epilogue(c30, C, c + 3 * ldc, VL, mode, E, e + 3 * lde, coef, act)
-                    _epilogue(c31, C, c + 3 * ldc + 16, VL, mode, E, e + 3 * lde + 16, coef, act)
-                    _epilogue(c40, C, c + 4 * ldc, VL, mode, E, e + 4 * lde, coef, act)
-                    _epilogue(c41, C, c + 4 * ldc + 16, VL, mode, E, e + 4 * lde + 16, coef, act)
-                    _epilogue(c50, C, c + 5 * ldc, VL, mode, E, e + 5 * lde, coef, act)
-                    _epilogue(c51, C, c + 5 * ldc + 16, VL, mode, E, e + 5 * lde + 16, coef, act)
+                    _put(c00, C, c, VL, add, coef)
+                    _put(c01, C, c + 16, VL, add, coef)
+                    _put(c10, C, c + ldc, VL, add, coef)
+                    _put(c11, C, c + ldc + 16, VL, add, coef)
+                    _put(c20, C, c + 2 * ldc, VL, add, coef)
+                    _put(c21, C, c + 2 * ldc + 16, VL, add, coef)
+                    _put(c30, C, c + 3 * ldc, VL, add, coef)
+                    _put(c31, C, c + 3 * ldc + 16, VL, add, coef)
+                    _put(c40, C, c + 4 * ldc, VL, add, coef)
+                    _put(c41, C, c + 4 * ldc + 16, VL, add, coef)
+                    _put(c50, C, c + 5 * ldc, VL, add, coef)
+                    _put(c51, C, c + 5 * ldc + 16, VL, add, coef)
                 elif rows == 6:  # one vector, masked to m lanes
                     c00 = _start(C, c, m, fresh)
                     c10 = _start(C, c + ldc, m, fresh)
@@ -328,13 +344,13 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                         c40 = vfma(c40, x, b0)
                         x = ld(A, ak + 5 * rsa)
                         c50 = vfma(c50, x, b0)
-                    _epilogue(c00, C, c, m, mode, E, e, coef, act)
-                    _epilogue(c10, C, c + ldc, m, mode, E, e + lde, coef, act)
-                    _epilogue(c20, C, c + 2 * ldc, m, mode, E, e + 2 * lde, coef, act)
-                    _epilogue(c30, C, c + 3 * ldc, m, mode, E, e + 3 * lde, coef, act)
-                    _epilogue(c40, C, c + 4 * ldc, m, mode, E, e + 4 * lde, coef, act)
-                    _epilogue(c50, C, c + 5 * ldc, m, mode, E, e + 5 * lde, coef, act)
-                elif rows == 4 and width == 4:
+                    _put(c00, C, c, m, add, coef)
+                    _put(c10, C, c + ldc, m, add, coef)
+                    _put(c20, C, c + 2 * ldc, m, add, coef)
+                    _put(c30, C, c + 3 * ldc, m, add, coef)
+                    _put(c40, C, c + 4 * ldc, m, add, coef)
+                    _put(c50, C, c + 5 * ldc, m, add, coef)
+                elif rows == 2 and width == 4:
                     c00 = _start(C, c, VL, fresh)
                     c01 = _start(C, c + 16, VL, fresh)
                     c02 = _start(C, c + 32, VL, fresh)
@@ -343,14 +359,6 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                     c11 = _start(C, c + ldc + 16, VL, fresh)
                     c12 = _start(C, c + ldc + 32, VL, fresh)
                     c13 = _start(C, c + ldc + 48, VL, fresh)
-                    c20 = _start(C, c + 2 * ldc, VL, fresh)
-                    c21 = _start(C, c + 2 * ldc + 16, VL, fresh)
-                    c22 = _start(C, c + 2 * ldc + 32, VL, fresh)
-                    c23 = _start(C, c + 2 * ldc + 48, VL, fresh)
-                    c30 = _start(C, c + 3 * ldc, VL, fresh)
-                    c31 = _start(C, c + 3 * ldc + 16, VL, fresh)
-                    c32 = _start(C, c + 3 * ldc + 32, VL, fresh)
-                    c33 = _start(C, c + 3 * ldc + 48, VL, fresh)
                     for k in range(kc):
                         bk = bk0 + k * ldb
                         b0 = vload(Bm, bk, VL)
@@ -368,41 +376,19 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                         c11 = vfma(c11, x, b1)
                         c12 = vfma(c12, x, b2)
                         c13 = vfma(c13, x, b3)
-                        x = ld(A, ak + 2 * rsa)
-                        c20 = vfma(c20, x, b0)
-                        c21 = vfma(c21, x, b1)
-                        c22 = vfma(c22, x, b2)
-                        c23 = vfma(c23, x, b3)
-                        x = ld(A, ak + 3 * rsa)
-                        c30 = vfma(c30, x, b0)
-                        c31 = vfma(c31, x, b1)
-                        c32 = vfma(c32, x, b2)
-                        c33 = vfma(c33, x, b3)
-                    _epilogue(c00, C, c, VL, mode, E, e, coef, act)
-                    _epilogue(c01, C, c + 16, VL, mode, E, e + 16, coef, act)
-                    _epilogue(c02, C, c + 32, VL, mode, E, e + 32, coef, act)
-                    _epilogue(c03, C, c + 48, VL, mode, E, e + 48, coef, act)
-                    _epilogue(c10, C, c + ldc, VL, mode, E, e + lde, coef, act)
-                    _epilogue(c11, C, c + ldc + 16, VL, mode, E, e + lde + 16, coef, act)
-                    _epilogue(c12, C, c + ldc + 32, VL, mode, E, e + lde + 32, coef, act)
-                    _epilogue(c13, C, c + ldc + 48, VL, mode, E, e + lde + 48, coef, act)
-                    _epilogue(c20, C, c + 2 * ldc, VL, mode, E, e + 2 * lde, coef, act)
-                    _epilogue(c21, C, c + 2 * ldc + 16, VL, mode, E, e + 2 * lde + 16, coef, act)
-                    _epilogue(c22, C, c + 2 * ldc + 32, VL, mode, E, e + 2 * lde + 32, coef, act)
-                    _epilogue(c23, C, c + 2 * ldc + 48, VL, mode, E, e + 2 * lde + 48, coef, act)
-                    _epilogue(c30, C, c + 3 * ldc, VL, mode, E, e + 3 * lde, coef, act)
-                    _epilogue(c31, C, c + 3 * ldc + 16, VL, mode, E, e + 3 * lde + 16, coef, act)
-                    _epilogue(c32, C, c + 3 * ldc + 32, VL, mode, E, e + 3 * lde + 32, coef, act)
-                    _epilogue(c33, C, c + 3 * ldc + 48, VL, mode, E, e + 3 * lde + 48, coef, act)
-                elif rows == 4 and width == 2:
+                    _put(c00, C, c, VL, add, coef)
+                    _put(c01, C, c + 16, VL, add, coef)
+                    _put(c02, C, c + 32, VL, add, coef)
+                    _put(c03, C, c + 48, VL, add, coef)
+                    _put(c10, C, c + ldc, VL, add, coef)
+                    _put(c11, C, c + ldc + 16, VL, add, coef)
+                    _put(c12, C, c + ldc + 32, VL, add, coef)
+                    _put(c13, C, c + ldc + 48, VL, add, coef)
+                elif rows == 2 and width == 2:
                     c00 = _start(C, c, VL, fresh)
                     c01 = _start(C, c + 16, VL, fresh)
                     c10 = _start(C, c + ldc, VL, fresh)
                     c11 = _start(C, c + ldc + 16, VL, fresh)
-                    c20 = _start(C, c + 2 * ldc, VL, fresh)
-                    c21 = _start(C, c + 2 * ldc + 16, VL, fresh)
-                    c30 = _start(C, c + 3 * ldc, VL, fresh)
-                    c31 = _start(C, c + 3 * ldc + 16, VL, fresh)
                     for k in range(kc):
                         bk = bk0 + k * ldb
                         b0 = vload(Bm, bk, VL)
@@ -414,25 +400,13 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                         x = ld(A, ak + rsa)
                         c10 = vfma(c10, x, b0)
                         c11 = vfma(c11, x, b1)
-                        x = ld(A, ak + 2 * rsa)
-                        c20 = vfma(c20, x, b0)
-                        c21 = vfma(c21, x, b1)
-                        x = ld(A, ak + 3 * rsa)
-                        c30 = vfma(c30, x, b0)
-                        c31 = vfma(c31, x, b1)
-                    _epilogue(c00, C, c, VL, mode, E, e, coef, act)
-                    _epilogue(c01, C, c + 16, VL, mode, E, e + 16, coef, act)
-                    _epilogue(c10, C, c + ldc, VL, mode, E, e + lde, coef, act)
-                    _epilogue(c11, C, c + ldc + 16, VL, mode, E, e + lde + 16, coef, act)
-                    _epilogue(c20, C, c + 2 * ldc, VL, mode, E, e + 2 * lde, coef, act)
-                    _epilogue(c21, C, c + 2 * ldc + 16, VL, mode, E, e + 2 * lde + 16, coef, act)
-                    _epilogue(c30, C, c + 3 * ldc, VL, mode, E, e + 3 * lde, coef, act)
-                    _epilogue(c31, C, c + 3 * ldc + 16, VL, mode, E, e + 3 * lde + 16, coef, act)
-                elif rows == 4:  # one vector, masked to m lanes
+                    _put(c00, C, c, VL, add, coef)
+                    _put(c01, C, c + 16, VL, add, coef)
+                    _put(c10, C, c + ldc, VL, add, coef)
+                    _put(c11, C, c + ldc + 16, VL, add, coef)
+                elif rows == 2:
                     c00 = _start(C, c, m, fresh)
                     c10 = _start(C, c + ldc, m, fresh)
-                    c20 = _start(C, c + 2 * ldc, m, fresh)
-                    c30 = _start(C, c + 3 * ldc, m, fresh)
                     for k in range(kc):
                         bk = bk0 + k * ldb
                         b0 = vload(Bm, bk, m)
@@ -441,23 +415,19 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                         c00 = vfma(c00, x, b0)
                         x = ld(A, ak + rsa)
                         c10 = vfma(c10, x, b0)
-                        x = ld(A, ak + 2 * rsa)
-                        c20 = vfma(c20, x, b0)
-                        x = ld(A, ak + 3 * rsa)
-                        c30 = vfma(c30, x, b0)
-                    _epilogue(c00, C, c, m, mode, E, e, coef, act)
-                    _epilogue(c10, C, c + ldc, m, mode, E, e + lde, coef, act)
-                    _epilogue(c20, C, c + 2 * ldc, m, mode, E, e + 2 * lde, coef, act)
-                    _epilogue(c30, C, c + 3 * ldc, m, mode, E, e + 3 * lde, coef, act)
+                    _put(c00, C, c, m, add, coef)
+                    _put(c10, C, c + ldc, m, add, coef)
 
-                else:  # the last rows, one at a time, one vector at a time
+                else:  # the last row, one vector at a time
                     for v in range(width):
                         mv = VL if width > 1 else m
                         c00 = _start(C, c + v * VL, mv, fresh)
                         for k in range(kc):
                             c00 = vfma(c00, ld(A, a0 + k * csa), vload(Bm, bk0 + k * ldb + v * VL, mv))
-                        _epilogue(c00, C, c + v * VL, mv, mode, E, e + v * VL, coef, act)
+                        _put(c00, C, c + v * VL, mv, add, coef)
                 i += rows
+        if epi == BIAS_ACT or epi == DACT:
+            _finish(C, co + j0, ldc, M, VL * width if width > 1 else m, epi, E, eo + j0, lde, coef, act)
         jv += width
 
 
@@ -537,10 +507,12 @@ def gemm_klist(M, N, kl, kls, kn, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi,
     k = kl[b * kls + q], q < kn[b] (the zero-skipping first layer: a k missing from a block's list
     is a zero in all its rows). A block with an empty list still runs its epilogue (a forward's
     bias), except with ACC (nothing to add). Tiles of 4 rows x 4 vectors, the rest 4 x 1 (the
-    last vector masked), the last rows one at a time."""
+    last vector masked), the last rows one at a time; BIAS_ACT / DACT applied to each finished
+    block of rows (_finish). epi is ACC, BIAS_ACT or DACT (no STORE)."""
     nf = N // VL
     ml = N - nf * VL
     zero = vsplat(0, C)
+    add = epi == ACC
     for b in range((M + 3) // 4):
         n = kn[b]
         if n == 0 and epi == ACC:
@@ -585,23 +557,22 @@ def gemm_klist(M, N, kl, kls, kn, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi,
                 c32 = vfma(c32, x, b2)
                 c33 = vfma(c33, x, b3)
             c = co + i * ldc + j0
-            e = eo + i * lde + j0
-            _epilogue(c00, C, c, VL, epi, E, e, coef, act)
-            _epilogue(c01, C, c + 16, VL, epi, E, e + 16, coef, act)
-            _epilogue(c02, C, c + 32, VL, epi, E, e + 32, coef, act)
-            _epilogue(c03, C, c + 48, VL, epi, E, e + 48, coef, act)
-            _epilogue(c10, C, c + ldc, VL, epi, E, e + lde, coef, act)
-            _epilogue(c11, C, c + ldc + 16, VL, epi, E, e + lde + 16, coef, act)
-            _epilogue(c12, C, c + ldc + 32, VL, epi, E, e + lde + 32, coef, act)
-            _epilogue(c13, C, c + ldc + 48, VL, epi, E, e + lde + 48, coef, act)
-            _epilogue(c20, C, c + 2 * ldc, VL, epi, E, e + 2 * lde, coef, act)
-            _epilogue(c21, C, c + 2 * ldc + 16, VL, epi, E, e + 2 * lde + 16, coef, act)
-            _epilogue(c22, C, c + 2 * ldc + 32, VL, epi, E, e + 2 * lde + 32, coef, act)
-            _epilogue(c23, C, c + 2 * ldc + 48, VL, epi, E, e + 2 * lde + 48, coef, act)
-            _epilogue(c30, C, c + 3 * ldc, VL, epi, E, e + 3 * lde, coef, act)
-            _epilogue(c31, C, c + 3 * ldc + 16, VL, epi, E, e + 3 * lde + 16, coef, act)
-            _epilogue(c32, C, c + 3 * ldc + 32, VL, epi, E, e + 3 * lde + 32, coef, act)
-            _epilogue(c33, C, c + 3 * ldc + 48, VL, epi, E, e + 3 * lde + 48, coef, act)
+            _put(c00, C, c, VL, add, coef)
+            _put(c01, C, c + 16, VL, add, coef)
+            _put(c02, C, c + 32, VL, add, coef)
+            _put(c03, C, c + 48, VL, add, coef)
+            _put(c10, C, c + ldc, VL, add, coef)
+            _put(c11, C, c + ldc + 16, VL, add, coef)
+            _put(c12, C, c + ldc + 32, VL, add, coef)
+            _put(c13, C, c + ldc + 48, VL, add, coef)
+            _put(c20, C, c + 2 * ldc, VL, add, coef)
+            _put(c21, C, c + 2 * ldc + 16, VL, add, coef)
+            _put(c22, C, c + 2 * ldc + 32, VL, add, coef)
+            _put(c23, C, c + 2 * ldc + 48, VL, add, coef)
+            _put(c30, C, c + 3 * ldc, VL, add, coef)
+            _put(c31, C, c + 3 * ldc + 16, VL, add, coef)
+            _put(c32, C, c + 3 * ldc + 32, VL, add, coef)
+            _put(c33, C, c + 3 * ldc + 48, VL, add, coef)
             jv += 4
         while rows == 4 and (jv < nf or (jv == nf and ml > 0)):
             j0 = jv * VL
@@ -616,11 +587,10 @@ def gemm_klist(M, N, kl, kls, kn, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi,
                 c20 = vfma(c20, ld(A, ak + 2 * rsa), b0)
                 c30 = vfma(c30, ld(A, ak + 3 * rsa), b0)
             c = co + i * ldc + j0
-            e = eo + i * lde + j0
-            _epilogue(c00, C, c, m, epi, E, e, coef, act)
-            _epilogue(c10, C, c + ldc, m, epi, E, e + lde, coef, act)
-            _epilogue(c20, C, c + 2 * ldc, m, epi, E, e + 2 * lde, coef, act)
-            _epilogue(c30, C, c + 3 * ldc, m, epi, E, e + 3 * lde, coef, act)
+            _put(c00, C, c, m, add, coef)
+            _put(c10, C, c + ldc, m, add, coef)
+            _put(c20, C, c + 2 * ldc, m, add, coef)
+            _put(c30, C, c + 3 * ldc, m, add, coef)
             jv += 1
         if rows < 4:  # the last block's rows, one at a time
             for r in range(i, i + rows):
@@ -631,7 +601,9 @@ def gemm_klist(M, N, kl, kls, kn, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi,
                     for q in range(n):
                         k = np.int64(ld(kl, kb + q))
                         acc = vfma(acc, ld(A, ao + r * rsa + k * csa), vload(Bm, bo + k * ldb + j0, m))
-                    _epilogue(acc, C, co + r * ldc + j0, m, epi, E, eo + r * lde + j0, coef, act)
+                    _put(acc, C, co + r * ldc + j0, m, add, coef)
+        if not add:
+            _finish(C, co + i * ldc, ldc, rows, N, epi, E, eo + i * lde, lde, coef, act)
 
 
 # ---- the phases -------------------------------------------------------------------------------
@@ -860,24 +832,22 @@ def train_epoch_cols(net, data, order, lrs, batch_size, c, losses, corrects):
 
 
 # ---- Python side: when it applies, and its buffers --------------------------------------------
-def column_splits(params, layout, sizes, T):
-    """(H, T + 1) int64: worker t's columns of hidden layer h are [splits[h, t], splits[h, t + 1]).
-    Boundaries on 16-float blocks of the weight rows as they lie in memory (64-byte lines when
-    the width is a multiple of 16), so no two workers write one line of a weight row."""
+def column_splits(sizes, T):
+    """(H, T + 1) int64, flat: worker t's columns of hidden layer h are [splits[h, t],
+    splits[h, t + 1]), whole 16-column blocks. Fixed by the shapes alone: the split decides
+    how each layer's input deltas are summed, so a split that followed the weights' address
+    (to keep two workers off one cache line) made results differ between runs."""
     H = len(sizes) - 2
     out = np.zeros((H, T + 1), dtype=np.int64)
-    base = params.ctypes.data // params.itemsize
     for h in range(H):
         n = int(sizes[h + 1])
-        lead = (-(base + int(layout[h, 0]))) % VL  # columns before the first line boundary
-        nb = (n - lead + VL - 1) // VL
-        for t in range(1, T):
-            out[h, t] = min(n, lead + VL * (nb * t // T)) if n > lead else n * t // T
-        out[h, T] = n
+        nb = (n + VL - 1) // VL
+        for t in range(1, T + 1):
+            out[h, t] = min(n, VL * (nb * t // T))
     return out.reshape(-1)
 
 
-def make_cols(net, params, layout, bmax, T, csr):
+def make_cols(net, bmax, T, csr):
     """Cols buffers for minibatches of up to bmax rows on T workers (csr: the backend's CSR of
     uint8 input when it is sparse enough to skip zeros; empty arrays for the dense path)."""
     sizes = np.asarray(net.sizes, dtype=np.int64)
@@ -886,7 +856,7 @@ def make_cols(net, params, layout, bmax, T, csr):
     dtype = net.dtype
     bmax, T = int(bmax), int(T)
     a_off = np.concatenate([[0], np.cumsum(sizes[1:L] * bmax)]).astype(np.int64)
-    splits = column_splits(params, layout, sizes, T)
+    splits = column_splits(sizes, T)
     bp = -(-bmax // VL) * VL
     widest = int(max(np.diff(splits.reshape(H, T + 1), axis=1).max(), 1))
     pt_off = np.zeros(L * T, dtype=np.int64)
