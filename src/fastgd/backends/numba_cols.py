@@ -742,12 +742,15 @@ def reduce_deltas(c, l, Bc, t, T, kind):
     n = c.sizes[l]
     bp = c.bp
     o = c.a_off[l - 1]
+    p0 = c.pt_off[l * T]
     for j in range(c0, c1):
+        q = p0 + j * bp
         for s in range(Bc):
-            v = c.pt[c.pt_off[l * T] + j * bp + s]
+            v = ld(c.pt, q + s)
             for u in range(1, T):
-                v += c.pt[c.pt_off[l * T + u] + j * bp + s]
-            c.deltas[o + s * n + j] = dact(v, c.acts[o + s * n + j], kind)
+                v += ld(c.pt, c.pt_off[l * T + u] + j * bp + s)
+            r = o + s * n + j
+            c.deltas[r] = dact(v, ld(c.acts, r), kind)
 
 
 @njit(**JIT)
