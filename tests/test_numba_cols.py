@@ -12,10 +12,11 @@ from fastgd.backends import numba_kernels as K
 from fastgd.backends.base import EpochPlan
 from fastgd.backends.numba_backend import NumbaBackend
 
+import test_cython_team as cython_team
 from test_backends import train
 from test_cython_backend import make_plan, problem
 
-RTOL, ATOL = 2e-4, 2e-5
+RTOL, ATOL = cython_team.RTOL, cython_team.ATOL
 # workers a team can have here: one in a bounds-checked build (numba_backend.team_works)
 MAX_TEAM = 1 if K.BOUNDS else numba.config.NUMBA_NUM_THREADS
 
@@ -27,20 +28,12 @@ def cols_backend(cols=True, **kw):
 
 
 def check(net, plan, backend=None, mode="cols"):
-    got = net.copy()
-    result = train(backend or cols_backend(), got, plan)
-    assert result.mode == mode
-    ref = net.copy()
-    ref_result = train("numpy", ref, plan)
-    np.testing.assert_allclose(got.params, ref.params, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(result.loss_sum, ref_result.loss_sum, rtol=1e-4)
-    assert result.n_correct == ref_result.n_correct
-    return result
+    return cython_team.check(net, plan, backend or cols_backend(), mode)
 
 
-# odd widths: slices split unevenly across 2 and 3 workers, widths below one vector per worker
-# (a worker with no columns), deep nets (several reductions), 1..7 outputs
-SHAPES = [[784, 37, 10], [100, 130, 33, 7], [60, 200, 5], [50, 9, 3], [30, 70, 40, 20, 4], [20, 17, 1]]
+# the Cython twin's shapes: odd widths, slices split unevenly across 2 and 3 workers, widths
+# below one vector per worker (a worker with no columns), deep nets, 1..7 outputs
+SHAPES = cython_team.SHAPES
 
 
 @pytest.mark.parametrize("sizes", SHAPES, ids=lambda s: "-".join(map(str, s)))
