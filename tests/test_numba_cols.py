@@ -271,3 +271,41 @@ def test_column_splits():
     assert list(s[0]) == [0, 256, 512] and list(s[1]) == [0, 48, 100]
     s3 = C.column_splits([20, 8, 4], 3)
     assert list(s3) == [0, 0, 0, 8]
+
+
+def test_two_cols_epochs_in_two_threads_match_sequential_runs():
+    """Two fits in two Python threads, each on a 2-worker cols team (each caller's OpenMP team
+    has its own barrier): bitwise the sequential results."""
+    import threading
+
+    def job(seed):
+        net, X, scale, targets, labels = problem([64, 96, 40, 5], 60, np.float32, seed=seed, uint8=seed % 2 == 0,
+                                                 activation="relu", output="softmax")
+        return net, make_plan(X, scale, targets, labels, 7, lr=0.1, loss="cross_entropy", threads=2)
+
+    def run(seed):
+        net, plan = job(seed)
+        backend = cols_backend()
+        ws = backend.prepare(net, plan)
+        for _ in range(3):
+            assert backend.train_epoch(net, plan, ws).mode == "cols"
+        return net.params.copy()
+
+    sequential = [run(s) for s in (2, 3)]
+    results, errors = [None, None], []
+
+    def target(i):
+        try:
+            for _ in range(2):  # twice, so the two runs overlap whatever the start-up order
+                results[i] = run((2, 3)[i])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got, want in zip(results, sequential):
+        np.testing.assert_array_equal(got, want)
