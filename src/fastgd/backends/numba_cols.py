@@ -113,20 +113,6 @@ def dact(d, a, kind):
 
 # ---- the GEMM -------------------------------------------------------------------------------
 @njit(**JIT)
-def _epilogue(acc, C, c, m, epi, E, e, coef, act):
-    """C[c:c + m] from an accumulator vector, by epi: STORE C = acc; ACC C += coef * acc;
-    BIAS_ACT C = act(acc + E[e:]); DACT C = acc * act'(from E[e:], the activations)."""
-    if epi == STORE:
-        vstore(C, c, m, acc)
-    elif epi == ACC:
-        vstore(C, c, m, vfma(vload(C, c, m), coef, acc))
-    elif epi == BIAS_ACT:
-        vstore(C, c, m, act_v(vadd(acc, vload(E, e, m)), act))
-    else:
-        vstore(C, c, m, dact_v(acc, vload(E, e, m), act))
-
-
-@njit(**JIT)
 def _start(C, c, m, fresh):
     """A tile's accumulator: zero for the first K block (and for ACC, whose every block adds
     coef * its part to C), else the raw sum the blocks before stored in C."""
@@ -145,19 +131,26 @@ def _put(acc, C, c, m, add, coef):
 
 
 @njit(**JIT)
-def _finish(C, c, ldc, M, n, epi, E, e, lde, coef, act):
-    """BIAS_ACT / DACT of a finished block of raw sums, rows < M and columns < n of C from c
-    (E's element at e + i*lde + j)."""
+def _finish(C, c, ldc, M, n, epi, E, e, lde, act):
+    """The epilogue of a finished block of raw sums, rows < M and columns < n of C from c (E's
+    element at e + i*lde + j): BIAS_ACT C = act(C + E), DACT C = C * act'(from E, the
+    activations); other epilogues leave it as it is."""
+    if epi != BIAS_ACT and epi != DACT:
+        return
     for i in range(M):
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            _epilogue(vload(C, c + i * ldc + j0, m), C, c + i * ldc + j0, m, epi, E, e + i * lde + j0, coef, act)
+            q = c + i * ldc + j0
+            y = vload(C, q, m)
+            x = vload(E, e + i * lde + j0, m)
+            vstore(C, q, m, act_v(vadd(y, x), act) if epi == BIAS_ACT else dact_v(y, x, act))
 
 
 @njit(**JIT)
 def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, lde, coef, act):
     """For i < M, j < N: acc = sum_{k < K} A[ao + i*rsa + k*csa] * Bm[bo + k*ldb + j], then
-    C[co + i*ldc + j] by `epi` (_epilogue; E's element at eo + i*lde + j). A is read by scalar
+    C[co + i*ldc + j] by `epi`: STORE C = acc; ACC C += coef * acc; BIAS_ACT C = act(acc + E);
+    DACT C = acc * act'(from E, the activations) (E's element at eo + i*lde + j). A is read by scalar
     broadcasts at any strides (A or its transpose are both plain calls), Bm by 16-lane vectors.
 
     Panels of 4 vectors (64 columns) of Bm, then 2, then one at a time (the last one masked
@@ -426,8 +419,7 @@ def gemm_tiles(M, N, K, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi, E, eo, ld
                             c00 = vfma(c00, ld(A, a0 + k * csa), vload(Bm, bk0 + k * ldb + v * VL, mv))
                         _put(c00, C, c + v * VL, mv, add, coef)
                 i += rows
-        if epi == BIAS_ACT or epi == DACT:
-            _finish(C, co + j0, ldc, M, VL * width if width > 1 else m, epi, E, eo + j0, lde, coef, act)
+        _finish(C, co + j0, ldc, M, VL * width if width > 1 else m, epi, E, eo + j0, lde, act)
         jv += width
 
 
@@ -602,8 +594,7 @@ def gemm_klist(M, N, kl, kls, kn, A, ao, rsa, csa, Bm, bo, ldb, C, co, ldc, epi,
                         k = np.int64(ld(kl, kb + q))
                         acc = vfma(acc, ld(A, ao + r * rsa + k * csa), vload(Bm, bo + k * ldb + j0, m))
                     _put(acc, C, co + r * ldc + j0, m, add, coef)
-        if not add:
-            _finish(C, co + i * ldc, ldc, rows, N, epi, E, eo + i * lde, lde, coef, act)
+        _finish(C, co + i * ldc, ldc, rows, N, epi, E, eo + i * lde, lde, act)
 
 
 # ---- the phases -------------------------------------------------------------------------------
