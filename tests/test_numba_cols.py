@@ -273,6 +273,20 @@ def test_column_splits():
     assert list(s3) == [0, 0, 0, 8]
 
 
+def test_buffers_have_odd_vector_strides():
+    """Every row stride the tiles stream (activations, deltas, each worker's weight copy, the
+    partials) is an odd number of 16-float vectors at least the row's width; the weight copies
+    tile wp without overlapping."""
+    net = fastgd.Network([784, 512, 96, 10], activation="relu", output="softmax", dtype="float32", seed=0)
+    c = C.make_cols(net, 32, 2, (np.zeros(0), np.zeros(0), np.zeros(0)))
+    assert [C.padded(n) for n in (1, 16, 17, 32, 48, 256, 512)] == [16, 16, 48, 48, 48, 272, 528]
+    assert list(c.lda) == [528, 112] and c.bp == 48
+    widths = np.diff(c.splits.reshape(2, 3), axis=1).reshape(-1)
+    assert list(widths) == [256, 256, 48, 48] and list(c.wp_ld) == [272, 272, 48, 48]
+    ends = c.wp_off + c.wp_ld * np.repeat(c.sizes[:2], 2)
+    assert list(c.wp_off[1:]) == list(ends[:-1]) and ends[-1] == c.wp.size
+
+
 def test_two_cols_epochs_in_two_threads_match_sequential_runs():
     """Two fits in two Python threads, each on a 2-worker cols team (each caller's OpenMP team
     has its own barrier): bitwise the sequential results."""

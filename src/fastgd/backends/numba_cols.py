@@ -27,8 +27,12 @@ rows, and the update's each block of 4 weight rows over the samples in which any
 is non-zero (`build_lists`, `gemm_klist`): a weight row is loaded once per 4 samples, where
 sample-by-sample zero skipping loaded it once per sample from L2 (measured ~20 GFLOP/s).
 
-The weights stay where they are, in the network's flat parameter vector: a slice is a strided
-block (row stride n_out) of whole 16-column blocks (`column_splits`). The dense products are
+Each worker copies its slices of the hidden layers' weights (whole 16-column blocks,
+`column_splits`) into its own block of `wp` when the call starts and back when it ends. Every
+buffer the tiles stream has a leading dimension of an odd number of 16-float vectors (`padded`):
+at 512 floats (2 KB) the rows of a B panel fall into 8 of L1's 64 sets and evict each other
+(a 32 x 256 x 512 forward tile: 79 GFLOP/s at row stride 512 in params, 141 at 272 packed).
+The dense products are
 `gemm_tiles`: 6 rows x 4 vectors of 16 lanes held in 24 accumulators over blocks of K, the
 SGD step fused into the weight-gradient tile, the bias and activation, or the activation
 derivative, applied to each finished panel while it is still in cache.
@@ -63,21 +67,23 @@ STORE, ACC, BIAS_ACT, DACT = 0, 1, 2, 3
 KC = 128
 
 #: The call's buffers (make_cols). Hidden layer h (width sizes[h + 1]): activations and deltas
-#: at a_off[h] in acts / deltas (B x width); zo/ao/dout (B x n_out): the output's z, activation
+#: at a_off[h] in acts / deltas (B x lda[h]); wp: worker t's copy of W_h[:, its columns]
+#: (sizes[h] x wp_ld[h * T + t]) at wp_off[h * T + t]; zo/ao/dout (B x n_out): the output's z, activation
 #: and delta (flat); woT (n_out x width of the top hidden layer): the output weights transposed; dt:
-#: per worker, its columns' deltas transposed (dt_size each: widest slice x Bp); pt: per layer
-#: l >= 1 and worker, its partial dA_{l-1}^T (sizes[l] x Bp) at pt_off[l * T + t]; xbuf: two
+#: per worker, its columns' deltas transposed (dt_size each: widest slice x bp); pt: per layer
+#: l >= 1 and worker, its partial dA_{l-1}^T (sizes[l] x bp) at pt_off[l * T + t]; xbuf: two
 #: steps' input rows (B x n_in each, scaled); splits: (H, T + 1) column boundaries; kl_f/kn_f,
 #: kl_u/kn_u: per worker, the zero-skipping first layer's lists (build_lists; sparse input only).
-Cols = namedtuple("Cols", "acts deltas a_off sizes zo ao dout woT dt dt_size bp pt pt_off xbuf splits "
-                          "kl_f kn_f kl_u kn_u")
+Cols = namedtuple("Cols", "acts deltas a_off lda sizes zo ao dout woT dt dt_size bp pt pt_off xbuf splits "
+                          "kl_f kn_f kl_u kn_u wp wp_off wp_ld")
 
 
 @njit(**JIT)
 def borrowed_cols(c):
-    return Cols(borrow(c.acts), borrow(c.deltas), borrow(c.a_off), borrow(c.sizes), borrow(c.zo), borrow(c.ao),
-                borrow(c.dout), borrow(c.woT), borrow(c.dt), c.dt_size, c.bp, borrow(c.pt), borrow(c.pt_off),
-                borrow(c.xbuf), borrow(c.splits), borrow(c.kl_f), borrow(c.kn_f), borrow(c.kl_u), borrow(c.kn_u))
+    return Cols(borrow(c.acts), borrow(c.deltas), borrow(c.a_off), borrow(c.lda), borrow(c.sizes), borrow(c.zo),
+                borrow(c.ao), borrow(c.dout), borrow(c.woT), borrow(c.dt), c.dt_size, c.bp, borrow(c.pt),
+                borrow(c.pt_off), borrow(c.xbuf), borrow(c.splits), borrow(c.kl_f), borrow(c.kn_f), borrow(c.kl_u),
+                borrow(c.kn_u), borrow(c.wp), borrow(c.wp_off), borrow(c.wp_ld))
 
 
 # ---- activations of the hidden layers, on vectors ------------------------------------------
@@ -627,17 +633,17 @@ def forward_first(net, data, c, rows, Bc, t, xo, kind):
     lists for the step are built here, and serve its update too)."""
     c0 = c.splits[t]
     c1 = c.splits[t + 1]
-    n_in, n1 = c.sizes[0], c.sizes[1]
-    w_off, b_off = net.layout[0, 0], net.layout[0, 1]
+    n_in, la = c.sizes[0], c.lda[0]
+    w_off, w_ld, b_off = c.wp_off[t], c.wp_ld[t], net.layout[0, 1]
     zero = net.params.dtype.type(0)
     if data.csr_ptr.shape[0] > 0:
         kl_f, kn_f, kl_u, kn_u = worker_lists(c, t, n_in)
         build_lists(data.X, rows, Bc, kl_f, kn_f, kl_u, kn_u, c.zo.shape[0] // c.sizes[c.sizes.shape[0] - 1])
         if c1 > c0:
-            gemm_klist(Bc, c1 - c0, kl_f, n_in, kn_f, c.xbuf, xo, n_in, 1, net.params, w_off + c0, n1, c.acts,
-                       c.a_off[0] + c0, n1, BIAS_ACT, net.params, b_off + c0, 0, zero, kind)
+            gemm_klist(Bc, c1 - c0, kl_f, n_in, kn_f, c.xbuf, xo, n_in, 1, c.wp, w_off, w_ld, c.acts,
+                       c.a_off[0] + c0, la, BIAS_ACT, net.params, b_off + c0, 0, zero, kind)
     elif c1 > c0:
-        gemm_tiles(Bc, c1 - c0, n_in, c.xbuf, xo, n_in, 1, net.params, w_off + c0, n1, c.acts, c.a_off[0] + c0, n1,
+        gemm_tiles(Bc, c1 - c0, n_in, c.xbuf, xo, n_in, 1, c.wp, w_off, w_ld, c.acts, c.a_off[0] + c0, la,
                    BIAS_ACT, net.params, b_off + c0, 0, zero, kind)
 
 
@@ -648,9 +654,9 @@ def forward_hidden(net, c, h, Bc, t, T, kind):
     c1 = c.splits[h * (T + 1) + t + 1]
     if c1 <= c0:
         return
-    n_in, n_out = c.sizes[h], c.sizes[h + 1]
-    gemm_tiles(Bc, c1 - c0, n_in, c.acts, c.a_off[h - 1], n_in, 1, net.params, net.layout[h, 0] + c0, n_out,
-               c.acts, c.a_off[h] + c0, n_out, BIAS_ACT, net.params, net.layout[h, 1] + c0, 0,
+    n_in = c.sizes[h]
+    gemm_tiles(Bc, c1 - c0, n_in, c.acts, c.a_off[h - 1], c.lda[h - 1], 1, c.wp, c.wp_off[h * T + t],
+               c.wp_ld[h * T + t], c.acts, c.a_off[h] + c0, c.lda[h], BIAS_ACT, net.params, net.layout[h, 1] + c0, 0,
                net.params.dtype.type(0), kind)
 
 
@@ -662,7 +668,8 @@ def output_rows(net, data, c, rows, s0, s1):
     n_h, n_o = c.sizes[L - 1], c.sizes[L]
     if s1 <= s0:
         return 0.0, 0
-    gemm_tiles(s1 - s0, n_o, n_h, c.acts, c.a_off[L - 2] + s0 * n_h, n_h, 1, net.params, net.layout[L - 1, 0], n_o,
+    la = c.lda[L - 2]
+    gemm_tiles(s1 - s0, n_o, n_h, c.acts, c.a_off[L - 2] + s0 * la, la, 1, net.params, net.layout[L - 1, 0], n_o,
                c.zo, s0 * n_o, n_o, BIAS_ACT, net.params, net.layout[L - 1, 1], 0, net.params.dtype.type(0), LINEAR)
     bmax = c.zo.shape[0] // n_o
     zo, ao, do = view2d(c.zo, 0, bmax, n_o), view2d(c.ao, 0, bmax, n_o), view2d(c.dout, 0, bmax, n_o)
@@ -694,9 +701,10 @@ def backward_top(net, c, Bc, t, T, coef, kind):
         for i in range(c0, c1):
             for j in range(n_o):
                 c.woT[j * n_h + i] = net.params[wo + i * n_o + j]
-        gemm_tiles(Bc, c1 - c0, n_o, dflat, 0, n_o, 1, c.woT, c0, n_h, c.deltas, c.a_off[h] + c0, n_h, DACT, c.acts,
-                   c.a_off[h] + c0, n_h, coef, kind)
-        gemm_tiles(c1 - c0, n_o, Bc, c.acts, c.a_off[h] + c0, 1, n_h, dflat, 0, n_o, net.params, wo + c0 * n_o, n_o,
+        la = c.lda[h]
+        gemm_tiles(Bc, c1 - c0, n_o, dflat, 0, n_o, 1, c.woT, c0, n_h, c.deltas, c.a_off[h] + c0, la, DACT, c.acts,
+                   c.a_off[h] + c0, la, coef, kind)
+        gemm_tiles(c1 - c0, n_o, Bc, c.acts, c.a_off[h] + c0, 1, la, dflat, 0, n_o, net.params, wo + c0 * n_o, n_o,
                    ACC, net.params, 0, 0, coef, LINEAR)
     if t == T - 1:
         bias_cols(net.params, bo, dflat, 0, n_o, 0, n_o, Bc, coef)
@@ -711,17 +719,18 @@ def backward_partial(net, c, l, Bc, t, T, coef):
     c1 = c.splits[l * (T + 1) + t + 1]
     if c1 <= c0:
         return
-    n_in, n_out = c.sizes[l], c.sizes[l + 1]
+    n_in, la, lp = c.sizes[l], c.lda[l], c.lda[l - 1]
+    w_off, w_ld = c.wp_off[l * T + t], c.wp_ld[l * T + t]
     bp = c.bp
     dto = t * c.dt_size
     for j in range(c0, c1):
         for s in range(Bc):
-            c.dt[dto + (j - c0) * bp + s] = c.deltas[c.a_off[l] + s * n_out + j]
-    gemm_tiles(n_in, Bc, c1 - c0, net.params, net.layout[l, 0] + c0, n_out, 1, c.dt, dto, bp, c.pt,
-               c.pt_off[l * T + t], bp, STORE, c.pt, 0, 0, coef, LINEAR)
-    gemm_tiles(n_in, c1 - c0, Bc, c.acts, c.a_off[l - 1], 1, n_in, c.deltas, c.a_off[l] + c0, n_out, net.params,
-               net.layout[l, 0] + c0, n_out, ACC, net.params, 0, 0, coef, LINEAR)
-    bias_cols(net.params, net.layout[l, 1], c.deltas, c.a_off[l], n_out, c0, c1, Bc, coef)
+            c.dt[dto + (j - c0) * bp + s] = c.deltas[c.a_off[l] + s * la + j]
+    gemm_tiles(n_in, Bc, c1 - c0, c.wp, w_off, w_ld, 1, c.dt, dto, bp, c.pt, c.pt_off[l * T + t], bp, STORE, c.pt, 0,
+               0, coef, LINEAR)
+    gemm_tiles(n_in, c1 - c0, Bc, c.acts, c.a_off[l - 1], 1, lp, c.deltas, c.a_off[l] + c0, la, c.wp, w_off, w_ld,
+               ACC, net.params, 0, 0, coef, LINEAR)
+    bias_cols(net.params, net.layout[l, 1], c.deltas, c.a_off[l], la, c0, c1, Bc, coef)
 
 
 @njit(**JIT)
@@ -730,7 +739,7 @@ def reduce_deltas(c, l, Bc, t, T, kind):
     (in worker order), times the activation derivative."""
     c0 = c.splits[(l - 1) * (T + 1) + t]
     c1 = c.splits[(l - 1) * (T + 1) + t + 1]
-    n = c.sizes[l]
+    n = c.lda[l - 1]
     bp = c.bp
     o = c.a_off[l - 1]
     p0 = c.pt_off[l * T]
@@ -753,16 +762,32 @@ def update_first(net, data, c, Bc, t, xo, coef):
     c1 = c.splits[t + 1]
     if c1 <= c0:
         return
-    n_in, n1 = c.sizes[0], c.sizes[1]
-    w_off = net.layout[0, 0]
+    n_in, la = c.sizes[0], c.lda[0]
+    w_off, w_ld = c.wp_off[t], c.wp_ld[t]
     if data.csr_ptr.shape[0] > 0:
         _, _, kl_u, kn_u = worker_lists(c, t, n_in)
         gemm_klist(n_in, c1 - c0, kl_u, c.zo.shape[0] // c.sizes[c.sizes.shape[0] - 1], kn_u, c.xbuf, xo, 1, n_in,
-                   c.deltas, c.a_off[0] + c0, n1, net.params, w_off + c0, n1, ACC, net.params, 0, 0, coef, LINEAR)
+                   c.deltas, c.a_off[0] + c0, la, c.wp, w_off, w_ld, ACC, net.params, 0, 0, coef, LINEAR)
     else:
-        gemm_tiles(n_in, c1 - c0, Bc, c.xbuf, xo, 1, n_in, c.deltas, c.a_off[0] + c0, n1, net.params, w_off + c0, n1,
+        gemm_tiles(n_in, c1 - c0, Bc, c.xbuf, xo, 1, n_in, c.deltas, c.a_off[0] + c0, la, c.wp, w_off, w_ld,
                    ACC, net.params, 0, 0, coef, LINEAR)
-    bias_cols(net.params, net.layout[0, 1], c.deltas, c.a_off[0], n1, c0, c1, Bc, coef)
+    bias_cols(net.params, net.layout[0, 1], c.deltas, c.a_off[0], la, c0, c1, Bc, coef)
+
+
+@njit(**JIT)
+def copy_weights(net, c, t, T, back):
+    """Worker t's slices of the hidden layers' weights: from the parameters into its block of wp
+    (back=False), or back (back=True)."""
+    for h in range(c.splits.shape[0] // (T + 1)):
+        c0 = c.splits[h * (T + 1) + t]
+        c1 = c.splits[h * (T + 1) + t + 1]
+        n_out = c.sizes[h + 1]
+        w, o, ld_ = net.layout[h, 0] + c0, c.wp_off[h * T + t], c.wp_ld[h * T + t]
+        for i in range(c.sizes[h]):
+            if back:
+                net.params[w + i * n_out:w + i * n_out + c1 - c0] = c.wp[o + i * ld_:o + i * ld_ + c1 - c0]
+            else:
+                c.wp[o + i * ld_:o + i * ld_ + c1 - c0] = net.params[w + i * n_out:w + i * n_out + c1 - c0]
 
 
 @njit(**JIT)
@@ -795,6 +820,7 @@ def train_epoch_cols(net, data, order, lrs, batch_size, c, losses, corrects):
         step_in = batch_size * bc.sizes[0]  # one step's rows in xbuf
         ls = 0.0
         cor = 0
+        copy_weights(bnet, bc, t, T, False)
         gather_share(bdata, bc, view1d(border, 0, min(n, batch_size)), t, T, 0)
         team_barrier()
         for k in range(n_steps):
@@ -821,6 +847,7 @@ def train_epoch_cols(net, data, order, lrs, batch_size, c, losses, corrects):
                 team_barrier()
                 reduce_deltas(bc, l, Bc, t, T, hidden)
             update_first(bnet, bdata, bc, Bc, t, xo, coef)
+        copy_weights(bnet, bc, t, T, True)
         losses[t] = ls
         corrects[t] = cor
 
@@ -841,6 +868,13 @@ def column_splits(sizes, T):
     return out.reshape(-1)
 
 
+def padded(n):
+    """The leading dimension for rows of n floats: the least odd multiple of 16 >= n, so rows
+    spread over all of L1's sets (a power-of-two stride maps them onto a few)."""
+    m = max(1, -(-int(n) // VL))
+    return VL * (m + 1 - m % 2)
+
+
 def make_cols(net, bmax, T, csr):
     """Cols buffers for minibatches of up to bmax rows on T workers (csr: the backend's CSR of
     uint8 input when it is sparse enough to skip zeros; empty arrays for the dense path)."""
@@ -849,10 +883,15 @@ def make_cols(net, bmax, T, csr):
     H = L - 1
     dtype = net.dtype
     bmax, T = int(bmax), int(T)
-    a_off = np.concatenate([[0], np.cumsum(sizes[1:L] * bmax)]).astype(np.int64)
+    lda = np.array([padded(n) for n in sizes[1:L]], dtype=np.int64)
+    a_off = np.concatenate([[0], np.cumsum(lda * bmax)]).astype(np.int64)
     splits = column_splits(sizes, T)
-    bp = -(-bmax // VL) * VL
-    widest = int(max(np.diff(splits.reshape(H, T + 1), axis=1).max(), 1))
+    widths = np.diff(splits.reshape(H, T + 1), axis=1).reshape(-1)
+    wp_ld = np.array([padded(w) for w in widths], dtype=np.int64)
+    wp_size = wp_ld * np.repeat(sizes[:H], T)
+    wp_off = np.concatenate([[0], np.cumsum(wp_size)[:-1]]).astype(np.int64)
+    bp = padded(bmax)
+    widest = int(max(widths.max(), 1))
     pt_off = np.zeros(L * T, dtype=np.int64)
     total = 0
     for l in range(1, L - 1):
@@ -863,9 +902,10 @@ def make_cols(net, bmax, T, csr):
     nbf, nbu = (bmax + 3) // 4, (int(sizes[0]) + 3) // 4
     lists = (nbf * int(sizes[0]), nbf, nbu * bmax, nbu) if sparse else (0, 0, 0, 0)
     n_o = int(sizes[-1])
-    return Cols(np.zeros(int(a_off[-1]), dtype=dtype), np.zeros(int(a_off[-1]), dtype=dtype), a_off, sizes,
+    return Cols(np.zeros(int(a_off[-1]), dtype=dtype), np.zeros(int(a_off[-1]), dtype=dtype), a_off, lda, sizes,
                 np.zeros(bmax * n_o, dtype=dtype), np.zeros(bmax * n_o, dtype=dtype), np.zeros(bmax * n_o, dtype=dtype),
                 np.zeros(n_o * int(sizes[L - 1]), dtype=dtype), np.zeros(T * widest * bp, dtype=dtype), widest * bp, bp,
                 np.zeros(max(total, 1), dtype=dtype), pt_off,
                 np.zeros(2 * bmax * int(sizes[0]), dtype=dtype), splits,
-                *(np.zeros(T * size, dtype=np.int32) for size in lists))
+                *(np.zeros(T * size, dtype=np.int32) for size in lists),
+                np.zeros(max(int(wp_size.sum()), 1), dtype=dtype), wp_off, wp_ld)
