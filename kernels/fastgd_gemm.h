@@ -276,15 +276,17 @@ static inline double fgd_thread_cpu(void) {
 
 typedef struct {
     int L, T;
-    long B, Bp;                              /* rows per step (max), rounded up to 16 */
+    long B, Bp;                              /* rows per step (max); Bp: fgd_odd16(B) */
     long n_in[FGD_COLS_MAXL], n_out[FGD_COLS_MAXL], pad[FGD_COLS_MAXL];
+    long ld[FGD_COLS_MAXL];                  /* fgd_odd16(pad_l): row stride of A_l, D_l */
     long w_off[FGD_COLS_MAXL], b_off[FGD_COLS_MAXL];   /* in the flat parameter vector */
     int hidden_act, out_act, loss;
     float slope;                             /* leaky_relu's */
     long c0[FGD_COLS_MAXL][FGD_COLS_MAXT], c1[FGD_COLS_MAXL][FGD_COLS_MAXT];
-    float* Wt[FGD_COLS_MAXL][FGD_COLS_MAXT]; /* n_in_l x (c1 - c0), contiguous */
-    float* A[FGD_COLS_MAXL];                 /* B x pad_l: hidden activations */
-    float* D[FGD_COLS_MAXL];                 /* B x pad_l: hidden deltas dL/dz */
+    float* Wt[FGD_COLS_MAXL][FGD_COLS_MAXT]; /* n_in_l x wld: thread t's columns c0..c1 */
+    long wld[FGD_COLS_MAXL][FGD_COLS_MAXT];  /* fgd_odd16(c1 - c0) */
+    float* A[FGD_COLS_MAXL];                 /* B x ld_l: hidden activations */
+    float* D[FGD_COLS_MAXL];                 /* B x ld_l: hidden deltas dL/dz */
     float* DT[FGD_COLS_MAXL];                /* pad_l x Bp: D_l transposed (l >= 1) */
     float* PT[FGD_COLS_MAXL][FGD_COLS_MAXT]; /* pad_{l-1} x Bp: thread t's part of dA_{l-1}^T */
     float* bias[FGD_COLS_MAXL];              /* pad_l: every layer's biases, zero padded */
@@ -302,12 +304,20 @@ typedef struct {
     void* mem;                               /* one allocation holding all of the above */
 } fgd_cols_net;
 
+/* A row stride for n floats: the least odd multiple of 16 >= n. At a power-of-two stride (512
+   floats = 2 KB) the rows of a GEMM's B panel fall into 8 of L1's 64 sets and evict each other
+   before the next row tile reuses them; an odd number of 64-byte lines spreads them over all. */
+static inline long fgd_odd16(long n) {
+    long m = n < 16 ? 1 : (n + 15) / 16;
+    return 16 * (m | 1);
+}
+
 /* Sizes the buffers of `net` (fields L, T, B, n_in, n_out, pad, w_off, b_off set) and the
    column split; returns 0, or -1 when memory is short or the shape is out of range. */
 static int fgd_cols_alloc(fgd_cols_net* net) {
     int L = net->L, T = net->T;
     if (L < 2 || L > FGD_COLS_MAXL || T < 1 || T > FGD_COLS_MAXT || net->B < 1) return -1;
-    net->Bp = (net->B + 15) / 16 * 16;
+    net->Bp = fgd_odd16(net->B);
     long total = 0, B = net->B, Bp = net->Bp;
     /* offsets first (in floats, each buffer starting on a 4 KB boundary), then one calloc */
 #define FGD_TAKE(n) (total += (((long)(n) + 1023) / 1024) * 1024, total - (((long)(n) + 1023) / 1024) * 1024)
@@ -318,10 +328,12 @@ static int fgd_cols_alloc(fgd_cols_net* net) {
         for (int t = 0; t < T; t++) {
             net->c0[l][t] = 16 * (nb * t / T);
             net->c1[l][t] = 16 * (nb * (t + 1) / T);
-            off_Wt[l][t] = FGD_TAKE(net->n_in[l] * (net->c1[l][t] - net->c0[l][t]));
+            net->wld[l][t] = fgd_odd16(net->c1[l][t] - net->c0[l][t]);
+            off_Wt[l][t] = FGD_TAKE(net->n_in[l] * net->wld[l][t]);
         }
-        off_A[l] = FGD_TAKE(B * net->pad[l]);
-        off_D[l] = FGD_TAKE(B * net->pad[l]);
+        net->ld[l] = fgd_odd16(net->pad[l]);
+        off_A[l] = FGD_TAKE(B * net->ld[l]);
+        off_D[l] = FGD_TAKE(B * net->ld[l]);
         if (l >= 1) {
             off_DT[l] = FGD_TAKE(net->pad[l] * Bp);
             for (int t = 0; t < T; t++) off_PT[l][t] = FGD_TAKE(net->pad[l - 1] * Bp);
@@ -380,7 +392,7 @@ static void fgd_cols_free(fgd_cols_net* net) { free(net->mem); net->mem = NULL; 
 static void fgd_cols_copy(fgd_cols_net* net, float* P, int t, int store) {
     int L = net->L;
     for (int l = 0; l < L - 1; l++) {
-        long c0 = net->c0[l][t], w = net->c1[l][t] - c0, n_out = net->n_out[l];
+        long c0 = net->c0[l][t], w = net->c1[l][t] - c0, n_out = net->n_out[l], wld = net->wld[l][t];
         long real = (c0 + w < n_out ? c0 + w : n_out) - c0;  /* columns that exist */
         float* W = P + net->w_off[l];
         float* Wt = net->Wt[l][t];
@@ -388,10 +400,10 @@ static void fgd_cols_copy(fgd_cols_net* net, float* P, int t, int store) {
         if (real < 0) real = 0;
         for (long i = 0; i < net->n_in[l]; i++) {
             if (store) {
-                memcpy(W + i * n_out + c0, Wt + i * w, real * sizeof(float));
+                memcpy(W + i * n_out + c0, Wt + i * wld, real * sizeof(float));
             } else {
-                memcpy(Wt + i * w, W + i * n_out + c0, real * sizeof(float));
-                memset(Wt + i * w + real, 0, (w - real) * sizeof(float));
+                memcpy(Wt + i * wld, W + i * n_out + c0, real * sizeof(float));
+                memset(Wt + i * wld + real, 0, (w - real) * sizeof(float));
             }
         }
         if (store) {
@@ -442,9 +454,9 @@ static void fgd_cols_gather(const fgd_cols_net* net, float* buf, const unsigned 
 /* Forward of hidden layer l, thread t's columns, rows 0..Bc; X: the step's input rows. */
 static void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, long Bc,
                              const float* X) {
-    long c0 = net->c0[l][t], w = net->c1[l][t] - c0, pad = net->pad[l];
+    long c0 = net->c0[l][t], w = net->c1[l][t] - c0, ld = net->ld[l];
     const float* in = l == 0 ? X : net->A[l - 1];
-    long lda = l == 0 ? net->n_in[0] : net->pad[l - 1];
+    long lda = l == 0 ? net->n_in[0] : net->ld[l - 1];
     const int* kl = NULL;
     const int* kn = NULL;
     if (l == 0 && net->sparse0) {  /* this step's zero-skipping lists (thread t's copy) */
@@ -456,7 +468,7 @@ static void fgd_cols_forward(fgd_cols_net* net, const float* P, int l, int t, lo
         kn = net->knf[t];
     }
     if (w == 0) return;
-    fgd_gemm(Bc, w, net->n_in[l], kl, kn, in, lda, 1, net->Wt[l][t], w, net->A[l] + c0, pad,
+    fgd_gemm(Bc, w, net->n_in[l], kl, kn, in, lda, 1, net->Wt[l][t], net->wld[l][t], net->A[l] + c0, ld,
              FGD_BIAS_ACT, net->bias[l] + c0, NULL, 0.0f, net->hidden_act, net->slope);
 }
 
@@ -533,7 +545,7 @@ static void fgd_cols_output(fgd_cols_net* net, const float* P, long s0, long s1,
     double ls = 0;
     long nc = 0;
     if (s1 <= s0) return;
-    fgd_gemm(s1 - s0, po, net->n_in[L - 1], NULL, NULL, net->A[L - 2] + s0 * net->pad[L - 2], net->pad[L - 2],
+    fgd_gemm(s1 - s0, po, net->n_in[L - 1], NULL, NULL, net->A[L - 2] + s0 * net->ld[L - 2], net->ld[L - 2],
              1, net->Wo, po, net->Zo + s0 * po, po, FGD_BIAS_ACT,
              net->bias[L - 1], NULL, 0.0f, FGD_ACT_LINEAR, 0.0f);
     for (long s = s0; s < s1; s++)
@@ -557,17 +569,17 @@ static void fgd_cols_bias(float* b, const float* D, long ld, long c0, long c1, l
    output weights updated (the output bias by the last thread). */
 static void fgd_cols_backward_top(fgd_cols_net* net, float* P, int t, long Bc, float coef) {
     int L = net->L, h = L - 2;
-    long c0 = net->c0[h][t], c1 = net->c1[h][t], ph = net->pad[h], po = net->pad[L - 1];
+    long c0 = net->c0[h][t], c1 = net->c1[h][t], ph = net->pad[h], lh = net->ld[h], po = net->pad[L - 1];
     long n_in = net->n_in[L - 1], r1 = c1 < n_in ? c1 : n_in;
     float* Wo = net->Wo;
     if (c1 > c0) {
         for (long i = c0; i < r1; i++)
             for (long j = 0; j < po; j++) net->WoT[j * ph + i] = Wo[i * po + j];
         fgd_gemm(Bc, c1 - c0, net->n_out[L - 1], NULL, NULL, net->Do, po, 1, net->WoT + c0, ph,
-                 net->D[h] + c0, ph, FGD_DACT, NULL, net->A[h] + c0, 0.0f, net->hidden_act,
+                 net->D[h] + c0, lh, FGD_DACT, NULL, net->A[h] + c0, 0.0f, net->hidden_act,
                  net->slope);
         if (r1 > c0)
-            fgd_gemm(r1 - c0, po, Bc, NULL, NULL, net->A[h] + c0, 1, ph, net->Do, po, Wo + c0 * po, po,
+            fgd_gemm(r1 - c0, po, Bc, NULL, NULL, net->A[h] + c0, 1, lh, net->Do, po, Wo + c0 * po, po,
                      FGD_ACC, NULL, NULL, coef, 0, 0.0f);
     }
     if (t == net->T - 1) fgd_cols_bias(net->bias[L - 1], net->Do, po, 0, po, Bc, coef);
@@ -577,24 +589,24 @@ static void fgd_cols_backward_top(fgd_cols_net* net, float* P, int t, long Bc, f
    update of its weight block and biases. A barrier must follow before fgd_cols_reduce. */
 static void fgd_cols_backward_partial(fgd_cols_net* net, float* P, int l, int t, long Bc,
                                       float coef) {
-    long c0 = net->c0[l][t], c1 = net->c1[l][t], w = c1 - c0, pad = net->pad[l];
+    long c0 = net->c0[l][t], c1 = net->c1[l][t], w = c1 - c0, ld = net->ld[l], wld = net->wld[l][t];
     long Bp = net->Bp, Bcp = (Bc + 15) / 16 * 16;
     float* DT = net->DT[l];
     if (w == 0) return;
     for (long j = c0; j < c1; j++)
-        for (long s = 0; s < Bc; s++) DT[j * Bp + s] = net->D[l][s * pad + j];
-    fgd_gemm(net->n_in[l], Bcp, w, NULL, NULL, net->Wt[l][t], w, 1, DT + c0 * Bp, Bp, net->PT[l][t], Bp,
+        for (long s = 0; s < Bc; s++) DT[j * Bp + s] = net->D[l][s * ld + j];
+    fgd_gemm(net->n_in[l], Bcp, w, NULL, NULL, net->Wt[l][t], wld, 1, DT + c0 * Bp, Bp, net->PT[l][t], Bp,
              FGD_STORE, NULL, NULL, 0.0f, 0, 0.0f);
-    fgd_gemm(net->n_in[l], w, Bc, NULL, NULL, net->A[l - 1], 1, net->pad[l - 1], net->D[l] + c0, pad,
-             net->Wt[l][t], w, FGD_ACC, NULL, NULL, coef, 0, 0.0f);
-    fgd_cols_bias(net->bias[l], net->D[l], pad, c0, c1, Bc, coef);
+    fgd_gemm(net->n_in[l], w, Bc, NULL, NULL, net->A[l - 1], 1, net->ld[l - 1], net->D[l] + c0, ld,
+             net->Wt[l][t], wld, FGD_ACC, NULL, NULL, coef, 0, 0.0f);
+    fgd_cols_bias(net->bias[l], net->D[l], ld, c0, c1, Bc, coef);
 }
 
 /* D_{l-1}[:, c'] for thread t's columns c' of layer l-1: the threads' partials summed (in
    thread order), times the activation derivative. */
 static void fgd_cols_reduce(fgd_cols_net* net, int l, int t, long Bc) {
     int T = net->T;
-    long c0 = net->c0[l - 1][t], c1 = net->c1[l - 1][t], pad = net->pad[l - 1], Bp = net->Bp;
+    long c0 = net->c0[l - 1][t], c1 = net->c1[l - 1][t], ld = net->ld[l - 1], Bp = net->Bp;
     long n = net->n_in[l];
     const float* A = net->A[l - 1];
     float* D = net->D[l - 1];
@@ -616,8 +628,8 @@ static void fgd_cols_reduce(fgd_cols_net* net, int l, int t, long Bc) {
                 float col[16];
                 for (long ii = 0; ii < 16; ii++) col[ii] = buf[ii * 16 + ss];
                 memcpy(&d, col, sizeof d);
-                d = fgd_dact_v(d, fgd_ld(A + (s0 + ss) * pad + i0), net->hidden_act, net->slope);
-                fgd_st(D + (s0 + ss) * pad + i0, d);
+                d = fgd_dact_v(d, fgd_ld(A + (s0 + ss) * ld + i0), net->hidden_act, net->slope);
+                fgd_st(D + (s0 + ss) * ld + i0, d);
             }
         }
     }
@@ -626,11 +638,11 @@ static void fgd_cols_reduce(fgd_cols_net* net, int l, int t, long Bc) {
 /* The first layer's update for thread t's columns (X: the step's input rows). */
 static void fgd_cols_update_first(fgd_cols_net* net, float* P, int t, long Bc, float coef,
                                   const float* X) {
-    long c0 = net->c0[0][t], c1 = net->c1[0][t], w = c1 - c0, pad = net->pad[0];
+    long c0 = net->c0[0][t], c1 = net->c1[0][t], w = c1 - c0, ld = net->ld[0];
     if (w == 0) return;
-    fgd_gemm(net->n_in[0], w, Bc, net->klu[t], net->knu[t], X, 1, net->n_in[0], net->D[0] + c0, pad, net->Wt[0][t], w,
-             FGD_ACC, NULL, NULL, coef, 0, 0.0f);
-    fgd_cols_bias(net->bias[0], net->D[0], pad, c0, c1, Bc, coef);
+    fgd_gemm(net->n_in[0], w, Bc, net->klu[t], net->knu[t], X, 1, net->n_in[0], net->D[0] + c0, ld, net->Wt[0][t],
+             net->wld[0][t], FGD_ACC, NULL, NULL, coef, 0, 0.0f);
+    fgd_cols_bias(net->bias[0], net->D[0], ld, c0, c1, Bc, coef);
 }
 
 #endif /* FASTGD_GEMM_H */
