@@ -14,7 +14,7 @@ import pytest
 import fastgd
 from fastgd import ops
 from fastgd.backends import EpochPlan, get_backend
-from fastgd.backends.base import AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, EpochResult, StepRule
+from fastgd.backends.base import AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, EpochResult, StepRule, cols_pays
 from fastgd._checks import UINT8_SCALE
 
 from conftest import BACKENDS, COMPILED_BACKENDS, tol
@@ -555,3 +555,19 @@ def test_invalid_plans_are_refused_before_the_kernels(backend):
         with pytest.raises((ValueError, TypeError)):
             get_backend(backend).train_epoch(net, plan, None)
             pytest.fail(what)
+
+
+@pytest.mark.parametrize("sizes, batch, workers, sparse, expected", [
+    ([784, 512, 512, 10], 128, 1, True, True),  # dense work: 128 x 270k
+    ([100, 128, 128, 10], 128, 2, False, True),  # dense work: 128 x 31k, dense input
+    ([784, 128, 10], 32, 2, True, True),  # small batch, 64 columns a worker
+    ([784, 128, 10], 128, 2, True, False),  # 400 KB of weights, first layer zero-skipped
+    ([784, 256, 10], 128, 2, True, True),  # 800 KB of weights
+    ([784, 128, 10], 32, 1, True, False),  # one worker: only the dense-work rule
+    ([784, 64, 10], 32, 2, True, False),  # 32 columns a worker: under 4 vectors
+    ([784, 16, 16, 10], 10, 2, True, False),  # the lesson: narrower than 2 vectors a worker
+    ([784, 48, 128, 10], 32, 2, True, False),  # the narrowest layer decides
+])
+def test_cols_pays(sizes, batch, workers, sparse, expected):
+    """The compiled backends' auto rule for the cols epoch (base.cols_pays), one case per clause."""
+    assert cols_pays(sizes, batch, workers, sparse) is expected

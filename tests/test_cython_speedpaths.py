@@ -21,8 +21,10 @@ def tol(dtype):
 
 
 def cy(input_mode="auto", sync_min_work=0, blas_min_work=None):
+    """The backend on its serial / sync paths (the cols epoch, which its auto rule would pick for
+    some of these shapes, has tests/test_cython_team.py)."""
     b = cython_backend.CythonBackend()
-    b.input_mode, b.sync_min_work = input_mode, sync_min_work
+    b.input_mode, b.sync_min_work, b.cols = input_mode, sync_min_work, False
     if blas_min_work is not None:
         b.blas_min_work = blas_min_work
     return b

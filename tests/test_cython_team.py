@@ -152,8 +152,8 @@ def test_image_augmentation_routes_elsewhere(augment):
 
 
 def test_auto_rule():
-    """cols_min_work decides by the work the cols epoch would run dense; small nets keep their
-    modes, and cols=False turns it off."""
+    """base.cols_pays decides: the work the cols epoch would run dense, or a small batch; small
+    nets keep their modes, and cols=False turns it off."""
     b = cython_backend.CythonBackend()
     net = fastgd.Network([784, 512, 512, 10], activation="relu", output="softmax", dtype="float32", seed=0)
     small = fastgd.Network([784, 16, 16, 10], activation="relu", output="softmax", dtype="float32", seed=0)
@@ -167,7 +167,8 @@ def test_auto_rule():
         assert b._cols(net, plan, None, {})
         assert b._cols(net, plan, "sparse input", {})  # its layers past the first still reach the work
         assert b._cols(mid, plan, None, {})
-        assert not b._cols(mid, plan, "sparse input", {})  # the sparse first layer is most of its work
+        # the sparse first layer is most of its work: only a small batch pays (400 KB of weights)
+        assert b._cols(mid, plan, "sparse input", {}) == (batch <= 64)
         assert not b._cols(small, plan, None, {})
     b.cols = False
     assert not b._cols(net, plan, None, {})

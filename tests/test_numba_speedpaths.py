@@ -52,15 +52,25 @@ CASES = [  # sizes, rows, batch
     ([50, 11, 7], 13, 4),         # a first layer under 16 units (numba_sparse's narrow kernels), last minibatch of 1
     ([70, 200, 9], 10, 3),        # 128-lane forward groups and update slabs plus a 4-vector slab and single vectors
 ]
+
+
+def team_backend(**kw):
+    """NumbaBackend(**kw) on its team / serial paths: the cols epoch, which the auto rule picks for
+    some of these shapes, has tests/test_numba_cols.py."""
+    b = NumbaBackend(**kw)
+    b.cols = False
+    return b
+
+
 BACKENDS = {
-    "loops": lambda: NumbaBackend(blas_min_work=LOOPS),                                   # sparse input when uint8
-    "loops_dense": lambda: NumbaBackend(blas_min_work=LOOPS, sparse_input="never"),
-    "gemm": lambda: NumbaBackend(blas_min_work=0, sparse_input="never"),                  # every layer through gemm
-    "gemm_sparse": lambda: NumbaBackend(blas_min_work=0, sparse_input="always"),          # sparse input + gemm layers
+    "loops": lambda: team_backend(blas_min_work=LOOPS),                                   # sparse input when uint8
+    "loops_dense": lambda: team_backend(blas_min_work=LOOPS, sparse_input="never"),
+    "gemm": lambda: team_backend(blas_min_work=0, sparse_input="never"),                  # every layer through gemm
+    "gemm_sparse": lambda: team_backend(blas_min_work=0, sparse_input="always"),          # sparse input + gemm layers
     # loop layers on two workers (sparse input layer: its update split by weight rows, numba_sparse)
-    "loops_team": lambda: NumbaBackend(blas_min_work=LOOPS, team_min_work=0),
+    "loops_team": lambda: team_backend(blas_min_work=LOOPS, team_min_work=0),
     # a BLAS-sized input layer still reads its non-zero pixels in the team (density decides)
-    "sparse_wide": lambda: NumbaBackend(blas_min_work=0),
+    "sparse_wide": lambda: team_backend(blas_min_work=0),
 }
 TEAM_PATHS = ("gemm", "gemm_sparse", "loops_team", "sparse_wide")  # more than one worker
 

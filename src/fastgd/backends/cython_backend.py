@@ -23,7 +23,8 @@ How a call runs
     order into the workspace's buffers, so the kernel streams them: shuffled access over
     a 27-47 MB input otherwise stalls on memory about as long as the arithmetic takes.
   * Large float32 networks trained with plain SGD (relu/leaky_relu hidden layers, no dropout or
-    image augmentation; at least `cols_min_work` per step of batch x the parameters it runs dense) take the
+    image augmentation; by base.cols_pays: enough dense work per step, or a small batch or large
+    weights on 2+ threads) take the
     "cols" epoch (kernels/dense_cols.pyx, kernels/fastgd_gemm.h), on any number of threads:
     each thread owns a slice of every hidden layer's output columns for the whole call, so its
     weights stay in its own L2 cache, and computes them with register-blocked GEMM tiles
@@ -72,8 +73,8 @@ import numpy as np
 
 from .. import ops
 from . import helper_pool, pipeline
-from .base import (AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable, EpochResult,
-                   Workspace, sparse_input_pays)
+from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable,
+                   EpochResult, Workspace, cols_pays, sparse_input_pays)
 
 try:
     from fastgd._kernels import dense_sgd as _k
@@ -221,12 +222,12 @@ class CythonBackend(Backend):
         self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self.permute_dense = True
         self.permute_dense_max_bytes = 1 << 28  # 256 MB: above this, prefetch instead of copying
-        # the "cols" epoch: None (by cols_min_work), True (whenever it applies), False (never)
+        # the "cols" epoch: None (by base.cols_pays), True (whenever it applies), False (never)
         self.cols = {"1": True, "0": False}.get(os.environ.get("FASTGD_CYTHON_COLS", "auto"))
         # batch x the parameters the cols epoch runs dense, per step: measured (thread CPU time, one
         # thread) faster than the other modes on 784-128-10 at batch 32 with dense input (3.2M:
         # 205 vs 380 ms an epoch), slower on the lesson network (0.13M: 126 vs 34 ms)
-        self.cols_min_work = 1 << 20
+        self.cols_min_work = COLS_MIN_WORK
 
     # ---- helpers --------------------------------------------------------------------------
     @staticmethod
@@ -454,9 +455,8 @@ class CythonBackend(Backend):
         """Whether this call runs the "cols" epoch (kernels/dense_cols.pyx: each thread keeps a
         column slice of every hidden layer's weights for the whole call): float32, plain SGD,
         relu/leaky_relu hidden layers, no dropout or augmentation, input uint8 or float32, and
-        (cols None) hidden layers at least 32 units per thread wide and per step at least
-        `cols_min_work` of batch x the parameters it runs dense; with sparse input that leaves out
-        the first layer, whose zero-skipping loops the other modes keep."""
+        (cols None) by base.cols_pays: wide enough hidden layers, and enough dense work per step
+        (`cols_min_work`), or a small batch or large weights on 2+ threads."""
         if self.cols is False or (self.hogwild and not plan.deterministic):
             return False
         hidden, output, _ = self._codes(net)
@@ -467,10 +467,7 @@ class CythonBackend(Backend):
             return False
         if self.cols:
             return True
-        if min(net.sizes[1:-1]) < 2 * LANES * int(plan.threads):
-            return False  # a thread's slice of the narrowest hidden layer under 2 vectors
-        dense = net.n_params - (net.sizes[0] * net.sizes[1] if csr is not None else 0)
-        return int(plan.batch_size) * dense >= self.cols_min_work
+        return cols_pays(net.sizes, plan.batch_size, int(plan.threads), csr is not None, LANES, self.cols_min_work)
 
     def _mode(self, net, plan, lay):
         """("serial" | "sync" | "hogwild", OpenMP threads) for this call. Hogwild runs plain SGD

@@ -75,8 +75,8 @@ from contextlib import nullcontext
 import numpy as np
 
 from .. import ops
-from .base import (AUGMENT_FEATURES, FEATURES, SGD, Backend, BackendUnavailable, EpochResult, Workspace,
-                   sparse_input_pays)
+from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, SGD, Backend, BackendUnavailable, EpochResult,
+                   Workspace, cols_pays, sparse_input_pays)
 
 try:
     import numba
@@ -121,9 +121,6 @@ BLAS_MIN_WORK = 1 << 20
 #: (3.3M) 0.82x from 1 to 2 threads, batch 128 (13M) 1.34x, 784-256-10 at batch 64 (13M) 1.42x
 #: (quiet machine, TEAM.md). The lesson network (0.13M) stays on one thread.
 TEAM_MIN_WORK = 1 << 23
-#: The cols epoch (numba_cols) runs when batch x the parameters it computes dense (all but a
-#: sparse input layer's) reaches this per step, as the Cython backend's cols_min_work.
-COLS_MIN_WORK = 1 << 20
 #: Rows per chunk in `forward` and `evaluate`.
 FORWARD_CHUNK = 256
 #: rows x n_params up to which `forward` runs numba_kernels.forward_flat on the caller's thread
@@ -257,9 +254,8 @@ class NumbaBackend(Backend):
         on 20k images. The team's numba_sparse layer beats gemm at every width measured,
         128-512 units at batch 32-128).
       cols / cols_min_work: the "cols" epoch (numba_cols) for float32 plain SGD with relu /
-        leaky_relu / linear hidden layers: None (when each worker's slice of the narrowest hidden
-        layer is at least 2 vectors wide and per step batch x the parameters it runs dense reaches
-        cols_min_work), True (whenever it applies), False (never).
+        leaky_relu / linear hidden layers: None (on 2+ workers, by base.cols_pays, as the Cython
+        backend), True (whenever it applies), False (never).
       team_min_work: batch x n_params from which the team epoch uses more than one worker
         without a BLAS-sized layer (TEAM_MIN_WORK).
       flat_forward_max_work: rows x n_params up to which forward runs forward_flat on the
@@ -276,7 +272,7 @@ class NumbaBackend(Backend):
     def __init__(self, blas_min_work=BLAS_MIN_WORK, forward_chunk=FORWARD_CHUNK, sparse_input="auto",
                  sparse_max_density=0.5, team_epoch=True, team_min_work=TEAM_MIN_WORK):
         self.team_epoch = team_epoch
-        # the cols epoch: None (by cols_min_work), True (whenever it applies), False (never);
+        # the cols epoch: None (by base.cols_pays), True (whenever it applies), False (never);
         # env FASTGD_NUMBA_COLS=1/0 sets True/False
         self.cols = {"1": True, "0": False}.get(os.environ.get("FASTGD_NUMBA_COLS", "auto"))
         self.cols_min_work = COLS_MIN_WORK
@@ -443,10 +439,8 @@ class NumbaBackend(Backend):
             return False
         if self.cols:
             return True
-        if min(net.sizes[1:-1]) < 2 * numba_cols.VL * workers or workers < 2:
-            return False  # a worker's slice of the narrowest hidden layer under 2 vectors
-        dense = net.params.size - (net.sizes[0] * net.sizes[1] if csr[0].shape[0] > 0 else 0)
-        return int(plan.batch_size) * dense >= self.cols_min_work
+        return workers >= 2 and cols_pays(net.sizes, plan.batch_size, workers, csr[0].shape[0] > 0, numba_cols.VL,
+                                           self.cols_min_work)
 
     @staticmethod
     def _optim(net, rule, grad):
