@@ -103,11 +103,14 @@ def test_gemm_tiles_matches_numpy(M, N, K):
                 np.testing.assert_array_equal(out[mask], before[mask])  # padding and margins untouched
 
 
+@pytest.mark.parametrize("n1", [37, 100])
 @pytest.mark.parametrize("n_in", [5, 64, 100, 130, 784])
-@pytest.mark.parametrize("Bc", [1, 3, 4, 6, 9, 32])
-def test_first_layer_lists_and_klist_gemm(n_in, Bc):
+@pytest.mark.parametrize("Bc", [1, 3, 4, 6, 9, 32, 150])
+def test_first_layer_lists_and_klist_gemm(n_in, Bc, n1):
     """build_lists against NumPy (the union of each 4-row block's non-zero pixels; each 4-pixel
-    block's samples, ascending), and gemm_klist through them equals the dense product."""
+    block's samples, ascending), and gemm_klist through them equals the dense product: single
+    vectors and 4-vector panels (n1), short and long lists (n_in for the forward, Bc for the
+    update)."""
     rng = np.random.default_rng(n_in + Bc)
     X = rng.integers(0, 256, size=(50, n_in), dtype=np.uint8)
     X[rng.random(X.shape) < 0.8] = 0
@@ -126,7 +129,6 @@ def test_first_layer_lists_and_klist_gemm(n_in, Bc):
         np.testing.assert_array_equal(kl_u[pb * bmax:pb * bmax + kn_u[pb]],
                                       np.flatnonzero(Xr[:, 4 * pb:4 * pb + 4].any(1)))
     x = (X[rows].astype(np.float32) / np.float32(255)).ravel()
-    n1 = 37
     W = rng.standard_normal(n_in * n1).astype(np.float32)
     b = rng.standard_normal(n1).astype(np.float32)
     z = np.zeros(Bc * n1, np.float32)
