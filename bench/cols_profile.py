@@ -1,8 +1,10 @@
 """One full 60k-image epoch of 784-512-512-10 (relu/softmax CE, float32) in the Cython "cols"
-epoch, called directly, with its per-thread profile: each OpenMP thread's CPU seconds of work
-and of waiting in barriers. On a shared machine the wall time says little about the kernel,
-but the work CPU per thread still shows how the work splits (1 thread vs 2: the scaling the
-kernel would have on quiet cores).
+epoch, called directly, with its per-thread profile: each OpenMP thread's CPU seconds in each
+phase (dense_cols.PROFILE_PHASES: the forward GEMMs, gathering the next rows, the output layer,
+the backward GEMMs with the hidden layers' updates, the partials' reduction, the first layer's
+update, waiting in barriers) and the dense GFLOP/s of the epoch. On a shared machine the wall
+time says little about the kernel, but the CPU per phase and thread still shows where the time
+goes and how the work splits (1 thread vs 2: the scaling the kernel would have on quiet cores).
 
     PYTHONPATH=src python bench/cols_profile.py [batch] [gauss: 0|1] [threads,...] [rounds]
 """
@@ -31,13 +33,17 @@ if __name__ == "__main__":
         for threads in thread_counts:
             net = fastgd.Network([784, 512, 512, 10], activation="relu", output="softmax", dtype="float32", seed=0)
             order = np.random.default_rng(r).permutation(len(X)).astype(np.int64)
-            prof = np.zeros(3 * threads)
+            prof = np.zeros(dense_cols.PROFILE_STRIDE * threads)
             t0 = time.perf_counter()
             ran = dense_cols.train_epoch_cols(net.params, net.layout_array(), X, 1 / 255 if X.dtype == np.uint8 else 1.0,
                                               order, targets, labels, lrs, bs, *codes, threads, np.zeros(threads),
                                               np.zeros(threads, np.int64), not gauss, None, prof)
             wall = time.perf_counter() - t0
-            p = prof.reshape(threads, 3)[:ran]
-            print(f"b{bs}{' Gaussian' if gauss else ' MNIST'} {threads} thread(s) ({ran} ran): wall {wall * 1e3:.0f} ms; "
-                  f"work CPU per thread {', '.join(f'{a * 1e3:.0f}' for a in p[:, 0])} ms; "
-                  f"barrier-wait CPU {', '.join(f'{a * 1e3:.0f}' for a in p[:, 1])} ms", flush=True)
+            phases = dense_cols.PROFILE_PHASES
+            p = prof.reshape(threads, dense_cols.PROFILE_STRIDE)[:ran, :len(phases)]
+            gflop = len(X) * 2 * 3 * sum(a * b for a, b in zip(net.sizes, net.sizes[1:])) / 1e9
+            gflop -= len(X) * 2 * net.sizes[0] * net.sizes[1] / 1e9  # no input deltas
+            print(f"b{bs}{' Gaussian' if gauss else ' MNIST'} {threads} thread(s) ({ran} ran): wall {wall * 1e3:.0f} ms, "
+                  f"{gflop / wall:.0f} GFLOP/s dense; CPU ms per phase, thread by thread:", flush=True)
+            for k, name in enumerate(phases):
+                print(f"    {name:13s}" + "".join(f"{p[t, k] * 1e3:9.1f}" for t in range(ran)), flush=True)

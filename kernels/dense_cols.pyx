@@ -58,19 +58,38 @@ cdef extern from "fastgd_simd.h":
 
 include "ops_codes.pxi"
 
-cdef inline void barrier(double* prof, int tid) noexcept nogil:
-    """The phases' barrier; with a profile, this thread's CPU time before it counts as work
-    (prof[3 * tid]) and in it as waiting (prof[3 * tid + 1]); prof[3 * tid + 2] holds the time
-    the thread's current work began."""
-    cdef double t0
+# The optional profile: per OpenMP thread, PROF_STRIDE doubles: its CPU seconds in each phase of
+# PROFILE_PHASES (waiting in barriers last), then the time its current phase began.
+PROFILE_PHASES = ("copy", "forward", "gather", "output", "backward", "reduce", "update_first", "wait")
+cdef enum:
+    PH_COPY = 0
+    PH_FORWARD = 1
+    PH_GATHER = 2
+    PH_OUTPUT = 3
+    PH_BACKWARD = 4
+    PH_REDUCE = 5
+    PH_UPDATE_FIRST = 6
+    PH_WAIT = 7
+    PROF_STRIDE = 9  # the phases, then the timestamp
+PROFILE_STRIDE = PROF_STRIDE
+
+
+cdef inline void tick(double* prof, int tid, int phase) noexcept nogil:
+    """With a profile: this thread's CPU time since its last tick counts to `phase`."""
+    cdef double t
     if prof == NULL:
-        fgd_barrier()
         return
-    t0 = fgd_thread_cpu()
-    prof[3 * tid] += t0 - prof[3 * tid + 2]
+    t = fgd_thread_cpu()
+    prof[PROF_STRIDE * tid + phase] += t - prof[PROF_STRIDE * tid + PROF_STRIDE - 1]
+    prof[PROF_STRIDE * tid + PROF_STRIDE - 1] = t
+
+
+cdef inline void barrier(double* prof, int tid, int phase) noexcept nogil:
+    """The phases' barrier; with a profile, the thread's time before it counts to `phase` and
+    in it to waiting."""
+    tick(prof, tid, phase)
     fgd_barrier()
-    prof[3 * tid + 2] = fgd_thread_cpu()
-    prof[3 * tid + 1] += prof[3 * tid + 2] - t0
+    tick(prof, tid, PH_WAIT)
 
 
 cdef inline bint consecutive(const int64_t* od, int64_t a, int64_t n) noexcept nogil:
@@ -118,10 +137,10 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
     skips, per block of rows, the input columns that are zero in all of them (and its update
     the rows that are zero in a block of columns): worth it on mostly-zero input like MNIST.
     work: a ColsWork to keep the buffers in between calls (None: allocated for this call).
-    profile: None, or 3 x threads doubles, zeros: OpenMP thread i's CPU seconds of work and of
-    waiting in barriers go to profile[3i], profile[3i + 1] (a measuring aid: on a shared machine
-    thread CPU time still shows how the work splits). Returns the number of OpenMP threads that
-    ran the slices."""
+    profile: None, or PROFILE_STRIDE x threads doubles, zeros: OpenMP thread i's CPU seconds in
+    phase PROFILE_PHASES[k] go to profile[PROFILE_STRIDE * i + k] (a measuring aid: on a shared
+    machine thread CPU time still shows where the time goes and how the work splits; the clock
+    reads cost ~1 us a step). Returns the number of OpenMP threads that ran the slices."""
     cdef fgd_cols_net* netp
     cdef fgd_cols_net local
     cdef ColsWork work_
@@ -219,8 +238,8 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
         work.net.loss = loss
     netp = &work.net
     if profile is not None:
-        if profile.shape[0] < 3 * threads:
-            raise ValueError("profile needs 3 x threads slots")
+        if profile.shape[0] < PROF_STRIDE * threads:
+            raise ValueError(f"profile needs {PROF_STRIDE} x threads slots")
         prof = &profile[0]
     if True:
         with nogil, parallel(num_threads=threads):
@@ -229,16 +248,17 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
             if tid == 0:
                 team[0] = nt
             if prof != NULL:
-                prof[3 * tid + 2] = fgd_thread_cpu()
+                prof[PROF_STRIDE * tid + PROF_STRIDE - 1] = fgd_thread_cpu()
             # slices v = tid, tid + nt, ...: every slice runs even if OpenMP gives fewer threads
             v = tid
             while v < VT:
                 fgd_cols_copy(netp, P, v, 0)
+                tick(prof, tid, PH_COPY)
                 if xf == NULL or not consecutive(od, 0, min(B, m)):
                     fgd_cols_gather(netp, netp.X[0], xu8, xf, lut, od, min(B, m) * v // VT,
                                     min(B, m) * (v + 1) // VT)
                 v = v + nt
-            barrier(prof, tid)
+            barrier(prof, tid, PH_GATHER)
             for step in range(n_steps):
                 Bc = min(B, m - step * B)
                 if xf != NULL and consecutive(od, step * B, Bc):
@@ -251,7 +271,7 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                     while v < VT:
                         fgd_cols_forward(netp, P, <int>l, v, Bc, Xc)
                         v = v + nt
-                    barrier(prof, tid)
+                    barrier(prof, tid, PH_FORWARD)
                     if l == 0 and step + 1 < n_steps:  # the next rows, into the other buffer
                         B1 = min(B, m - (step + 1) * B)
                         v = tid if xf == NULL or not consecutive(od, (step + 1) * B, B1) else VT
@@ -259,12 +279,13 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                             fgd_cols_gather(netp, netp.X[(step + 1) % 2], xu8, xf, lut,
                                             od + (step + 1) * B, B1 * v // VT, B1 * (v + 1) // VT)
                             v = v + nt
+                        tick(prof, tid, PH_GATHER)
                 v = tid
                 while v < VT:
                     fgd_cols_output(netp, P, Bc * v // VT, Bc * (v + 1) // VT, od + step * B, tg,
                                     lab, lo + v, co + v)
                     v = v + nt
-                barrier(prof, tid)
+                barrier(prof, tid, PH_OUTPUT)
                 v = tid
                 while v < VT:
                     fgd_cols_backward_top(netp, P, v, Bc, coef)
@@ -274,21 +295,25 @@ def train_epoch_cols(float[::1] params, const int64_t[:, ::1] layout, X, double 
                     while v < VT:
                         fgd_cols_backward_partial(netp, P, <int>l, v, Bc, coef)
                         v = v + nt
-                    barrier(prof, tid)
+                    barrier(prof, tid, PH_BACKWARD)
                     v = tid
                     while v < VT:
                         fgd_cols_reduce(netp, <int>l, v, Bc)
                         v = v + nt
+                    tick(prof, tid, PH_REDUCE)
+                tick(prof, tid, PH_BACKWARD)  # the top layer's, when it is the only hidden one
                 v = tid
                 while v < VT:
                     fgd_cols_update_first(netp, P, v, Bc, coef, Xc)
                     v = v + nt
-            barrier(prof, tid)
+                tick(prof, tid, PH_UPDATE_FIRST)
+            barrier(prof, tid, PH_UPDATE_FIRST)
             v = tid
             while v < VT:
                 fgd_cols_copy(netp, P, v, 1)
                 v = v + nt
-    if prof != NULL:  # slot 2 held timestamps
+            tick(prof, tid, PH_COPY)
+    if prof != NULL:  # the last slot held timestamps
         for i in range(team[0]):
-            prof[3 * i + 2] = 0
+            prof[PROF_STRIDE * i + PROF_STRIDE - 1] = 0
     return team[0]

@@ -222,6 +222,40 @@ def test_kernel_rejects_bad_arguments():
         call(layout=np.zeros((2, 5), np.int64))
 
 
+@pytest.mark.parametrize("sizes", [[20, 40, 3], [20, 40, 33, 17, 3]])
+def test_cols_profile_changes_nothing(sizes):
+    """The measuring aid: with a profile the epoch gives the same weights bit for bit, and each
+    thread's CPU seconds land in its phases (the GEMM phases get time; none is negative); a
+    profile with too few slots is refused."""
+    net = fastgd.Network(sizes, activation="relu", output="softmax", dtype="float32", seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 20)).astype(np.float32)
+    labels = rng.integers(0, 3, 300).astype(np.int32)
+    targets = np.eye(3, dtype=np.float32)[labels]
+    order = rng.permutation(300).astype(np.int64)
+    lrs = np.full(38, 0.05)
+    codes = (ops.ACTIVATION_CODES["relu"], ops.ACTIVATION_CODES["softmax"], ops.LOSS_CODES["cross_entropy"])
+    stride, phases = dense_cols.PROFILE_STRIDE, dense_cols.PROFILE_PHASES
+    assert stride == len(phases) + 1
+
+    def run(profile):
+        params = net.params.copy()
+        ran = dense_cols.train_epoch_cols(params, net.layout_array(), X, 1.0, order, targets, labels, lrs, 8,
+                                          *codes, 2, np.zeros(2), np.zeros(2, np.int64), False, None, profile)
+        return params, ran
+
+    plain, _ = run(None)
+    prof = np.zeros(stride * 2)
+    profiled, ran = run(prof)
+    np.testing.assert_array_equal(profiled, plain)
+    p = prof.reshape(2, stride)[:ran]
+    assert (p >= 0).all() and (p[:, -1] == 0).all()  # the timestamps slot is cleared
+    for name in ("forward", "backward", "update_first"):
+        assert (p[:, phases.index(name)] > 0).all(), name
+    with pytest.raises(ValueError, match="profile"):
+        run(np.zeros(stride * 2 - 1))
+
+
 def test_cols_zero_skipping_first_layer_changes_nothing():
     """uint8 input with blank and full rows: the first layer skipping zeros per block of rows (the
     sparse input mode) and running dense give the same weights."""
