@@ -10,6 +10,7 @@ from fastgd import Network
 def test_parameters_live_in_one_buffer():
     net = Network([784, 16, 16, 10], seed=0)
     assert net.params.flags.c_contiguous and net.params.dtype == np.float32
+    assert net.params.ctypes.data % fastgd.network.ALIGN == 0  # 16-lane rows in one cache line each
     assert net.n_params == 784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
     assert [w.shape for w in net.weights] == [(784, 16), (16, 16), (16, 10)]
     assert [b.shape for b in net.biases] == [(16,), (16,), (10,)]
@@ -65,6 +66,7 @@ def test_save_load_round_trip(tmp_path, dtype):
     assert back.sizes == net.sizes and back.activation == "tanh" and back.output == "softmax"
     assert back.dtype == net.dtype
     np.testing.assert_array_equal(back.params, net.params)
+    assert back.params.ctypes.data % fastgd.network.ALIGN == 0 and back.params.flags.writeable
     assert back.history == net.history
     X = np.random.default_rng(0).random((5, 20))
     np.testing.assert_array_equal(back.predict_proba(X, backend="numpy"), net.predict_proba(X, backend="numpy"))
@@ -174,6 +176,7 @@ def test_copies_keep_weights_as_views_of_params(how, tmp_path):
         joblib.dump(net, tmp_path / "net.joblib")
         twin = joblib.load(tmp_path / "net.joblib", mmap_mode="r" if how == "joblib-mmap" else None)
     np.testing.assert_array_equal(twin.params, original)
+    assert twin.params.ctypes.data % fastgd.network.ALIGN == 0 and twin.params.flags.writeable
     X = np.random.default_rng(1).random((4, 6))
     np.testing.assert_array_equal(twin.predict(X, backend="numpy"), net.predict(X, backend="numpy"))
     _assert_views_of_own_buffer(twin)

@@ -91,7 +91,7 @@ class Network:
         self.output = _checks.check_choice(output, _checks.OUTPUTS, "output")
         self.dtype = _checks.check_dtype(dtype)
         self.init = _checks.check_choice(init, INITS, "init")
-        self.params = np.zeros(self.n_params, dtype=self.dtype)
+        self.params = aligned_zeros(self.n_params, self.dtype)
         self._make_views()
         self.history = None  # per-epoch records, set by Trainer.fit and kept by save/load
         self.x_mean = self.x_std = self.y_mean = self.y_std = None  # see set_scalers
@@ -160,9 +160,7 @@ class Network:
         state.setdefault("y_mean", None), state.setdefault("y_std", None)
         state.setdefault("_classes", None), state.setdefault("feature_names", None)
         self.__dict__.update(state)
-        self.params = np.ascontiguousarray(self.params)  # unpickled arrays may be read-only or unaligned
-        if not self.params.flags.writeable:
-            self.params = self.params.copy()
+        self.params = _aligned(self.params)  # unpickled arrays may be read-only or unaligned
         self._make_views()
 
     def copy(self):
@@ -422,8 +420,8 @@ class Network:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{path} is corrupt: {exc}") from exc
             n_params = _n_params(sizes)
-            net.params = r.get("params", net.dtype, ndim=1, exact_items=n_params,
-                               what=f"sizes {sizes} need {n_params} {net.dtype} parameters")
+            net.params = _aligned(r.get("params", net.dtype, ndim=1, exact_items=n_params,
+                                        what=f"sizes {sizes} need {n_params} {net.dtype} parameters"))
             if not np.isfinite(net.params).all():
                 raise ValueError(f"{path} is corrupt: its parameters contain NaN or inf")
             net._make_views()
@@ -467,6 +465,32 @@ _MAX_NAME_BYTES = 4096  # format, activation, output, dtype, init: short names
 _MAX_HISTORY_DEPTH = 4  # list of records of scalars (depth 2); a little slack for future fields
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032x
 _READ_CHUNK = 4 << 20
+
+
+#: Alignment in bytes of `Network.params` and of the backends' working buffers: each 16-lane row
+#: (64 B in float32) then sits in one cache line. Unaligned (NumPy gives 16 B), every row access of
+#: the sparse first layer splits two lines: the lesson net's epoch ran ~12% slower (issue 11;
+#: the Numba team epoch, which trains on params in place, 29-31 ms aligned against 33-34 ms).
+ALIGN = 64
+
+
+def aligned_zeros(shape, dtype):
+    """np.zeros(shape, dtype) whose data starts on an ALIGN-byte boundary."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + ALIGN, dtype=np.uint8)
+    start = (-raw.ctypes.data) % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _aligned(a):
+    """`a` if it is writeable, C-contiguous and ALIGN-aligned, else such a copy of it."""
+    if a.flags.writeable and a.flags.c_contiguous and a.ctypes.data % ALIGN == 0:
+        return a
+    out = aligned_zeros(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def _n_params(sizes):
@@ -595,8 +619,9 @@ class _ModelReader:
                 limit = info.compress_size * (_DEFLATE_MAX_RATIO if info.compress_type != zipfile.ZIP_STORED else 1)
                 if nbytes > limit or info.compress_size > self.file_size:
                     raise ValueError(f"'{key}' claims {nbytes} bytes of data but its zip entry can hold at most {limit}")
-                # Straight into one buffer of the validated size, a chunk at a time (no second copy).
-                data = bytearray(nbytes)
+                # Straight into one buffer of the validated size, a chunk at a time (no second copy;
+                # aligned, so that the parameters need none either).
+                data = aligned_zeros(nbytes, np.uint8)
                 view, got = memoryview(data), 0
                 while got < nbytes:
                     chunk = f.read(min(_READ_CHUNK, nbytes - got))
@@ -611,7 +636,7 @@ class _ModelReader:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error, zlib.error,
                 SyntaxError) as exc:  # SyntaxError: a damaged .npy header dict
             raise ValueError(f"{path} is corrupt or not a fastgd model file: {exc}") from exc
-        a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")  # writable: a bytearray
+        a = data.view(dtype).reshape(shape, order="F" if fortran else "C")
         if dtype.kind in "fiu" and not dtype.isnative:
             a = a.astype(dtype.newbyteorder("="))
         if kind is str:

@@ -72,6 +72,7 @@ import threading
 import numpy as np
 
 from .. import ops
+from ..network import aligned_zeros  # the padded parameters, state, gradients and scratch
 from . import helper_pool, pipeline
 from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable,
                    EpochResult, Workspace, cols_pays, sparse_input_pays)
@@ -122,23 +123,6 @@ def _resamples(plan):
     return float(plan.max_rotate) > 0 or float(plan.elastic_alpha) > 0
 
 
-#: Alignment in bytes of the padded parameters, optimiser state, gradients and scratch: each
-#: 16-lane row (64 B in float32) then sits in one cache line. Unaligned (NumPy gives 16 B),
-#: every row access of the sparse first layer splits two lines: the lesson net's epoch ran
-#: ~12% slower (issue 11).
-ALIGN = 64
-
-
-def _aligned_zeros(shape, dtype):
-    """np.zeros(shape, dtype) whose data starts on an ALIGN-byte boundary."""
-    dtype = np.dtype(dtype)
-    shape = (shape,) if np.isscalar(shape) else tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.zeros(nbytes + ALIGN, dtype=np.uint8)
-    start = (-raw.ctypes.data) % ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
 class _Layout:
     """Padded parameter layout and scratch offsets of one network at one batch size."""
 
@@ -166,7 +150,7 @@ class _Layout:
 
     def pad(self, flat):
         """A padded working copy of a flat parameter (or gradient) vector."""
-        out = _aligned_zeros(self.size, self.net.dtype)
+        out = aligned_zeros(self.size, self.net.dtype)
         for (w_off, b_off, n_in, n_out), (pw, pb, _, _, pad, _, _) in zip(self.net.layout, self.table):
             out[pw:pb].reshape(n_in, pad)[:, :n_out] = flat[w_off:b_off].reshape(n_in, n_out)
             out[pb:pb + n_out] = flat[b_off:b_off + n_out]
@@ -180,7 +164,7 @@ class _Layout:
         return flat
 
     def scratch(self, copies):
-        return _aligned_zeros((copies, self.scratch_size), self.net.dtype)
+        return aligned_zeros((copies, self.scratch_size), self.net.dtype)
 
 
 def _plain(rule):
@@ -535,11 +519,11 @@ class CythonBackend(Backend):
         if getattr(ws, "scratch_key", None) != key:
             ws.scratch_key = key
             ws.scratch = lay.scratch(copies)
-            ws.grad = _aligned_zeros((copies, lay.size), net.dtype)  # zero between steps (the kernel re-zeroes)
+            ws.grad = aligned_zeros((copies, lay.size), net.dtype)  # zero between steps (the kernel re-zeroes)
         params = lay.pad(net.params)
         state = None
         if rule.state:
-            state = _aligned_zeros((len(rule.state), lay.size), net.dtype)
+            state = aligned_zeros((len(rule.state), lay.size), net.dtype)
             for k, flat in enumerate(rule.state):
                 state[k] = lay.pad(flat)
         loss_out = np.zeros(threads, dtype=np.float64)
