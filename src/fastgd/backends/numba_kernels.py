@@ -251,10 +251,13 @@ def loss_forward_backward(z, a, d, i, t, r, loss, out_kind):
 
 @njit(**JIT)
 def argmax_row(a, i):
-    """Index of the first largest entry of a[i], like np.argmax."""
+    """Index of the first largest entry of a[i], like np.argmax. The running maximum is kept in
+    a variable: re-reading a[i, best] made Numba wrap a possibly negative index on every entry."""
     best = 0
+    top = a[i, 0]
     for j in range(1, a.shape[1]):
-        if a[i, j] > a[i, best]:
+        if a[i, j] > top:
+            top = a[i, j]
             best = j
     return best
 
