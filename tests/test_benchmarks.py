@@ -395,6 +395,36 @@ def test_measure_on_a_small_subsample(small_workload):
         assert len(r.seconds) == 2 and min(r.seconds) > 0 and np.isfinite(r.samples_per_second)
 
 
+def test_measure_wakes_infer_and_latency_before_timing(small_workload, monkeypatch):
+    """Backends timed against each other idle before each call; an infer or latency call then
+    gets one untimed call first (its threads awake, like the peers' back-to-back calls), a
+    training epoch does not."""
+    calls, timed = [], []
+    real_call, real_run = B.Runner.call, B.Runner.run
+
+    def call(self):
+        calls.append((self.config.kind, self.config.backend))
+        return real_call(self)
+
+    def run(self):
+        timed.append((self.config.kind, self.config.backend, len(calls)))
+        return real_run(self)
+
+    monkeypatch.setattr(B.Runner, "call", call)
+    monkeypatch.setattr(B.Runner, "run", run)
+    configs = [B.Config(kind, backend, "lesson", "float32", 1, 10 if kind == "train" else None)
+               for kind in ("train", "infer") for backend in ("numpy", "cython")]
+    B.measure(configs, small_workload, repeats=2, warmup=1, max_samples=60, settle_seconds=0.001)
+    for kind, backend, before in timed:
+        prior = calls[before - 1] if before else None  # the call just before this timed one
+        if kind == "infer":
+            assert prior == (kind, backend), "an infer call is timed right after an untimed one of its own"
+        else:
+            assert prior != (kind, backend) or before == 0
+    # 3 timed rounds (warm-up + 2 repeats) each; infer also 3 untimed wake-up calls
+    assert calls.count(("train", "numpy")) == 3 and calls.count(("infer", "numpy")) == 6
+
+
 def _cli(argv):
     p = argparse.ArgumentParser()
     cli_bench.add_arguments(p)
