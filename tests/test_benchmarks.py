@@ -397,8 +397,8 @@ def test_measure_on_a_small_subsample(small_workload):
 
 def test_measure_wakes_infer_and_latency_before_timing(small_workload, monkeypatch):
     """Backends timed against each other idle before each call; an infer or latency call then
-    gets one untimed call first (its threads awake, like the peers' back-to-back calls), a
-    training epoch does not."""
+    gets untimed calls of its own first (its threads awake, like the peers' back-to-back calls),
+    at least one, for timing.WAKE_SECONDS; a training epoch does not."""
     calls, timed = [], []
     real_call, real_run = B.Runner.call, B.Runner.run
 
@@ -421,8 +421,8 @@ def test_measure_wakes_infer_and_latency_before_timing(small_workload, monkeypat
             assert prior == (kind, backend), "an infer call is timed right after an untimed one of its own"
         else:
             assert prior != (kind, backend) or before == 0
-    # 3 timed rounds (warm-up + 2 repeats) each; infer also 3 untimed wake-up calls
-    assert calls.count(("train", "numpy")) == 3 and calls.count(("infer", "numpy")) == 6
+    # 3 timed rounds (warm-up + 2 repeats) each; infer also at least one untimed call per round
+    assert calls.count(("train", "numpy")) == 3 and calls.count(("infer", "numpy")) >= 6
 
 
 def _cli(argv):

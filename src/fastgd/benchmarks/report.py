@@ -193,8 +193,8 @@ def markdown_table(results, machine=None, command=None, peaks=None, peak_note=No
     what = ("Milliseconds per full 60,000-image training epoch (infer: per 10,000-image forward pass; latency: "
             "microseconds per single-image `predict_proba` call), median of " + _rounds(rounds)
             + " after an untimed warm-up. fastgd's backends alternate round by round in one process, idle "
-            "0.3 s before each call (infer and latency: then one untimed call, so that the timed one finds its "
-            "threads awake, as the peers' back-to-back calls do); in brackets the mode and threads the kernel "
+            "0.3 s before each call (infer and latency: then 0.05 s of untimed calls, so that the timed one finds "
+            "its threads awake, as the peers' back-to-back calls do); in brackets the mode and threads the kernel "
             "reported.")
     if any(r.separate_process for r in results):
         what += (" † PyTorch and JAX ran afterwards, each in a process of its own pinned to the same number of "

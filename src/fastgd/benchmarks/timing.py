@@ -271,15 +271,17 @@ class Runner:
 # behind (OpenBLAS, libgomp, Numba's pool) keep spinning for up to ~0.1 s after its call and
 # would steal the next backend's cores (measured: cython's 10k forward 9 -> 18 ms right after numpy).
 SETTLE_SECONDS = 0.3
+# Untimed infer/latency calls after that idle time, before the timed one (see measure).
+WAKE_SECONDS = 0.05
 
 
 def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, progress=None, max_samples=None,
             settle_seconds=SETTLE_SECONDS):
     """Time every config: per case, the backends' rounds are interleaved so that a change in machine
     load affects all of them alike, with `settle_seconds` of idle time before each call of a case
-    timed against others (and for infer/latency cases one untimed call after it, so that the timed
-    call finds its threads awake, like the peers' back-to-back calls). Returns a list of Results in
-    the order of `configs`."""
+    timed against others (and for infer/latency cases untimed calls for `WAKE_SECONDS` after it, so
+    that the timed call finds its threads awake, like the peers' back-to-back calls). Returns a
+    list of Results in the order of `configs`."""
     workload = workload or Workload()
     by_case = {}
     for c in configs:
@@ -296,10 +298,14 @@ def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, pr
                 if len(runners) > 1 and settle_seconds > 0:
                     time.sleep(settle_seconds)
                     if r.config.kind != "train":
-                        # one untimed call first: after the idle time a 10k forward paid for waking
-                        # the thread pool and the caches (cython 4-5 ms against 2.3 back to back),
-                        # while the peers' timed calls follow each other (an epoch amortises it)
+                        # untimed calls first, for WAKE_SECONDS: after the idle time the first
+                        # 10k forwards paid for waking threads, caches and clocks (cython's
+                        # lesson net 5.3, 3.3, 2.6 ms, then 2.3), while the peers' timed calls
+                        # follow each other (an epoch amortises it)
+                        wake_until = time.perf_counter() + WAKE_SECONDS
                         r.call()
+                        while time.perf_counter() < wake_until:
+                            r.call()
                 r.run()
                 if round_ < warmup:  # warm-up rounds are not kept
                     r.result.seconds.pop()
