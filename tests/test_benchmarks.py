@@ -398,29 +398,38 @@ def test_measure_on_a_small_subsample(small_workload):
 def test_measure_wakes_infer_and_latency_before_timing(small_workload, monkeypatch):
     """Backends timed against each other idle before each call; an infer or latency call then
     gets untimed calls of its own first (its threads awake, like the peers' back-to-back calls),
-    at least one, for timing.WAKE_SECONDS; a training epoch does not."""
+    at least one, for timing.WAKE_SECONDS, after the garbage collection; a training epoch does
+    not."""
+    from fastgd.benchmarks import timing
+
     calls, timed = [], []
-    real_call, real_run = B.Runner.call, B.Runner.run
+    real_call, real_timed, real_collect = B.Runner.call, timing._timed, timing.gc.collect
 
     def call(self):
         calls.append((self.config.kind, self.config.backend))
         return real_call(self)
 
-    def run(self):
-        timed.append((self.config.kind, self.config.backend, len(calls)))
-        return real_run(self)
+    def timed_(fn, collect=True):
+        timed.append((fn.__self__.config.kind, fn.__self__.config.backend, len(calls), collect))
+        return real_timed(fn, collect)
+
+    def collect(*a):
+        calls.append("gc")
+        return real_collect(*a)
 
     monkeypatch.setattr(B.Runner, "call", call)
-    monkeypatch.setattr(B.Runner, "run", run)
+    monkeypatch.setattr(timing, "_timed", timed_)
+    monkeypatch.setattr(timing.gc, "collect", collect)
     configs = [B.Config(kind, backend, "lesson", "float32", 1, 10 if kind == "train" else None)
                for kind in ("train", "infer") for backend in ("numpy", "cython")]
     B.measure(configs, small_workload, repeats=2, warmup=1, max_samples=60, settle_seconds=0.001)
-    for kind, backend, before in timed:
-        prior = calls[before - 1] if before else None  # the call just before this timed one
+    assert len(timed) == 12
+    for kind, backend, before, collected in timed:
+        prior = calls[before - 1] if before else None  # what ran just before this timed call
         if kind == "infer":
-            assert prior == (kind, backend), "an infer call is timed right after an untimed one of its own"
+            assert prior == (kind, backend) and not collected  # its own untimed call, no collection after it
         else:
-            assert prior != (kind, backend) or before == 0
+            assert prior != (kind, backend) and collected
     # 3 timed rounds (warm-up + 2 repeats) each; infer also at least one untimed call per round
     assert calls.count(("train", "numpy")) == 3 and calls.count(("infer", "numpy")) >= 6
 

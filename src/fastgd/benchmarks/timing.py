@@ -136,8 +136,9 @@ class Result:
         }
 
 
-def _timed(fn):
-    gc.collect()
+def _timed(fn, collect=True):
+    if collect:
+        gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -260,9 +261,21 @@ class Runner:
             return self._latency_calls()
         return self.backend.forward(self.net, self.X, _checks.UINT8_SCALE, self.config.threads)
 
-    def run(self):
-        """One timed call; its duration is appended to result.seconds and returned."""
-        seconds = _timed(self.call)
+    def run(self, wake_seconds=0.0):
+        """One timed call; its duration is appended to result.seconds and returned. A full garbage
+        collection comes first (none runs during the call); with wake_seconds, untimed calls
+        follow it for that long (at least one), so that the timed call finds the backend's
+        threads awake, as a peer's back-to-back calls do: after idle time, or after the ~25 ms
+        collection with one core busy, the first 10k forwards paid for waking threads, caches
+        and clocks (cython's 784-128-10 forward: 7.9 ms in the README run against 4.4 back to
+        back)."""
+        if wake_seconds > 0:
+            gc.collect()
+            until = time.perf_counter() + wake_seconds
+            self.call()
+            while time.perf_counter() < until:
+                self.call()
+        seconds = _timed(self.call, collect=wake_seconds <= 0)
         self.result.seconds.append(seconds)
         return seconds
 
@@ -271,7 +284,7 @@ class Runner:
 # behind (OpenBLAS, libgomp, Numba's pool) keep spinning for up to ~0.1 s after its call and
 # would steal the next backend's cores (measured: cython's 10k forward 9 -> 18 ms right after numpy).
 SETTLE_SECONDS = 0.3
-# Untimed infer/latency calls after that idle time, before the timed one (see measure).
+# Untimed infer/latency calls before each timed one (Runner.run).
 WAKE_SECONDS = 0.05
 
 
@@ -279,9 +292,8 @@ def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, pr
             settle_seconds=SETTLE_SECONDS):
     """Time every config: per case, the backends' rounds are interleaved so that a change in machine
     load affects all of them alike, with `settle_seconds` of idle time before each call of a case
-    timed against others (and for infer/latency cases untimed calls for `WAKE_SECONDS` after it, so
-    that the timed call finds its threads awake, like the peers' back-to-back calls). Returns a
-    list of Results in the order of `configs`."""
+    timed against others; infer/latency calls are preceded by WAKE_SECONDS of untimed ones
+    (Runner.run). Returns a list of Results in the order of `configs`."""
     workload = workload or Workload()
     by_case = {}
     for c in configs:
@@ -297,16 +309,8 @@ def measure(configs, workload=None, repeats=5, budget_seconds=None, warmup=1, pr
                     r.reset()
                 if len(runners) > 1 and settle_seconds > 0:
                     time.sleep(settle_seconds)
-                    if r.config.kind != "train":
-                        # untimed calls first, for WAKE_SECONDS: after the idle time the first
-                        # 10k forwards paid for waking threads, caches and clocks (cython's
-                        # lesson net 5.3, 3.3, 2.6 ms, then 2.3), while the peers' timed calls
-                        # follow each other (an epoch amortises it)
-                        wake_until = time.perf_counter() + WAKE_SECONDS
-                        r.call()
-                        while time.perf_counter() < wake_until:
-                            r.call()
-                r.run()
+                # an epoch amortises waking up; a forward pass does not (Runner.run)
+                r.run(wake_seconds=WAKE_SECONDS if r.config.kind != "train" else 0.0)
                 if round_ < warmup:  # warm-up rounds are not kept
                     r.result.seconds.pop()
         for r in runners:
