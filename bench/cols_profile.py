@@ -16,6 +16,7 @@ import numpy as np
 import fastgd
 from fastgd import ops
 from fastgd._kernels import dense_cols
+from fastgd.benchmarks.peak import train_flops_per_sample
 
 if __name__ == "__main__":
     bs = int(sys.argv[1]) if len(sys.argv) > 1 else 128
@@ -41,8 +42,7 @@ if __name__ == "__main__":
             wall = time.perf_counter() - t0
             phases = dense_cols.PROFILE_PHASES
             p = prof.reshape(threads, dense_cols.PROFILE_STRIDE)[:ran, :len(phases)]
-            gflop = len(X) * 2 * 3 * sum(a * b for a, b in zip(net.sizes, net.sizes[1:])) / 1e9
-            gflop -= len(X) * 2 * net.sizes[0] * net.sizes[1] / 1e9  # no input deltas
+            gflop = len(X) * train_flops_per_sample(net.sizes) / 1e9
             print(f"b{bs}{' Gaussian' if gauss else ' MNIST'} {threads} thread(s) ({ran} ran): wall {wall * 1e3:.0f} ms, "
                   f"{gflop / wall:.0f} GFLOP/s dense; CPU ms per phase, thread by thread:", flush=True)
             for k, name in enumerate(phases):
