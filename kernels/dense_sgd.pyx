@@ -47,6 +47,14 @@ cdef extern from "fastgd_simd.h":
     unsigned int fgd_flush_denormals() noexcept nogil
     void fgd_restore_fp(unsigned int old) noexcept nogil
     float fgd_expf(float x) noexcept nogil
+    void fgd_sigmoid_f(float* z, long n) noexcept nogil
+    void fgd_sigmoid16f(const float* z, float* a, int n_valid) noexcept nogil
+    void fgd_dense_rows_f(const float* A, long lda, long n_in, long r0, long r1, const float* W,
+                          const float* b, long pad, float* Z) noexcept nogil
+    void fgd_weight_update_rows_f(const float* A, long lda, const float* D, long pad, long B,
+                                  long i0, long i1, float coef, float* Tw) noexcept nogil
+    void fgd_deltas_small_f(const float* D, long pad, long n_out, const float* wt, long lda,
+                            long s0, long s1, float* Din) noexcept nogil
     double fgd_uniform(unsigned long long seed, unsigned long long pos,
                        unsigned long long unit) noexcept nogil
     void fgd_shift(unsigned long long seed, unsigned long long pos, long long k, long long* dx,
@@ -260,6 +268,9 @@ cdef inline void activation_forward(floating* z, int64_t n, int kind) noexcept n
     """a = f(z) in place over n lanes (hidden and sigmoid/linear outputs; not softmax)."""
     cdef int64_t j
     if kind == ACT_SIGMOID:
+        if floating is float and n % VL == 0:  # whole vectors (the same operations)
+            fgd_sigmoid_f(z, n)
+            return
         for j in range(n):
             z[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
     elif kind == ACT_RELU:
@@ -322,6 +333,10 @@ cdef void dense_forward(const floating* A, int64_t lda, int64_t n_in, int64_t r0
     cdef const floating* a3
     cdef floating* z
     cdef int64_t r, i, jb, jj, n_even = n_in - n_in % 2
+    if floating is float:  # the same chains in vector types (fastgd_simd.h), then f on all rows
+        fgd_dense_rows_f(A, lda, n_in, r0, r1, W, b, pad, Z)
+        activation_forward(Z + r0 * pad, (r1 - r0) * pad, act)
+        return
     for jb in range(0, pad, 16):
         r = r0
         while r + 4 <= r1:
@@ -492,10 +507,7 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
                 a[j] = a[j] / s
     elif out_act == ACT_SIGMOID:
         if floating is float and n_out <= VL:  # one 16-lane pass (z, a are padded rows)
-            for jj in range(VL):
-                ev[jj] = (<floating>1) / ((<floating>1) + f_exp(-z[jj]))
-            for jj in range(VL):
-                a[jj] = ev[jj] if jj < n_out else <floating>0
+            fgd_sigmoid16f(z, a, <int>n_out)
         else:
             for j in range(n_out):
                 a[j] = (<floating>1) / ((<floating>1) + f_exp(-z[j]))
@@ -697,7 +709,6 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
                         else:
                             fgd_sparse_forward16d(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
                                                   W, W + n_in * VL, Z + s * VL)
-                        activation_forward(Z + s * VL, VL, act)
                     else:
                         if floating is float:
                             fgd_sparse_forward_f(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
@@ -706,6 +717,8 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
                             fgd_sparse_forward_d(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
                                                  W, W + n_in * pad, pad, Z + s * pad)
                         activation_forward(Z + s * pad, pad, act)
+                if pad == VL:  # after all the rows: independent chains the core can overlap
+                    activation_forward(Z + s0 * VL, (s1 - s0) * VL, act)
             else:
                 # dense input: gather the minibatch rows (uint8 scaled on the fly) into xbuf
                 for s in range(s0, s1):
@@ -871,8 +884,10 @@ cdef void hidden_deltas_small(const floating* D, int64_t pad, int64_t n_out, con
     cdef const floating* d
     cdef const floating* w0
     cdef const floating* w1
-    if floating is float:
+    if floating is float:  # the same chains in vector types (fastgd_simd.h)
         fgd_transpose_f(W, pad, n_in, n_out, wt, lda)
+        fgd_deltas_small_f(D, pad, n_out, wt, lda, s0, s1, Din)
+        return
     else:
         for j in range(n_out):
             for i in range(n_in):
@@ -1012,6 +1027,9 @@ cdef void weight_update_rows(const floating* A, int64_t lda, const floating* D, 
     cdef const floating* a1
     cdef floating* t
     cdef int64_t i, s, jb, jj, b_even = B - B % 2
+    if floating is float:  # the same chains in vector types (fastgd_simd.h)
+        fgd_weight_update_rows_f(A, lda, D, pad, B, i0, i1, coef, Tw)
+        return
     for jb in range(0, pad, 16):
         i = i0
         while i + 4 <= i1:

@@ -459,4 +459,182 @@ static inline float fgd_expf(float x) {
     return y * scale;
 }
 
+/* sigmoid 1 / (1 + exp(-z)) in place over n lanes (a multiple of 16), 16 at a time: fgd_expf's
+   operations, in the same order, on whole vectors. The scalar loop compiled to two 8-lane
+   halves run one row at a time, whose latency chains cost the lesson net's epoch ~2 ms;
+   written out with vector types it is one 16-lane chain, and a caller passing several rows
+   gives the core independent chains to overlap. */
+typedef int fgd_v16i __attribute__((vector_size(64)));
+/* lanes of A where TAKE (a comparison's all-ones lanes), else B; vectors go through memory
+   rather than as arguments (by value they would change ABI without AVX-512) */
+#define FGD_SELECT16F(OUT, TAKE, A, B) do {                                                \
+        fgd_v16i take_ = (TAKE), ai_, bi_;                                               \
+        fgd_v16f a_ = (A), b_ = (B);                                                     \
+        memcpy(&ai_, &a_, sizeof ai_); memcpy(&bi_, &b_, sizeof bi_);                    \
+        ai_ = (ai_ & take_) | (bi_ & ~take_);                                            \
+        memcpy(&(OUT), &ai_, sizeof ai_);                                                \
+    } while (0)
+/* a[0:16] = sigmoid(z[0:16]) in lanes below n_valid, 0 above (a may be z) */
+static inline void fgd_sigmoid16f(const float* z, float* a, int n_valid) {
+    const fgd_v16f zero = {0};
+    const fgd_v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    fgd_v16f x, fk, r, p, y, scale;
+    fgd_v16i bits;
+    memcpy(&x, z, sizeof x);
+    x = -x;
+    FGD_SELECT16F(x, x < -87.3f, zero - 87.3f, x);
+    FGD_SELECT16F(x, x > 88.3f, zero + 88.3f, x);
+    fk = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    r = x - fk * 0.693359375f + fk * 2.12194440e-4f;
+    p = zero + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    y = p * r * r + r + 1.0f;
+    bits = (__builtin_convertvector(fk, fgd_v16i) + 127) << 23;
+    memcpy(&scale, &bits, sizeof scale);
+    x = 1.0f / (1.0f + y * scale);
+    if (n_valid < 16) FGD_SELECT16F(x, lane < n_valid, x, zero);
+    memcpy(a, &x, sizeof x);
+}
+static inline void fgd_sigmoid_f(float* z, long n) {
+    for (long j = 0; j < n; j += 16) fgd_sigmoid16f(z + j, z + j, 16);
+}
+
+/* The small dense layers of dense_sgd.pyx in float32, written with vector types: the same
+   operations in the same order as the Cython loops they replace (dense_forward,
+   weight_update_rows, hidden_deltas_small; their docstrings give the chains), so the results
+   are bitwise those of the loops, but gcc kept the loops' 16-float arrays partly on the stack
+   and assembled them lane by lane (the lesson net's small layers: ~25% of its epoch). */
+
+/* Z[r, :] = A[r] @ W + b (no activation) for rows r0..r1; row stride of Z and W: pad */
+static inline void fgd_dense_rows_f(const float* A, long lda, long n_in, long r0, long r1,
+                                    const float* W, const float* b, long pad, float* Z) {
+    const long n_even = n_in - n_in % 2;
+    fgd_v16f e0, e1, e2, e3, o0, o1, o2, o3, w, v;
+    const fgd_v16f zero = {0};
+    for (long jb = 0; jb < pad; jb += 16) {
+        long r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const float* a0 = A + r * lda;
+            const float* a1 = a0 + lda;
+            const float* a2 = a1 + lda;
+            const float* a3 = a2 + lda;
+            memcpy(&e0, b + jb, sizeof e0);
+            e1 = e0; e2 = e0; e3 = e0;
+            o0 = zero; o1 = zero; o2 = zero; o3 = zero;
+            for (long i = 0; i < n_even; i += 2) {
+                memcpy(&w, W + i * pad + jb, sizeof w);
+                memcpy(&v, W + (i + 1) * pad + jb, sizeof v);
+                e0 += a0[i] * w; e1 += a1[i] * w; e2 += a2[i] * w; e3 += a3[i] * w;
+                o0 += a0[i + 1] * v; o1 += a1[i + 1] * v; o2 += a2[i + 1] * v; o3 += a3[i + 1] * v;
+            }
+            if (n_even < n_in) {
+                memcpy(&w, W + n_even * pad + jb, sizeof w);
+                e0 += a0[n_even] * w; e1 += a1[n_even] * w; e2 += a2[n_even] * w; e3 += a3[n_even] * w;
+            }
+            e0 = e0 + o0; e1 = e1 + o1; e2 = e2 + o2; e3 = e3 + o3;
+            float* z = Z + r * pad + jb;
+            memcpy(z, &e0, sizeof e0);
+            memcpy(z + pad, &e1, sizeof e1);
+            memcpy(z + 2 * pad, &e2, sizeof e2);
+            memcpy(z + 3 * pad, &e3, sizeof e3);
+        }
+        for (; r < r1; r++) {  /* leftover rows: the same two chains */
+            const float* a0 = A + r * lda;
+            memcpy(&e0, b + jb, sizeof e0);
+            o0 = zero;
+            for (long i = 0; i < n_even; i += 2) {
+                memcpy(&w, W + i * pad + jb, sizeof w);
+                memcpy(&v, W + (i + 1) * pad + jb, sizeof v);
+                e0 += a0[i] * w;
+                o0 += a0[i + 1] * v;
+            }
+            if (n_even < n_in) {
+                memcpy(&w, W + n_even * pad + jb, sizeof w);
+                e0 += a0[n_even] * w;
+            }
+            e0 = e0 + o0;
+            memcpy(Z + r * pad + jb, &e0, sizeof e0);
+        }
+    }
+}
+
+/* Tw[i] += coef * sum_s A[s, i] D[s] for weight rows i0..i1 (B samples) */
+static inline void fgd_weight_update_rows_f(const float* A, long lda, const float* D, long pad,
+                                            long B, long i0, long i1, float coef, float* Tw) {
+    const long b_even = B - B % 2;
+    fgd_v16f e0, e1, e2, e3, o0, o1, o2, o3, d, d1, t;
+    const fgd_v16f zero = {0};
+    for (long jb = 0; jb < pad; jb += 16) {
+        long i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            e0 = zero; e1 = zero; e2 = zero; e3 = zero;
+            o0 = zero; o1 = zero; o2 = zero; o3 = zero;
+            for (long s = 0; s < b_even; s += 2) {
+                const float* a = A + s * lda + i;
+                const float* a1 = a + lda;
+                memcpy(&d, D + s * pad + jb, sizeof d);
+                memcpy(&d1, D + (s + 1) * pad + jb, sizeof d1);
+                e0 += a[0] * d; e1 += a[1] * d; e2 += a[2] * d; e3 += a[3] * d;
+                o0 += a1[0] * d1; o1 += a1[1] * d1; o2 += a1[2] * d1; o3 += a1[3] * d1;
+            }
+            if (b_even < B) {
+                const float* a = A + b_even * lda + i;
+                memcpy(&d, D + b_even * pad + jb, sizeof d);
+                e0 += a[0] * d; e1 += a[1] * d; e2 += a[2] * d; e3 += a[3] * d;
+            }
+            float* tp = Tw + i * pad + jb;
+            memcpy(&t, tp, sizeof t); t += coef * (e0 + o0); memcpy(tp, &t, sizeof t);
+            memcpy(&t, tp + pad, sizeof t); t += coef * (e1 + o1); memcpy(tp + pad, &t, sizeof t);
+            memcpy(&t, tp + 2 * pad, sizeof t); t += coef * (e2 + o2); memcpy(tp + 2 * pad, &t, sizeof t);
+            memcpy(&t, tp + 3 * pad, sizeof t); t += coef * (e3 + o3); memcpy(tp + 3 * pad, &t, sizeof t);
+        }
+        for (; i < i1; i++) {  /* leftover rows: the same two chains */
+            e0 = zero; o0 = zero;
+            for (long s = 0; s < b_even; s += 2) {
+                memcpy(&d, D + s * pad + jb, sizeof d);
+                memcpy(&d1, D + (s + 1) * pad + jb, sizeof d1);
+                e0 += A[s * lda + i] * d;
+                o0 += A[(s + 1) * lda + i] * d1;
+            }
+            if (b_even < B) {
+                memcpy(&d, D + b_even * pad + jb, sizeof d);
+                e0 += A[b_even * lda + i] * d;
+            }
+            float* tp = Tw + i * pad + jb;
+            memcpy(&t, tp, sizeof t); t += coef * (e0 + o0); memcpy(tp, &t, sizeof t);
+        }
+    }
+}
+
+/* Din[s, 0:lda] = sum_j D[s, j] wt[j, :] for rows s0..s1 (wt: n_out x lda, the transposed
+   weights); even and odd j in two chains */
+static inline void fgd_deltas_small_f(const float* D, long pad, long n_out, const float* wt,
+                                      long lda, long s0, long s1, float* Din) {
+    const long n_even = n_out - n_out % 2;
+    fgd_v16f e, o, w0, w1;
+    const fgd_v16f zero = {0};
+    for (long s = s0; s < s1; s++) {
+        const float* d = D + s * pad;
+        for (long ib = 0; ib < lda; ib += 16) {
+            e = zero; o = zero;
+            for (long j = 0; j < n_even; j += 2) {
+                memcpy(&w0, wt + j * lda + ib, sizeof w0);
+                memcpy(&w1, wt + (j + 1) * lda + ib, sizeof w1);
+                e += d[j] * w0;
+                o += d[j + 1] * w1;
+            }
+            if (n_even < n_out) {
+                memcpy(&w0, wt + n_even * lda + ib, sizeof w0);
+                e += d[n_even] * w0;
+            }
+            e = e + o;
+            memcpy(Din + s * lda + ib, &e, sizeof e);
+        }
+    }
+}
+
 #endif /* FASTGD_SIMD_H */
