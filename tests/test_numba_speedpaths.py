@@ -288,7 +288,9 @@ def test_wide_sparse_input_layer_matches_the_formula(dtype, n_out, idx_dtype):
                 es = np.full(B * n_in, -1, dtype=np.int32)
                 ev = np.zeros(B * n_in, dtype=np.uint8)
                 lo, hi = np.zeros(B, dtype=np.int64), np.zeros(B, dtype=np.int64)
-                S.sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, dtype(-0.25), W2, cs, es, ev, lo, hi)
+                table = np.full(256, np.nan, dtype=dtype)
+                S.sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, dtype(-0.25), W2, cs, es, ev, lo, hi,
+                                table)
             np.testing.assert_allclose(W2.reshape(n_in, n_out), want, **tol)
             if n_out > 16:  # 64-lane slabs only (the update's choice for bigger minibatches)
                 W3 = W.copy()

@@ -179,7 +179,8 @@ def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0):
     the output pre-activations, per-worker layer offsets, and per-worker transposed-weight
     scratch for the loop layers' deltas. With a sparse input (csr not empty): the pixel table
     and each worker's column-index scratch for the input layer's update (numba_sparse), sized
-    for bmax rows of the densest row of csr."""
+    for bmax rows of the densest row of csr, and each worker's 256-entry table of the step's
+    coef x pixel value (the update of a sparse layer of at most 16 units)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     bmax, n_workers = int(bmax), int(n_workers)
     act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
@@ -198,7 +199,7 @@ def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0):
                   -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_), lut,
                   np.zeros(n_workers * nc, dtype=np.int32), np.zeros(n_workers * ne, dtype=np.int32),
                   np.zeros(n_workers * ne, dtype=np.uint8), np.zeros(n_workers * nb, dtype=np.int64),
-                  np.zeros(n_workers * nb, dtype=np.int64))
+                  np.zeros(n_workers * nb, dtype=np.int64), np.zeros(n_workers * 256, dtype=dtype))
 
 
 def team_works(n_workers):

@@ -71,7 +71,7 @@ Net = namedtuple("Net", "params layout kinds")
 Data = namedtuple("Data", "X x_scale csr_ptr csr_idx csr_val targets labels loss")
 Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_blas n_split")
 Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
-Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas lut cs es ev lo hi")
+Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas lut cs es ev lo hi slut")
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
                                 "mptr midx mval brows pixel_row pixel_col max_rotate elastic_alpha aug_work")
 
@@ -99,7 +99,7 @@ def borrowed_scratch(s):
 def borrowed_team(t):
     return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), borrow(t.woff), t.wt_size, t.bm,
                 borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas), borrow(t.lut), borrow(t.cs), borrow(t.es),
-                borrow(t.ev), borrow(t.lo), borrow(t.hi))
+                borrow(t.ev), borrow(t.lo), borrow(t.hi), borrow(t.slut))
 
 
 @njit(**JIT)
@@ -169,6 +169,29 @@ def activation_forward(z, a, i, kind):
 
 
 @njit(**JIT)
+def activation_forward_rows(z, a, B, kind):
+    """activation_forward of rows 0..B of z into a (both (rows, n), rows contiguous): the
+    element-wise kinds as one run of 16-lane vectors over all B * n values (the same value per
+    lane; one mask for the tail instead of one per row, and the rows' chains independent)."""
+    if kind == SIGMOID or kind == RELU or kind == LEAKY_RELU or kind == LINEAR:
+        total = B * z.shape[1]
+        for j0 in range(0, total, VL):
+            m = min(VL, total - j0)
+            zv = vload(z, j0, m)
+            if kind == SIGMOID:
+                vstore(a, j0, m, vsigmoid(zv))
+            elif kind == RELU:
+                vstore(a, j0, m, vwhere_positive(zv, zv))
+            elif kind == LEAKY_RELU:
+                vstore(a, j0, m, vwhere_positive_else(zv, zv, vmul(zv, vsplat(LEAKY_SLOPE, zv))))
+            else:
+                vstore(a, j0, m, zv)
+        return
+    for i in range(B):
+        activation_forward(z, a, i, kind)
+
+
+@njit(**JIT)
 def activation_backward(a, d, i, kind):
     """d[i] = dL/dz given a[i] = f(z) and d[i] = dL/da on entry (one sample's row)."""
     n = a.shape[1]
@@ -202,6 +225,33 @@ def activation_backward(a, d, i, kind):
         for j in range(n):
             d[i, j] = a[i, j] * (d[i, j] - s)
     # LINEAR: unchanged
+
+
+@njit(**JIT)
+def activation_backward_rows(a, d, B, kind):
+    """activation_backward of rows 0..B (a and d (rows, n), rows contiguous): the element-wise
+    kinds as one run of 16-lane vectors over all B * n values, like activation_forward_rows."""
+    if kind == SOFTMAX:
+        for i in range(B):
+            activation_backward(a, d, i, kind)
+        return
+    if kind == LINEAR:
+        return
+    total = B * a.shape[1]
+    one = vsplat(1, a)
+    slope = vsplat(LEAKY_SLOPE, a)
+    for j0 in range(0, total, VL):
+        m = min(VL, total - j0)
+        av = vload(a, j0, m)
+        dv = vload(d, j0, m)
+        if kind == SIGMOID:
+            vstore(d, j0, m, vmul(vmul(dv, av), vsub(one, av)))
+        elif kind == RELU:
+            vstore(d, j0, m, vwhere_positive(av, dv))
+        elif kind == LEAKY_RELU:
+            vstore(d, j0, m, vwhere_positive_else(av, dv, vmul(dv, slope)))
+        elif kind == TANH:
+            vstore(d, j0, m, vmul(dv, vsub(one, vmul(av, av))))
 
 
 @njit(**JIT)
@@ -432,8 +482,8 @@ def dense_backward_dx_loops(d, B, W, a_in, in_kind, dx, WT):
     a sum of whole rows of WT in vector registers, like the forward pass. Per-element dot
     products with a horizontal sum each measured 15 ms per lesson-network epoch; this ~2 ms."""
     n_in, n_out = W.shape
-    for k in range(n_in):
-        for j in range(n_out):
+    for j in range(n_out):  # WT's rows written whole (LLVM gathers the column of W)
+        for k in range(n_in):
             WT[j * n_in + k] = W[k, j]
     for i in range(B):
         for k0 in range(0, n_in, VL):
@@ -448,7 +498,7 @@ def dense_backward_dx_loops(d, B, W, a_in, in_kind, dx, WT):
             if j < n_out:
                 acc0 = vfma(acc0, d[i, j], vload(WT, j * n_in + k0, m))
             vstore(dx, i * n_in + k0, m, vadd(acc0, acc1))
-        activation_backward(a_in, dx, i, in_kind)
+    activation_backward_rows(a_in, dx, B, in_kind)
 
 
 @njit(**JIT)
@@ -1263,8 +1313,7 @@ def team_forward(net, data, rows, t, s, s0):
             team_forward_blas(net, t, s, B, l, s0)
         else:
             dense_forward_loops(x, B, W, b, z)
-        for i in range(B):
-            activation_forward(z, a, i, net.kinds[l])
+        activation_forward_rows(z, a, B, net.kinds[l])
 
 
 @njit(**JIT)
@@ -1326,7 +1375,7 @@ def team_update(net, data, order, start, B, t, w, nw, coef):
             sparse_update(data.csr_ptr, data.csr_idx, data.csr_val, t.lut, rows, k0, k1, t.deltas, do, n_out, -coef,
                           view1d(net.params, net.layout[0, 0], n_in * n_out), view1d(t.cs, w * nc, nc),
                           view1d(t.es, w * ne, ne), view1d(t.ev, w * ne, ne), view1d(t.lo, w * nb, nb),
-                          view1d(t.hi, w * nb, nb))
+                          view1d(t.hi, w * nb, nb), view1d(t.slut, w * 256, 256))
             continue
         if k1 <= k0:
             continue

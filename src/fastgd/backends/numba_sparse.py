@@ -315,11 +315,13 @@ def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W, slab8):
 
 
 @njit(**JIT)
-def sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W):
+def sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
     """sparse_update for a layer of at most 16 units (one vector per weight row): sample by
-    sample, W[k] += (coef * lut[v]) * D[s] for each of its non-zero pixels k in [i0, i1). At one
-    vector per row the column index costs more than it saves (the lesson network at batch 10
-    measured ~2x slower per epoch with it, like the Cython backend's pad == 16 case)."""
+    sample, W[k] += table[v] * D[s] for each of its non-zero pixels k in [i0, i1), table[v] =
+    coef * lut[v] (built once per step by sparse_update: a pixel then costs a broadcast load, not
+    a multiply and a broadcast). At one vector per row the column index costs more than it
+    saves (the lesson network at batch 10 measured ~2x slower per epoch with it, like the Cython
+    backend's pad == 16 case)."""
     m = n_out
     for s in range(rows.shape[0]):
         r = ld(rows, s)
@@ -338,10 +340,10 @@ def sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W
             o1 = np.int64(ld(idx, p + 1)) * n_out
             o2 = np.int64(ld(idx, p + 2)) * n_out
             o3 = np.int64(ld(idx, p + 3)) * n_out
-            t0 = vfma(vload(W, o0, m), coef * ld(lut, ld(val, p)), d)
-            t1 = vfma(vload(W, o1, m), coef * ld(lut, ld(val, p + 1)), d)
-            t2 = vfma(vload(W, o2, m), coef * ld(lut, ld(val, p + 2)), d)
-            t3 = vfma(vload(W, o3, m), coef * ld(lut, ld(val, p + 3)), d)
+            t0 = vfma(vload(W, o0, m), ld(table, ld(val, p)), d)
+            t1 = vfma(vload(W, o1, m), ld(table, ld(val, p + 1)), d)
+            t2 = vfma(vload(W, o2, m), ld(table, ld(val, p + 2)), d)
+            t3 = vfma(vload(W, o3, m), ld(table, ld(val, p + 3)), d)
             vstore(W, o0, m, t0)
             vstore(W, o1, m, t1)
             vstore(W, o2, m, t2)
@@ -349,19 +351,22 @@ def sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W
             p += 4
         while p < e:
             o = np.int64(ld(idx, p)) * n_out
-            vstore(W, o, m, vfma(vload(W, o, m), coef * ld(lut, ld(val, p)), d))
+            vstore(W, o, m, vfma(vload(W, o, m), ld(table, ld(val, p)), d))
             p += 1
 
 
 @njit(**JIT)
-def sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W, cs, es, ev, lo, hi):
+def sparse_update(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W, cs, es, ev, lo, hi, table):
     """Weight rows i0..i1 of the sparse input layer: W[i] += coef * sum_s x[s, i] * D[s] over the
     minibatch's samples rows (D's rows at do, n_out wide), through the column index of those rows
-    (cs/es/ev/lo/hi: this worker's scratch, see csc_build)."""
+    (cs/es/ev/lo/hi: this worker's scratch, see csc_build); layers of at most 16 units sample by
+    sample instead, through table (256 entries of this worker's scratch: coef * lut)."""
     if i1 <= i0:
         return
     if n_out <= VL:
-        sparse_update_narrow(ptr, idx, val, lut, rows, i0, i1, D, do, n_out, coef, W)
+        for v in range(256):
+            table[v] = coef * lut[v]
+        sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W)
         return
     csc_build(ptr, idx, val, rows, i0, i1, cs, es, ev, lo, hi)
     csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W, rows.shape[0] * 128 * D.itemsize <= SLAB8_BYTES)
