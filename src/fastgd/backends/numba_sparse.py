@@ -123,13 +123,12 @@ def sparse_forward(ptr, idx, val, lut, rows, W, b, z, zo):
 
 
 @njit(**JIT)
-def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z):
+def _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, n_out):
     """sparse_forward for a layer of at most 16 units, W (n_in, n_out) and z (rows, n_out) 2-D:
     the one vector per sample with 4 accumulators over consecutive pixels. The same arithmetic as
     sparse_forward's single-vector loop, yet in the team epoch of the lesson network that one
     measured ~2x this one's epoch time (123 vs 64 ms CPU per epoch, reproducible; not explained:
     perf counters are unavailable here)."""
-    n_out = W.shape[1]
     bv = vload(b, 0, n_out)
     zero = vsplat(0, b)
     for i in range(rows.shape[0]):
@@ -150,6 +149,16 @@ def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z):
             acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
             p += 1
         vstore(z, i * n_out, n_out, vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
+
+
+@njit(**JIT)
+def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z):
+    """_sparse_forward_narrow; at exactly 16 units with the width a constant (whole-vector loads,
+    a shift for the row offset)."""
+    if W.shape[1] == VL:
+        _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, VL)
+    else:
+        _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, W.shape[1])
 
 
 # ---- update: the minibatch's pixels by weight row --------------------------------------------
@@ -315,7 +324,7 @@ def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W, slab8):
 
 
 @njit(**JIT)
-def sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
+def _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
     """sparse_update for a layer of at most 16 units (one vector per weight row): sample by
     sample, W[k] += table[v] * D[s] for each of its non-zero pixels k in [i0, i1), table[v] =
     coef * lut[v] (built once per step by sparse_update: a pixel then costs a broadcast load, not
@@ -353,6 +362,15 @@ def sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
             o = np.int64(ld(idx, p)) * n_out
             vstore(W, o, m, vfma(vload(W, o, m), ld(table, ld(val, p)), d))
             p += 1
+
+
+@njit(**JIT)
+def sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
+    """_sparse_update_narrow; at exactly 16 units with the width a constant (as the forward)."""
+    if n_out == VL:
+        _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, VL, W)
+    else:
+        _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W)
 
 
 @njit(**JIT)
