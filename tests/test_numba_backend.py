@@ -72,6 +72,44 @@ def test_second_process_loads_kernels_from_disk_cache(tmp_path, mode):
     assert second["returned"] == 0.0  # nothing compiled: the Trainer reports no compile time
 
 
+# A child process: two epochs of the networks whose float32 weights differed between a process
+# that had just compiled the kernels and one that loaded them from the disk cache, while Numba's
+# fastmath included 'reassoc'; prints a digest of the weights per network.
+TRAIN_CHILD = """
+import hashlib, numpy as np, fastgd
+rng = np.random.default_rng(1)
+X = rng.standard_normal((600, 784)).astype(np.float32)
+y = rng.integers(0, 10, size=600)
+Xu = rng.integers(0, 256, size=(600, 784), dtype=np.uint8)
+Xu[rng.random(Xu.shape) < 0.8] = 0
+for sizes, act, out, loss, batch, data in (([784, 40, 17, 10], "sigmoid", "sigmoid", "cross_entropy", 32, X),
+                                           ([784, 128, 10], "relu", "softmax", "cross_entropy", 32, Xu),
+                                           ([784, 96, 64, 10], "relu", "softmax", "cross_entropy", 64, Xu)):
+    net = fastgd.Network(sizes, activation=act, output=out, seed=0, dtype=np.float32)
+    fastgd.Trainer(net, loss=loss, lr=0.1, batch_size=batch, epochs=2, backend="numba", seed=0,
+                   threads=2).fit(data, y)
+    print(hashlib.sha256(net.params.tobytes()).hexdigest())
+"""
+
+
+def test_a_cached_kernel_trains_bitwise_like_a_freshly_compiled_one(tmp_path):
+    """The same seed gives the same weights whether this process compiled the kernels or loaded
+    them from the disk cache (with 'reassoc' in fastmath it did not: LLVM reassociated the
+    float32 sums differently in the two)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_BOUNDSCHECK", None)  # a bounds-checked run does not use the disk cache
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    runs = []
+    for _ in range(2):  # the first compiles and fills the cache, the second loads from it
+        out = subprocess.run([sys.executable, "-c", TRAIN_CHILD], env=env, capture_output=True, text=True,
+                             timeout=900)
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stdout.split())
+    assert any(tmp_path.rglob("*.nbi"))  # the second run did have a cache to load
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
 def test_prepare_builds_the_workspace_and_leaves_the_network_untouched():
     net, X, scale, targets, labels = make_problem([30, 9, 4], 25, np.float64, seed=1, uint8=True)
     plan = configure(plan_for(X, scale, targets, labels, np.arange(25), 5, 0.5, "mse"), net, optimizer="adam",

@@ -60,9 +60,13 @@ from .numba_simd import (HAVE_GOMP, VL, borrow, copy_elems, gemm_raw, ld, nonzer
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
                          vwhere_positive_else, view1d, view2d)
 
-# Reassociation lets LLVM vectorise the dot products and reductions; no 'nnan'/'ninf', because
-# sigmoid relies on exp overflowing to inf (1 / (1 + inf) = 0) exactly like the reference.
-FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+# No 'reassoc': with it, a process that had just compiled the kernels and one that loaded them
+# from the disk cache trained to different float32 weights from the same seed (LLVM reassociated
+# the sums differently in the two; test_a_cached_kernel_trains_bitwise_like_a_freshly_compiled_one),
+# and the hot loops are written with explicit vectors anyway (no epoch measured slower without
+# it). No 'nnan'/'ninf', because sigmoid relies on exp overflowing to inf (1 / (1 + inf) = 0)
+# exactly like the reference.
+FASTMATH = {"nsz", "arcp", "contract"}
 # A bounds-checked build is not cached: the on-disk cache would hand it the unchecked code.
 BOUNDS = bool(config.BOUNDSCHECK)
 JIT = dict(cache=not config.BOUNDSCHECK, nogil=True, fastmath=FASTMATH, error_model="numpy")

@@ -284,8 +284,8 @@ def vexp(typingctx, v):
 
         x = builder.select(builder.fcmp_ordered("<", x, c(-87.3)), c(-87.3), x)
         x = builder.select(builder.fcmp_ordered(">", x, c(88.3)), c(88.3), x)
-        # Round with an intrinsic, not the (x + 1.5 * 2^23) - 1.5 * 2^23 trick: Numba's fastmath
-        # pass puts 'reassoc' on every float instruction of the caller, which folds that away.
+        # Round with an intrinsic, not the (x + 1.5 * 2^23) - 1.5 * 2^23 trick: with 'reassoc' in
+        # the caller's fastmath flags (the kernels once had it) LLVM folds that trick away.
         rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]), f"llvm.rint.v{VL}f32")
         fk = builder.call(rint, [builder.fmul(x, c(1.44269504088896341))])
         r = builder.fadd(builder.fsub(x, builder.fmul(fk, c(0.693359375))), builder.fmul(fk, c(2.12194440e-4)))

@@ -38,7 +38,7 @@ from numba.core import config
 
 from .numba_simd import VL, ld, vadd, vfma, vload, vsplat, vstore
 
-FASTMATH = {"nsz", "arcp", "contract", "reassoc"}  # as numba_kernels
+FASTMATH = {"nsz", "arcp", "contract"}  # as numba_kernels (no reassoc: see there)
 #: The update's 128-lane slabs (one pass over the column index per 128 lanes instead of per 64)
 #: when the minibatch's deltas for one slab take at most this many bytes (batch 32 float32: 16 KB).
 SLAB8_BYTES = 1 << 15
