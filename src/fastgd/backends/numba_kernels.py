@@ -133,31 +133,49 @@ def prefetch_rows(X, csr_ptr, csr_idx, csr_val, targets, labels, rows):
 # These take a 2-D array and a row number rather than a row view: every array view costs an
 # atomic reference-count increment and decrement, and at ~200 views per minibatch that showed.
 @njit(**JIT)
+def act_vec(zv, kind):
+    """kind(zv) lane by lane, for the element-wise kinds that have a vector form (vector_kind)."""
+    if kind == SIGMOID:
+        return vsigmoid(zv)
+    if kind == RELU:
+        return vwhere_positive(zv, zv)
+    if kind == LEAKY_RELU:
+        return vwhere_positive_else(zv, zv, vmul(zv, vsplat(LEAKY_SLOPE, zv)))
+    return zv  # LINEAR
+
+
+@njit(**JIT)
+def vector_kind(kind):
+    """Has act_vec a case for kind (tanh goes through np.tanh, softmax is per row)."""
+    return kind == SIGMOID or kind == RELU or kind == LEAKY_RELU or kind == LINEAR
+
+
+@njit(**JIT)
+def dact_vec(av, dv, kind):
+    """dL/dz from a = f(z) and dL/da, lane by lane, for every kind but softmax."""
+    if kind == SIGMOID:
+        return vmul(vmul(dv, av), vsub(vsplat(1, av), av))
+    if kind == RELU:
+        return vwhere_positive(av, dv)
+    if kind == LEAKY_RELU:  # a > 0 exactly where z > 0 (the slope is positive)
+        return vwhere_positive_else(av, dv, vmul(dv, vsplat(LEAKY_SLOPE, av)))
+    if kind == TANH:
+        return vmul(dv, vsub(vsplat(1, av), vmul(av, av)))
+    return dv  # LINEAR
+
+
+@njit(**JIT)
 def activation_forward(z, a, i, kind):
     """a[i] = kind(z[i]) for one sample's row (z and a may be the same array)."""
     n = z.shape[1]
     o = i * n
-    if kind == SIGMOID:
+    if vector_kind(kind):
         for j0 in range(0, n, VL):
             m = min(VL, n - j0)
-            vstore(a, o + j0, m, vsigmoid(vload(z, o + j0, m)))
-    elif kind == RELU:
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            zv = vload(z, o + j0, m)
-            vstore(a, o + j0, m, vwhere_positive(zv, zv))
+            vstore(a, o + j0, m, act_vec(vload(z, o + j0, m), kind))
     elif kind == TANH:
         for j in range(n):
             a[i, j] = np.tanh(z[i, j])
-    elif kind == LEAKY_RELU:
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            zv = vload(z, o + j0, m)
-            vstore(a, o + j0, m, vwhere_positive_else(zv, zv, vmul(zv, vsplat(LEAKY_SLOPE, zv))))
-    elif kind == LINEAR:
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            vstore(a, o + j0, m, vload(z, o + j0, m))
     else:  # SOFTMAX, shifted by the max like the reference
         mx = z[i, 0]
         for j in range(1, n):
@@ -175,21 +193,13 @@ def activation_forward(z, a, i, kind):
 @njit(**JIT)
 def activation_forward_rows(z, a, B, kind):
     """activation_forward of rows 0..B of z into a (both (rows, n), rows contiguous): the
-    element-wise kinds as one run of 16-lane vectors over all B * n values (the same value per
-    lane; one mask for the tail instead of one per row, and the rows' chains independent)."""
-    if kind == SIGMOID or kind == RELU or kind == LEAKY_RELU or kind == LINEAR:
+    vector kinds as one run of 16-lane vectors over all B * n values (the same value per lane;
+    one mask for the tail instead of one per row, and the rows' chains independent)."""
+    if vector_kind(kind):
         total = B * z.shape[1]
         for j0 in range(0, total, VL):
             m = min(VL, total - j0)
-            zv = vload(z, j0, m)
-            if kind == SIGMOID:
-                vstore(a, j0, m, vsigmoid(zv))
-            elif kind == RELU:
-                vstore(a, j0, m, vwhere_positive(zv, zv))
-            elif kind == LEAKY_RELU:
-                vstore(a, j0, m, vwhere_positive_else(zv, zv, vmul(zv, vsplat(LEAKY_SLOPE, zv))))
-            else:
-                vstore(a, j0, m, zv)
+            vstore(a, j0, m, act_vec(vload(z, j0, m), kind))
         return
     for i in range(B):
         activation_forward(z, a, i, kind)
@@ -200,41 +210,22 @@ def activation_backward(a, d, i, kind):
     """d[i] = dL/dz given a[i] = f(z) and d[i] = dL/da on entry (one sample's row)."""
     n = a.shape[1]
     o = i * n
-    if kind == SIGMOID:
-        one = vsplat(1, a)
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            av = vload(a, o + j0, m)
-            vstore(d, o + j0, m, vmul(vmul(vload(d, o + j0, m), av), vsub(one, av)))
-    elif kind == RELU:
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            vstore(d, o + j0, m, vwhere_positive(vload(a, o + j0, m), vload(d, o + j0, m)))
-    elif kind == LEAKY_RELU:  # a > 0 exactly where z > 0 (the slope is positive)
-        slope = vsplat(LEAKY_SLOPE, a)
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            dv = vload(d, o + j0, m)
-            vstore(d, o + j0, m, vwhere_positive_else(vload(a, o + j0, m), dv, vmul(dv, slope)))
-    elif kind == TANH:
-        one = vsplat(1, a)
-        for j0 in range(0, n, VL):
-            m = min(VL, n - j0)
-            av = vload(a, o + j0, m)
-            vstore(d, o + j0, m, vmul(vload(d, o + j0, m), vsub(one, vmul(av, av))))
-    elif kind == SOFTMAX:  # Jacobian-vector product a * (d - <d, a>)
+    if kind == SOFTMAX:  # Jacobian-vector product a * (d - <d, a>)
         s = a.dtype.type(0.0)
         for j in range(n):
             s += d[i, j] * a[i, j]
         for j in range(n):
             d[i, j] = a[i, j] * (d[i, j] - s)
-    # LINEAR: unchanged
+    elif kind != LINEAR:  # (linear: unchanged)
+        for j0 in range(0, n, VL):
+            m = min(VL, n - j0)
+            vstore(d, o + j0, m, dact_vec(vload(a, o + j0, m), vload(d, o + j0, m), kind))
 
 
 @njit(**JIT)
 def activation_backward_rows(a, d, B, kind):
-    """activation_backward of rows 0..B (a and d (rows, n), rows contiguous): the element-wise
-    kinds as one run of 16-lane vectors over all B * n values, like activation_forward_rows."""
+    """activation_backward of rows 0..B (a and d (rows, n), rows contiguous): every kind but
+    softmax as one run of 16-lane vectors over all B * n values, like activation_forward_rows."""
     if kind == SOFTMAX:
         for i in range(B):
             activation_backward(a, d, i, kind)
@@ -242,20 +233,9 @@ def activation_backward_rows(a, d, B, kind):
     if kind == LINEAR:
         return
     total = B * a.shape[1]
-    one = vsplat(1, a)
-    slope = vsplat(LEAKY_SLOPE, a)
     for j0 in range(0, total, VL):
         m = min(VL, total - j0)
-        av = vload(a, j0, m)
-        dv = vload(d, j0, m)
-        if kind == SIGMOID:
-            vstore(d, j0, m, vmul(vmul(dv, av), vsub(one, av)))
-        elif kind == RELU:
-            vstore(d, j0, m, vwhere_positive(av, dv))
-        elif kind == LEAKY_RELU:
-            vstore(d, j0, m, vwhere_positive_else(av, dv, vmul(dv, slope)))
-        elif kind == TANH:
-            vstore(d, j0, m, vmul(dv, vsub(one, vmul(av, av))))
+        vstore(d, j0, m, dact_vec(vload(a, j0, m), vload(d, j0, m), kind))
 
 
 @njit(**JIT)
