@@ -509,6 +509,27 @@ static inline void fgd_sigmoid_f(float* z, long n) {
    are bitwise those of the loops, but gcc kept the loops' 16-float arrays partly on the stack
    and assembled them lane by lane (the lesson net's small layers: ~25% of its epoch). */
 
+/* out[0:16] = init + sum_i x[i * xs] R[i * ldr : +16] over i < n (init NULL: 0), even and odd i
+   in two chains: the one-row case of the three below */
+static inline void fgd_comb16f(const float* x, long xs, long n, const float* R, long ldr,
+                               const float* init, float* out) {
+    const long n_even = n - n % 2;
+    fgd_v16f e = {0}, o = {0}, w, v;
+    if (init != NULL) memcpy(&e, init, sizeof e);
+    for (long i = 0; i < n_even; i += 2) {
+        memcpy(&w, R + i * ldr, sizeof w);
+        memcpy(&v, R + (i + 1) * ldr, sizeof v);
+        e += x[i * xs] * w;
+        o += x[(i + 1) * xs] * v;
+    }
+    if (n_even < n) {
+        memcpy(&w, R + n_even * ldr, sizeof w);
+        e += x[n_even * xs] * w;
+    }
+    e = e + o;
+    memcpy(out, &e, sizeof e);
+}
+
 /* Z[r, :] = A[r] @ W + b (no activation) for rows r0..r1; row stride of Z and W: pad */
 static inline void fgd_dense_rows_f(const float* A, long lda, long n_in, long r0, long r1,
                                     const float* W, const float* b, long pad, float* Z) {
@@ -542,23 +563,8 @@ static inline void fgd_dense_rows_f(const float* A, long lda, long n_in, long r0
             memcpy(z + 2 * pad, &e2, sizeof e2);
             memcpy(z + 3 * pad, &e3, sizeof e3);
         }
-        for (; r < r1; r++) {  /* leftover rows: the same two chains */
-            const float* a0 = A + r * lda;
-            memcpy(&e0, b + jb, sizeof e0);
-            o0 = zero;
-            for (long i = 0; i < n_even; i += 2) {
-                memcpy(&w, W + i * pad + jb, sizeof w);
-                memcpy(&v, W + (i + 1) * pad + jb, sizeof v);
-                e0 += a0[i] * w;
-                o0 += a0[i + 1] * v;
-            }
-            if (n_even < n_in) {
-                memcpy(&w, W + n_even * pad + jb, sizeof w);
-                e0 += a0[n_even] * w;
-            }
-            e0 = e0 + o0;
-            memcpy(Z + r * pad + jb, &e0, sizeof e0);
-        }
+        for (; r < r1; r++)  /* leftover rows: the same two chains */
+            fgd_comb16f(A + r * lda, 1, n_in, W + jb, pad, b + jb, Z + r * pad + jb);
     }
 }
 
@@ -593,19 +599,9 @@ static inline void fgd_weight_update_rows_f(const float* A, long lda, const floa
             memcpy(&t, tp + 3 * pad, sizeof t); t += coef * (e3 + o3); memcpy(tp + 3 * pad, &t, sizeof t);
         }
         for (; i < i1; i++) {  /* leftover rows: the same two chains */
-            e0 = zero; o0 = zero;
-            for (long s = 0; s < b_even; s += 2) {
-                memcpy(&d, D + s * pad + jb, sizeof d);
-                memcpy(&d1, D + (s + 1) * pad + jb, sizeof d1);
-                e0 += A[s * lda + i] * d;
-                o0 += A[(s + 1) * lda + i] * d1;
-            }
-            if (b_even < B) {
-                memcpy(&d, D + b_even * pad + jb, sizeof d);
-                e0 += A[b_even * lda + i] * d;
-            }
             float* tp = Tw + i * pad + jb;
-            memcpy(&t, tp, sizeof t); t += coef * (e0 + o0); memcpy(tp, &t, sizeof t);
+            fgd_comb16f(A + i, lda, B, D + jb, pad, NULL, (float*)&e0);
+            memcpy(&t, tp, sizeof t); t += coef * e0; memcpy(tp, &t, sizeof t);
         }
     }
 }
@@ -614,27 +610,9 @@ static inline void fgd_weight_update_rows_f(const float* A, long lda, const floa
    weights); even and odd j in two chains */
 static inline void fgd_deltas_small_f(const float* D, long pad, long n_out, const float* wt,
                                       long lda, long s0, long s1, float* Din) {
-    const long n_even = n_out - n_out % 2;
-    fgd_v16f e, o, w0, w1;
-    const fgd_v16f zero = {0};
-    for (long s = s0; s < s1; s++) {
-        const float* d = D + s * pad;
-        for (long ib = 0; ib < lda; ib += 16) {
-            e = zero; o = zero;
-            for (long j = 0; j < n_even; j += 2) {
-                memcpy(&w0, wt + j * lda + ib, sizeof w0);
-                memcpy(&w1, wt + (j + 1) * lda + ib, sizeof w1);
-                e += d[j] * w0;
-                o += d[j + 1] * w1;
-            }
-            if (n_even < n_out) {
-                memcpy(&w0, wt + n_even * lda + ib, sizeof w0);
-                e += d[n_even] * w0;
-            }
-            e = e + o;
-            memcpy(Din + s * lda + ib, &e, sizeof e);
-        }
-    }
+    for (long s = s0; s < s1; s++)
+        for (long ib = 0; ib < lda; ib += 16)
+            fgd_comb16f(D + s * pad, 1, n_out, wt + ib, lda, NULL, Din + s * lda + ib);
 }
 
 #endif /* FASTGD_SIMD_H */
