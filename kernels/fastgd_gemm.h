@@ -30,8 +30,7 @@
 #endif
 #include "fastgd_simd.h"
 
-typedef float fgd_vf __attribute__((vector_size(64), aligned(4)));  /* unaligned 16 floats */
-typedef float fgd_vfa __attribute__((vector_size(64)));
+typedef fgd_v16f fgd_vfa;  /* 16 floats (fastgd_simd.h) */
 
 enum { FGD_STORE = 0, FGD_ACC = 1, FGD_BIAS_ACT = 2, FGD_DACT = 3 };
 /* activation codes: fastgd.ops (ops_codes.pxi) */
@@ -52,12 +51,7 @@ enum { FGD_ACT_SIGMOID = 0, FGD_ACT_RELU = 1, FGD_ACT_TANH = 2, FGD_ACT_LINEAR =
 static inline fgd_vfa fgd_ld(const float* p) { fgd_vfa v; memcpy(&v, p, sizeof v); return v; }
 static inline void fgd_st(float* p, fgd_vfa v) { memcpy(p, &v, sizeof v); }
 
-typedef int fgd_vi __attribute__((vector_size(64)));
-/* select(m, x, y): x where the lane mask m is set (all ones), else y (bitwise: C has no
-   vector ?:) */
-static inline __attribute__((always_inline)) fgd_vfa fgd_sel(fgd_vi m, fgd_vfa x, fgd_vfa y) {
-    return (fgd_vfa)(((fgd_vi)x & m) | ((fgd_vi)y & ~m));
-}
+/* fgd_vi, fgd_sel: fastgd_simd.h (fgd_vfa is its fgd_v16f) */
 static inline __attribute__((always_inline)) fgd_vfa fgd_act_v(fgd_vfa z, int act, float slope) {
     const fgd_vfa zero = {0};
     if (act == FGD_ACT_RELU) return (fgd_vfa)((fgd_vi)z & (z > zero));

@@ -464,26 +464,22 @@ static inline float fgd_expf(float x) {
    halves run one row at a time, whose latency chains cost the lesson net's epoch ~2 ms;
    written out with vector types it is one 16-lane chain, and a caller passing several rows
    gives the core independent chains to overlap. */
-typedef int fgd_v16i __attribute__((vector_size(64)));
-/* lanes of A where TAKE (a comparison's all-ones lanes), else B; vectors go through memory
-   rather than as arguments (by value they would change ABI without AVX-512) */
-#define FGD_SELECT16F(OUT, TAKE, A, B) do {                                                \
-        fgd_v16i take_ = (TAKE), ai_, bi_;                                               \
-        fgd_v16f a_ = (A), b_ = (B);                                                     \
-        memcpy(&ai_, &a_, sizeof ai_); memcpy(&bi_, &b_, sizeof bi_);                    \
-        ai_ = (ai_ & take_) | (bi_ & ~take_);                                            \
-        memcpy(&(OUT), &ai_, sizeof ai_);                                                \
-    } while (0)
+typedef int fgd_vi __attribute__((vector_size(64)));
+/* select(m, x, y): x where the lane mask m is set (all ones: a comparison's true lanes), else y
+   (bitwise: C has no vector ?:). Always inlined, so passing vectors by value costs no ABI. */
+static inline __attribute__((always_inline)) fgd_v16f fgd_sel(fgd_vi m, fgd_v16f x, fgd_v16f y) {
+    return (fgd_v16f)(((fgd_vi)x & m) | ((fgd_vi)y & ~m));
+}
 /* a[0:16] = sigmoid(z[0:16]) in lanes below n_valid, 0 above (a may be z) */
 static inline void fgd_sigmoid16f(const float* z, float* a, int n_valid) {
     const fgd_v16f zero = {0};
-    const fgd_v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const fgd_vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     fgd_v16f x, fk, r, p, y, scale;
-    fgd_v16i bits;
+    fgd_vi bits;
     memcpy(&x, z, sizeof x);
     x = -x;
-    FGD_SELECT16F(x, x < -87.3f, zero - 87.3f, x);
-    FGD_SELECT16F(x, x > 88.3f, zero + 88.3f, x);
+    x = fgd_sel(x < -87.3f, zero - 87.3f, x);
+    x = fgd_sel(x > 88.3f, zero + 88.3f, x);
     fk = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     r = x - fk * 0.693359375f + fk * 2.12194440e-4f;
     p = zero + 1.9875691500e-4f;
@@ -493,10 +489,10 @@ static inline void fgd_sigmoid16f(const float* z, float* a, int n_valid) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     y = p * r * r + r + 1.0f;
-    bits = (__builtin_convertvector(fk, fgd_v16i) + 127) << 23;
+    bits = (__builtin_convertvector(fk, fgd_vi) + 127) << 23;
     memcpy(&scale, &bits, sizeof scale);
     x = 1.0f / (1.0f + y * scale);
-    if (n_valid < 16) FGD_SELECT16F(x, lane < n_valid, x, zero);
+    if (n_valid < 16) x = fgd_sel(lane < n_valid, x, zero);
     memcpy(a, &x, sizeof x);
 }
 static inline void fgd_sigmoid_f(float* z, long n) {

@@ -51,6 +51,8 @@ CASES = [  # sizes, rows, batch
     ([60, 48, 32, 5], 21, 16),    # a minibatch of 5 rows after one of 16
     ([50, 11, 7], 13, 4),         # a first layer under 16 units (numba_sparse's narrow kernels), last minibatch of 1
     ([70, 200, 9], 10, 3),        # 128-lane forward groups and update slabs plus a 4-vector slab and single vectors
+    ([60, 16, 16, 5], 13, 4),     # 16-unit layers (the width-16 specialisations), last minibatch of one row
+    ([60, 16, 16, 5], 3, 1),      # the same at batch 1
 ]
 
 
