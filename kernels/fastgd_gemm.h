@@ -43,6 +43,9 @@ enum { FGD_ACT_SIGMOID = 0, FGD_ACT_RELU = 1, FGD_ACT_TANH = 2, FGD_ACT_LINEAR =
 #ifndef FGD_NR
 #define FGD_NR 4    /* 16-float vectors per tile: 2..4 */
 #endif
+#ifndef FGD_PANEL_MAJOR_MIN
+#define FGD_PANEL_MAJOR_MIN 65536  /* K x N of B (floats) from which fgd_gemm walks B panel by panel */
+#endif
 #ifndef FGD_PF_AHEAD
 #define FGD_PF_AHEAD 16  /* rows of B prefetched ahead: 8, 16, 32 gave 651, 624, 639 ms (below; a C
                             copy of the epoch loop, medians of 3) */
@@ -179,6 +182,22 @@ static void fgd_gemm(long M, long N, long K, const int* kl, const int* kn, const
                      const float* bias, const float* X, float coef, int act, float slope) {
     if (N <= 0 || M <= 0) return;
     if (K <= 0 && epi == FGD_ACC) return;
+    if (M > FGD_MR && K * N >= FGD_PANEL_MAJOR_MIN) {
+        /* B larger than its share of L2 (a forward's weight block, n_in x 256 columns: 0.5-0.8
+           MB against Zen 4's 1 MB L2): panel by panel (K x 16*FGD_NR of B, ~200 KB, stays in
+           L2), every row block within each. With row blocks outermost, all of B streamed from
+           L3 once per row block. Each tile does the same operations in either order. */
+        for (long j = 0; j < N; j += 16 * FGD_NR) {
+            long nj = N - j < 16 * FGD_NR ? N - j : 16 * FGD_NR;
+            for (long i = 0, blk = 0; i < M; i += FGD_MR, blk++) {
+                int mr = M - i < FGD_MR ? (int)(M - i) : FGD_MR;
+                fgd_rowblock(mr, nj, kl ? kn[blk] : K, kl ? kl + blk * K : NULL, A + i * rsa, rsa, csa,
+                             B + j, ldb, C + i * ldc + j, ldc, epi, bias ? bias + j : 0,
+                             X ? X + i * ldc + j : 0, coef, act, slope);
+            }
+        }
+        return;
+    }
     for (long i = 0, blk = 0; i < M; i += FGD_MR, blk++) {
         int mr = M - i < FGD_MR ? (int)(M - i) : FGD_MR;
         fgd_rowblock(mr, N, kl ? kn[blk] : K, kl ? kl + blk * K : NULL, A + i * rsa, rsa, csa, B,

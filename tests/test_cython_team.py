@@ -72,6 +72,21 @@ def test_cols_batch_sizes(batch, threads):
     check(net, plan)
 
 
+@pytest.mark.parametrize("sizes", [[784, 200, 10], [300, 230, 40, 10]], ids=lambda s: "-".join(map(str, s)))
+@pytest.mark.parametrize("batch", [7, 20])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("uint8", [True, False])
+def test_cols_forward_weights_walked_panel_by_panel(sizes, batch, threads, uint8):
+    """Forward weight blocks of at least FGD_PANEL_MAJOR_MIN floats (784 x 208 and 784 x 96 or
+    112; 300 x 240 and 300 x 128 or 112), which fastgd_gemm.h walks panel by panel, with last
+    panels of 48 and 32 + 16 lanes; minibatches of more than FGD_MR rows and a last one of
+    fewer (43 rows)."""
+    net, X, scale, targets, labels = problem(sizes, 43, np.float32, seed=9, uint8=uint8, activation="relu",
+                                             output="softmax")
+    plan = make_plan(X, scale, targets, labels, batch, lr=0.1, loss="cross_entropy", threads=threads)
+    check(net, plan)
+
+
 @pytest.mark.parametrize("hidden", ["relu", "leaky_relu"])
 @pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("softmax", "mse"), ("sigmoid", "mse"),
                                          ("sigmoid", "cross_entropy"), ("linear", "mse")])
