@@ -73,6 +73,11 @@ static inline void fgd_axpy16d(double* t, double x, const double* d) {
    call sites, so they index rows with a runtime multiply and spill. Same arithmetic and
    order as sparse_forward_row / sparse_update_row; the update's lut holds the step's
    coef * value products (built once per step), so a pixel costs no multiply of its own. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FGD_LITTLE_ENDIAN 1
+#else
+#define FGD_LITTLE_ENDIAN 0
+#endif
 #define FGD_SPARSE16(T, V, SUFFIX)                                                        \
 static inline void fgd_sparse_forward16##SUFFIX(                                          \
         const unsigned short* idx, const unsigned char* val, long nnz, const T* lut,      \
@@ -81,15 +86,31 @@ static inline void fgd_sparse_forward16##SUFFIX(                                
     memcpy(&a0, b, sizeof a0);                                                            \
     a1 = a0 - a0; a2 = a1; a3 = a1;                                                       \
     long k = 0;                                                                           \
+    /* the 4 pixels' indices and values in one load each (little-endian): on Zen 4 this    \
+       loop is bound by loads, and 8 narrow ones per 4 pixels cost ~15% of it (a C copy of \
+       the lesson's epoch: 6.3 -> 5.4 ms, min of 30 epochs, 4 runs each); the same sums */ \
     for (; k + 4 <= nnz; k += 4) {                                                        \
-        memcpy(&w0, W + ((long)idx[k] << 4), sizeof w0);                                  \
-        memcpy(&w1, W + ((long)idx[k + 1] << 4), sizeof w1);                              \
-        memcpy(&w2, W + ((long)idx[k + 2] << 4), sizeof w2);                              \
-        memcpy(&w3, W + ((long)idx[k + 3] << 4), sizeof w3);                              \
-        a0 += lut[val[k]] * w0;                                                           \
-        a1 += lut[val[k + 1]] * w1;                                                       \
-        a2 += lut[val[k + 2]] * w2;                                                       \
-        a3 += lut[val[k + 3]] * w3;                                                       \
+        long j0, j1, j2, j3;                                                              \
+        unsigned u0, u1, u2, u3;                                                          \
+        if (FGD_LITTLE_ENDIAN) {                                                          \
+            uint64_t i4; uint32_t v4;                                                     \
+            memcpy(&i4, idx + k, sizeof i4);                                              \
+            memcpy(&v4, val + k, sizeof v4);                                              \
+            j0 = (long)(i4 & 0xffff); j1 = (long)((i4 >> 16) & 0xffff);                   \
+            j2 = (long)((i4 >> 32) & 0xffff); j3 = (long)(i4 >> 48);                      \
+            u0 = v4 & 0xff; u1 = (v4 >> 8) & 0xff; u2 = (v4 >> 16) & 0xff; u3 = v4 >> 24; \
+        } else {                                                                          \
+            j0 = idx[k]; j1 = idx[k + 1]; j2 = idx[k + 2]; j3 = idx[k + 3];               \
+            u0 = val[k]; u1 = val[k + 1]; u2 = val[k + 2]; u3 = val[k + 3];               \
+        }                                                                                 \
+        memcpy(&w0, W + (j0 << 4), sizeof w0);                                            \
+        memcpy(&w1, W + (j1 << 4), sizeof w1);                                            \
+        memcpy(&w2, W + (j2 << 4), sizeof w2);                                            \
+        memcpy(&w3, W + (j3 << 4), sizeof w3);                                            \
+        a0 += lut[u0] * w0;                                                               \
+        a1 += lut[u1] * w1;                                                               \
+        a2 += lut[u2] * w2;                                                               \
+        a3 += lut[u3] * w3;                                                               \
     }                                                                                     \
     for (; k < nnz; k++) {                                                                \
         memcpy(&w0, W + ((long)idx[k] << 4), sizeof w0);                                  \
