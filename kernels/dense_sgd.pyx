@@ -49,6 +49,7 @@ cdef extern from "fastgd_simd.h":
     float fgd_expf(float x) noexcept nogil
     void fgd_sigmoid_f(float* z, long n) noexcept nogil
     void fgd_sigmoid16f(const float* z, float* a, int n_valid) noexcept nogil
+    float fgd_mse16f(const float* a, const float* t, int n_out, int sigmoid, float* d) noexcept nogil
     void fgd_dense_rows_f(const float* A, long lda, long n_in, long r0, long r1, const float* W,
                           const float* b, long pad, float* Z) noexcept nogil
     void fgd_weight_update_rows_f(const float* A, long lda, const float* D, long pad, long B,
@@ -476,8 +477,6 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
     cdef floating m, s, e, l, top, dot
     cdef floating ev[VL]
     cdef floating sv[VL]
-    cdef floating tv[VL]
-    cdef floating av[VL]
     cdef bint better
     if out_act == ACT_SOFTMAX:
         m = z[0]
@@ -526,27 +525,8 @@ cdef void output_row(floating* z, floating* a, const floating* t, int64_t n_out,
         correct[0] += 1
     l = 0
     if floating is float and loss == LOSS_MSE and out_act != ACT_SOFTMAX and n_out <= VL:
-        # 16 lanes (lanes >= n_out are 0 - 0): the loss as a tree sum, the delta in one pass
-        for jj in range(VL):
-            tv[jj] = 0
-        for jj in range(n_out):  # a copy, not a select per lane: t holds only n_out values
-            tv[jj] = t[jj]
-        for jj in range(VL):
-            av[jj] = a[jj] if jj < n_out else <floating>0
-        for jj in range(VL):
-            ev[jj] = av[jj] - tv[jj]
-            sv[jj] = ev[jj] * ev[jj]
-        if out_act == ACT_SIGMOID:
-            for jj in range(VL):
-                d[jj] = ev[jj] * av[jj] * ((<floating>1) - av[jj])
-        else:
-            for jj in range(VL):
-                d[jj] = ev[jj]
-        for jj in range(8):
-            sv[jj] = sv[jj] + sv[jj + 8]
-        for jj in range(4):
-            sv[jj] = sv[jj] + sv[jj + 4]
-        l = (<floating>0.5) * ((sv[0] + sv[2]) + (sv[1] + sv[3]))
+        # 16 lanes at once (fastgd_simd.h; lanes >= n_out are 0 - 0): tree-summed loss, delta
+        l = fgd_mse16f(a, t, <int>n_out, out_act == ACT_SIGMOID, d)
     elif loss == LOSS_MSE:
         for j in range(n_out):
             l += (a[j] - t[j]) * (a[j] - t[j])

@@ -520,6 +520,35 @@ static inline void fgd_sigmoid_f(float* z, long n) {
     for (long j = 0; j < n; j += 16) fgd_sigmoid16f(z + j, z + j, 16);
 }
 
+/* One output row's MSE loss and delta, n_out <= 16 units, as whole vectors: a and d are padded
+   rows (16 lanes), t holds n_out targets (read masked, never past them). d[0:16] = (a - t) *
+   a * (1 - a) for a sigmoid output, a - t for a linear one (0 above n_out); returns
+   0.5 * sum (a - t)^2, summed as a tree (lanes j + 8 onto j, then j + 4, then (0 + 2) + (1 + 3)).
+   dense_sgd.pyx's output_row did the same operations through 16-float stack arrays, which gcc
+   assembled lane by lane. */
+typedef float fgd_v8f __attribute__((vector_size(32)));
+typedef float fgd_v4f __attribute__((vector_size(16)));
+static inline float fgd_mse16f(const float* a, const float* t, int n_out, int sigmoid, float* d) {
+    const fgd_v16f zero = {0};
+    const fgd_vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    fgd_v16f av, tv = {0}, ev, dv;
+    memcpy(&av, a, sizeof av);
+    av = fgd_sel(lane < n_out, av, zero);
+#ifdef __AVX512F__
+    tv = (fgd_v16f)_mm512_maskz_loadu_ps((__mmask16)((1u << n_out) - 1u), t);
+#else
+    for (int j = 0; j < n_out; j++) tv[j] = t[j];
+#endif
+    ev = av - tv;
+    dv = sigmoid ? ev * av * (1.0f - av) : ev;
+    memcpy(d, &dv, sizeof dv);
+    ev = ev * ev;
+    fgd_v8f h = __builtin_shufflevector(ev, ev, 0, 1, 2, 3, 4, 5, 6, 7)
+              + __builtin_shufflevector(ev, ev, 8, 9, 10, 11, 12, 13, 14, 15);
+    fgd_v4f q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return 0.5f * ((q[0] + q[2]) + (q[1] + q[3]));
+}
+
 /* The small dense layers of dense_sgd.pyx in float32, written with vector types: the same
    operations in the same order as the Cython loops they replace (dense_forward,
    weight_update_rows, hidden_deltas_small; their docstrings give the chains), so the results
