@@ -182,26 +182,21 @@ static void fgd_gemm(long M, long N, long K, const int* kl, const int* kn, const
                      const float* bias, const float* X, float coef, int act, float slope) {
     if (N <= 0 || M <= 0) return;
     if (K <= 0 && epi == FGD_ACC) return;
-    if (M > FGD_MR && K * N >= FGD_PANEL_MAJOR_MIN) {
-        /* B larger than its share of L2 (a forward's weight block, n_in x 256 columns: 0.5-0.8
-           MB against Zen 4's 1 MB L2): panel by panel (K x 16*FGD_NR of B, ~200 KB, stays in
-           L2), every row block within each. With row blocks outermost, all of B streamed from
-           L3 once per row block. Each tile does the same operations in either order. */
-        for (long j = 0; j < N; j += 16 * FGD_NR) {
-            long nj = N - j < 16 * FGD_NR ? N - j : 16 * FGD_NR;
-            for (long i = 0, blk = 0; i < M; i += FGD_MR, blk++) {
-                int mr = M - i < FGD_MR ? (int)(M - i) : FGD_MR;
-                fgd_rowblock(mr, nj, kl ? kn[blk] : K, kl ? kl + blk * K : NULL, A + i * rsa, rsa, csa,
-                             B + j, ldb, C + i * ldc + j, ldc, epi, bias ? bias + j : 0,
-                             X ? X + i * ldc + j : 0, coef, act, slope);
-            }
+    /* Columns in panels of `panel`, every row block within each panel. When B is larger than
+       its share of L2 (a forward's weight block, n_in x 256 columns: 0.5-0.8 MB against Zen 4's
+       1 MB L2), one panel is 16*FGD_NR columns (K x 64 floats, ~200 KB, stays in L2 while every
+       row block uses it); otherwise all N columns are one panel (row blocks outermost; with a
+       large B that streamed all of it from L3 once per row block). Each tile does the same
+       operations in either order. */
+    const long panel = M > FGD_MR && K * N >= FGD_PANEL_MAJOR_MIN ? 16 * FGD_NR : N;
+    for (long j = 0; j < N; j += panel) {
+        long nj = N - j < panel ? N - j : panel;
+        for (long i = 0, blk = 0; i < M; i += FGD_MR, blk++) {
+            int mr = M - i < FGD_MR ? (int)(M - i) : FGD_MR;
+            fgd_rowblock(mr, nj, kl ? kn[blk] : K, kl ? kl + blk * K : NULL, A + i * rsa, rsa, csa,
+                         B + j, ldb, C + i * ldc + j, ldc, epi, bias ? bias + j : 0,
+                         X ? X + i * ldc + j : 0, coef, act, slope);
         }
-        return;
-    }
-    for (long i = 0, blk = 0; i < M; i += FGD_MR, blk++) {
-        int mr = M - i < FGD_MR ? (int)(M - i) : FGD_MR;
-        fgd_rowblock(mr, N, kl ? kn[blk] : K, kl ? kl + blk * K : NULL, A + i * rsa, rsa, csa, B,
-                     ldb, C + i * ldc, ldc, epi, bias, X ? X + i * ldc : 0, coef, act, slope);
     }
 }
 

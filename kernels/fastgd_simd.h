@@ -491,10 +491,14 @@ typedef int fgd_vi __attribute__((vector_size(64)));
 static inline __attribute__((always_inline)) fgd_v16f fgd_sel(fgd_vi m, fgd_v16f x, fgd_v16f y) {
     return (fgd_v16f)(((fgd_vi)x & m) | ((fgd_vi)y & ~m));
 }
+/* the lane mask of lanes 0..n-1 (for fgd_sel) */
+static inline __attribute__((always_inline)) fgd_vi fgd_below(int n) {
+    const fgd_vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return lane < n;
+}
 /* a[0:16] = sigmoid(z[0:16]) in lanes below n_valid, 0 above (a may be z) */
 static inline void fgd_sigmoid16f(const float* z, float* a, int n_valid) {
     const fgd_v16f zero = {0};
-    const fgd_vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     fgd_v16f x, fk, r, p, y, scale;
     fgd_vi bits;
     memcpy(&x, z, sizeof x);
@@ -513,7 +517,7 @@ static inline void fgd_sigmoid16f(const float* z, float* a, int n_valid) {
     bits = (__builtin_convertvector(fk, fgd_vi) + 127) << 23;
     memcpy(&scale, &bits, sizeof scale);
     x = 1.0f / (1.0f + y * scale);
-    if (n_valid < 16) x = fgd_sel(lane < n_valid, x, zero);
+    if (n_valid < 16) x = fgd_sel(fgd_below(n_valid), x, zero);
     memcpy(a, &x, sizeof x);
 }
 static inline void fgd_sigmoid_f(float* z, long n) {
@@ -530,10 +534,9 @@ typedef float fgd_v8f __attribute__((vector_size(32)));
 typedef float fgd_v4f __attribute__((vector_size(16)));
 static inline float fgd_mse16f(const float* a, const float* t, int n_out, int sigmoid, float* d) {
     const fgd_v16f zero = {0};
-    const fgd_vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     fgd_v16f av, tv = {0}, ev, dv;
     memcpy(&av, a, sizeof av);
-    av = fgd_sel(lane < n_out, av, zero);
+    av = fgd_sel(fgd_below(n_out), av, zero);
 #ifdef __AVX512F__
     tv = (fgd_v16f)_mm512_maskz_loadu_ps((__mmask16)((1u << n_out) - 1u), t);
 #else

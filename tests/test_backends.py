@@ -224,6 +224,7 @@ SHAPES = {
     "wide_layer": ([64, 1031, 10], 40, 16),
     "deep": ([30, 12, 12, 12, 12, 6], 50, 8),
     "last_batch_of_one": ([21, 9, 4], 25, 8),
+    "sixteen_outputs": ([30, 16, 16], 23, 6),  # every lane of one vector: the output's 16-lane MSE
 }
 
 
