@@ -314,6 +314,47 @@ def test_ctrl_c_on_the_command_line_keeps_finished_trials(tmp_path):
     assert 2 <= len(finished) < 72 and all(r["status"] == "ok" for r in finished)
 
 
+HALF_SENT_RESULT_SCRIPT = '''
+import os, struct, sys, time
+from fastgd.sweep.runners import LocalPoolRunner
+
+def half_sent_result(flag):
+    """In a pool worker: send the header of a result message and none of its body (a worker killed
+    between the two writes leaves the result pipe like this), then wait to be stopped."""
+    frame = sys._getframe()
+    while "result_queue" not in frame.f_locals:
+        frame = frame.f_back
+    os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 100))
+    open(flag, "w").close()
+    time.sleep(600)
+
+if __name__ == "__main__":
+    runner = LocalPoolRunner(workers=1)
+    runner.start(None)
+    runner._executor.submit(half_sent_result, sys.argv[1])
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    runner.close(cancel=True)
+    print("closed")
+'''
+
+
+def test_ctrl_c_while_a_worker_is_mid_result_lets_the_interpreter_exit(tmp_path):
+    """Ctrl-C stops the pool's workers; one may be halfway through sending a result. The pool's
+    manager thread, blocked reading the rest of that message, must still end: the interpreter
+    joins it at exit (CI once hung there until its watchdog fired)."""
+    script = tmp_path / "half_sent.py"
+    script.write_text(HALF_SENT_RESULT_SCRIPT)
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    try:
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "flag")], env=env, capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interpreter did not exit after the pool was stopped mid-result")
+    assert out.returncode == 0 and out.stdout.strip() == "closed", out.stderr
+
+
 # ---- search strategies, data sources, the command line --------------------------------------
 def test_random_search_and_its_extension(tmp_path):
     space = {"lr": {"low": 0.01, "high": 0.5, "log": True}, "batch_size": [16, 32, 64]}

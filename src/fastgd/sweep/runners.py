@@ -133,19 +133,27 @@ class LocalPoolRunner:
 
 def _terminate_workers(executor):
     """Stop a pool's running trials now (Ctrl-C must not wait for a long trial to end)."""
-    if hasattr(executor, "terminate_workers"):  # Python 3.14+
-        executor.terminate_workers()
-        return
     processes = list((getattr(executor, "_processes", None) or {}).values())  # shutdown() forgets them
     manager = getattr(executor, "_executor_manager_thread", None)  # likewise
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
+    results = getattr(executor, "_result_queue", None)
+    if hasattr(executor, "terminate_workers"):  # Python 3.14+
+        executor.terminate_workers()
+    else:
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
     for process in processes:
         process.join(timeout=5)
-    # Let the pool's manager thread see its dead workers and close its wake-up pipe now: left
-    # running, it races the interpreter's exit hook, which then writes to the closed pipe and
-    # prints an OSError traceback after our clean "stopped" message.
+    # A worker stopped between the two writes of a result leaves half a message in the result
+    # pipe, and the pool's manager thread blocks reading the rest: the interpreter then hangs at
+    # exit joining it. The workers are dead, so nothing writes to that pipe again; closing our
+    # copy of its write end turns the wait into end-of-file, which the thread treats as a broken
+    # pool and ends.
+    if results is not None and all(not process.is_alive() for process in processes):
+        results._writer.close()
+    # Let the manager thread see its dead workers and close its wake-up pipe now: left running, it
+    # races the interpreter's exit hook, which then writes to the closed pipe and prints an
+    # OSError traceback after our clean "stopped" message.
     if manager is not None:
         manager.join(timeout=5)
 
