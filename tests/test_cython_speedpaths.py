@@ -229,12 +229,17 @@ def test_sparse_inference_rejects_bad_buffers():
 def test_build_csr_matches_numpy():
     from fastgd._kernels import dense_sgd
     rng = np.random.default_rng(4)
-    for shape in [(7, 784), (5, 63), (3, 64), (4, 65), (6, 129), (2, 1), (3, 0), (0, 10)]:
+    # widths around the 64-pixel blocks, and 65536 (the largest indices a uint16 holds)
+    for shape in [(7, 784), (5, 63), (3, 64), (4, 65), (6, 129), (2, 1), (3, 0), (0, 10), (4, 65536)]:
         X = rng.integers(0, 256, shape, dtype=np.uint8)
         X[rng.random(shape) < 0.7] = 0
         if shape[0] > 2:
             X[1] = 0
             X[2] = 200
+        if shape[0] > 3 and shape[1] >= 64:  # in each block only the second 32 pixels (or only the first)
+            X[3] = 0
+            for b in range(0, shape[1] - 63, 64):
+                X[3, b + (32 if b % 128 == 0 else 0):b + (64 if b % 128 == 0 else 32)] = 9
         ptr, idx, val = dense_sgd.build_csr(X)
         rows, cols = np.nonzero(X)
         np.testing.assert_array_equal(ptr, np.r_[0, np.cumsum(np.count_nonzero(X, axis=1))])
