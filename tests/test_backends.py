@@ -14,7 +14,8 @@ import pytest
 import fastgd
 from fastgd import ops
 from fastgd.backends import EpochPlan, get_backend
-from fastgd.backends.base import AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, EpochResult, StepRule, cols_pays
+from fastgd.backends.base import (AUGMENT_FEATURES, FEATURES, OPTIMIZER_CODES, EpochResult, StepRule, cols_pays,
+                                  sparse_input_pays)
 from fastgd._checks import UINT8_SCALE
 
 from conftest import BACKENDS, COMPILED_BACKENDS, tol
@@ -572,3 +573,19 @@ def test_invalid_plans_are_refused_before_the_kernels(backend):
 def test_cols_pays(sizes, batch, workers, sparse, expected):
     """The compiled backends' auto rule for the cols epoch (base.cols_pays), one case per clause."""
     assert cols_pays(sizes, batch, workers, sparse) is expected
+
+
+@pytest.mark.parametrize("rows", [1, 40, 512, 513, 10_000])
+def test_sparse_input_pays_by_measured_density(rows):
+    """Inference skips zeros when at most max_density of the pixels are non-zero: measured on
+    the whole input up to 512 rows, on 16 runs of 32 rows beyond (the first and last included)."""
+    rng = np.random.default_rng(rows)
+    X = (rng.random((rows, 100)) < 0.3).astype(np.uint8) * 7  # ~30% non-zero
+    assert sparse_input_pays(X, 0.4) and not sparse_input_pays(X, 0.2)
+    X[:] = 0
+    assert sparse_input_pays(X, 0.0)
+    X[-1] = 1  # one full row: 1 / rows of the pixels, and in the last run when sampled
+    assert not sparse_input_pays(X, 0.0) and sparse_input_pays(X, 1.0 / min(rows, 512) + 1e-9)
+    assert not sparse_input_pays(X.astype(np.float32), 1.0)  # only uint8 input is ever sparse
+    assert not sparse_input_pays(np.zeros((rows, 0), np.uint8), 1.0)
+

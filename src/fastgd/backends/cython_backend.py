@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
 import numpy as np
 
@@ -75,7 +74,7 @@ from .. import ops
 from ..network import aligned_zeros  # the padded parameters, state, gradients and scratch
 from . import helper_pool, pipeline
 from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable,
-                   EpochResult, Workspace, cols_pays, sparse_input_pays)
+                   EpochResult, Workspace, blas_controller, blas_limit, cols_pays, sparse_input_pays)
 
 try:
     from fastgd._kernels import dense_sgd as _k
@@ -93,23 +92,11 @@ if (_k.ACT_CODES != ops.ACTIVATION_CODES or _k.LOSS_CODES != ops.LOSS_CODES or _
 NAME = "cython"
 LANES = _k.LANES
 
-_shared = {}  # process-wide helpers holding no run data: the threadpoolctl controller
-_shared_lock = threading.Lock()
 _flat_layouts = {}  # network sizes -> (Network.layout_array(), forward_flat work size)
 
 
 def _round_up(n, k=LANES):
     return -(-n // k) * k
-
-
-def _controller():
-    """threadpoolctl's view of the BLAS libraries (made once: it costs a few ms)."""
-    with _shared_lock:
-        if "controller" not in _shared:
-            from threadpoolctl import ThreadpoolController
-
-            _shared["controller"] = ThreadpoolController()  # after scipy's BLAS is loaded by _k
-        return _shared["controller"]
 
 
 #: Rotation / elastic distortion cost per input pixel in units of one parameter's per-sample work
@@ -223,7 +210,7 @@ class CythonBackend(Backend):
         ~8 ms (30%) slower on 2 cores. A call that never reaches BLAS leaves them alone."""
         if lay is not None and not lay.uses_blas:
             return contextlib.nullcontext()
-        return _controller().limit(limits=threads, user_api="blas")
+        return blas_limit(threads)
 
     @staticmethod
     def _codes(net, loss=None):
@@ -297,7 +284,7 @@ class CythonBackend(Backend):
         sparse-input index of plan.X as it is now, and allocates and touches the buffers each
         call copies its rows into (sized for every row of plan.X, so no epoch pays their ~10^4
         page faults: the first epoch otherwise ran ~3x slower)."""
-        _controller()
+        blas_controller()
         ws = Workspace(0.0)
         self._fit_state(net, plan, ws, touch=True)
         return ws

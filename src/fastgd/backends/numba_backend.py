@@ -76,7 +76,7 @@ import numpy as np
 
 from .. import ops
 from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, SGD, Backend, BackendUnavailable, EpochResult,
-                   Workspace, cols_pays, sparse_input_pays)
+                   Workspace, blas_controller, blas_limit, cols_pays, sparse_input_pays)
 
 try:
     import numba
@@ -86,7 +86,6 @@ except ImportError as exc:  # pragma: no cover - numba is a dependency
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-from threadpoolctl import threadpool_limits  # noqa: E402
 
 from . import numba_augment  # noqa: E402
 from . import pipeline  # noqa: E402
@@ -102,7 +101,7 @@ except ImportError:  # extensions not built (a source checkout): no flushing, sa
     def _restore_fp(old):
         pass
 
-try:  # load SciPy's BLAS now: threadpool_limits only reaches libraries already loaded, and the
+try:  # load SciPy's BLAS now: a BLAS limit only reaches libraries already loaded, and the
     # kernels' first gemm would otherwise load it inside a `blas_threads(1)` block, unlimited (two
     # OpenBLAS threads on the busy 2-core machine: 128x784x512 sgemm 28 ms instead of 1.3 ms)
     from numba.np.linalg import ensure_blas
@@ -228,7 +227,7 @@ def blas_threads(n):
     Not touching BLAS when no layer uses it matters: setting OpenBLAS to 2 threads wakes its
     thread pool, and the lesson network's serial epoch then measured 0.12 s wall instead of
     0.085 s on the shared 2-core machine (CPU time unchanged)."""
-    return nullcontext() if n is None else threadpool_limits(n, user_api="blas")
+    return nullcontext() if n is None else blas_limit(n)
 
 
 def set_threads(threads):
@@ -568,6 +567,7 @@ class NumbaBackend(Backend):
         scratch and the gradient buffer. `ws.compile_seconds` is 0.0 when every kernel came from
         the cache; `ws.info` records the warm-up time, cache hits and misses. Leaves net.params
         and plan.rule.state untouched."""
+        blas_controller()  # made now, not in a timed epoch
         dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.train_epoch_team, numba_cols.train_epoch_cols,
                        K.forward_chunks, K.forward_flat, K.csr_fill)
         before = [_cache_counts(d) for d in dispatchers]
