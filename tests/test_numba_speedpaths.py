@@ -335,11 +335,12 @@ def test_training_leaves_the_callers_floating_point_mode_alone(threads):
 
 # ---- inference: each chunk's non-zero pixels listed on the fly -------------------------------
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("sizes", [[784, 37, 10], [100, 130, 33, 7], [60, 200, 5], [130, 64, 10], [70, 17]])
+@pytest.mark.parametrize("sizes", [[784, 37, 10], [100, 130, 33, 7], [60, 200, 5], [130, 64, 10], [70, 17],
+                                   [784, 16, 16, 10], [90, 11, 4], [50, 16]])
 @pytest.mark.parametrize("threads", [1, TWO])
 def test_sparse_inference_matches_reference(dtype, sizes, threads):
-    """uint8 inference with a first layer wider than one vector lists each chunk's non-zero
-    pixels in the kernel (no CSR of the whole input): forward and evaluate equal the reference
+    """uint8 inference lists each chunk's non-zero pixels in the kernel (first layers of at most
+    16 units through the one-vector loop) (no CSR of the whole input): forward and evaluate equal the reference
     and the dense path. 11 rows in chunks of 4 / 5 / 11 / 256: a last chunk of 3 rows, chunks
     fewer than workers; an all-zero row, a full row, a pixel in the last (tail) position."""
     rng = np.random.default_rng(8)
@@ -366,20 +367,49 @@ def test_sparse_inference_matches_reference(dtype, sizes, threads):
         dense = NumbaBackend(forward_chunk=chunk, sparse_input="never")
         assert not dense._sparse_forward(net, X)
         np.testing.assert_allclose(dense.forward(net, X, UINT8_SCALE, threads), got, rtol=rtol, atol=atol)
-    # the rule: dense uint8 input, float input, a 16-unit first layer and a strided view stay dense
+    # the rule: dense uint8 input, float input and a strided view stay dense
     assert not NumbaBackend()._sparse_forward(net, np.full((5, sizes[0]), 3, np.uint8))
     assert not NumbaBackend(sparse_input="always")._sparse_forward(net, X.astype(dtype))
-    assert not NumbaBackend()._sparse_forward(fastgd.Network([sizes[0], 16, 3], dtype=dtype), X)
     assert not NumbaBackend()._sparse_forward(net, np.asfortranarray(X))
+
+
+# the ways of listing one 64-pixel block this machine can run (packed in registers: VBMI2 only)
+BLOCK_LISTINGS = {"walked": K._block_nonzeros_walked, **({"packed": K._block_nonzeros_packed} if K.HAVE_COMPRESS else {})}
+
+
+@pytest.mark.parametrize("how", sorted(BLOCK_LISTINGS))
+def test_block_listing_matches_numpy(how):
+    """One 64-pixel block's non-zeros appended at p: an empty block, a full one, only the first or
+    the second 32, the first and the last pixel alone, random densities; row positions up to
+    the largest a uint16 holds. Entries before p stay untouched."""
+    block = BLOCK_LISTINGS[how]
+    rng = np.random.default_rng(5)
+    blocks = [np.zeros(64), np.full(64, 255), np.r_[np.ones(32), np.zeros(32)], np.r_[np.zeros(32), np.ones(32)],
+              np.eye(64)[0], np.eye(64)[63]] + [rng.integers(1, 256, 64) * (rng.random(64) < d) for d in (0.1, 0.5, 0.9)]
+    x = np.concatenate(blocks).astype(np.uint8)
+    for b in range(len(blocks)):
+        for k in (0, 64 * b, 65536 - 64):
+            idx = np.full(64 + 7, 7777, np.uint16)
+            val = np.full(64 + 7, 77, np.uint8)
+            p = block(x, 64 * b, k, idx, val, 7)
+            nz = np.flatnonzero(x[64 * b:64 * b + 64])
+            assert p == 7 + nz.size
+            np.testing.assert_array_equal(idx[7:p], k + nz)
+            np.testing.assert_array_equal(val[7:p], x[64 * b + nz])
+            assert (idx[:7] == 7777).all() and (val[:7] == 77).all()
 
 
 def test_chunk_csr_matches_numpy():
     rng = np.random.default_rng(4)
-    for shape in [(7, 784), (5, 63), (3, 64), (4, 65), (6, 129), (3, 1), (4, 128)]:
+    for shape in [(7, 784), (5, 63), (3, 64), (4, 65), (6, 129), (3, 1), (4, 128), (4, 65536)]:
         X = rng.integers(0, 256, shape, dtype=np.uint8)
         X[rng.random(shape) < 0.7] = 0
         X[1] = 0  # an all-zero row
         X[2] = 200  # a full one
+        if shape[0] > 3 and shape[1] >= 64:  # in each block only the second 32 pixels (or only the first)
+            X[3] = 0
+            for b in range(0, shape[1] - 63, 64):
+                X[3, b + (32 if b % 128 == 0 else 0):b + (64 if b % 128 == 0 else 32)] = 9
         for start, stop in ((0, shape[0]), (1, shape[0] - 1), (2, 3)):
             n = stop - start
             ptr = np.full(n + 1, -1, np.int64)

@@ -331,10 +331,11 @@ class NumbaBackend(Backend):
 
     def _sparse_forward(self, net, X):
         """Whether inference on uint8 X lists each chunk's non-zero pixels for the first layer:
-        first layers wider than one vector (at 16 units the dense loops measured faster), when
-        at most `sparse_max_density` of the pixels are non-zero (base.sparse_input_pays)."""
+        when at most `sparse_max_density` of the pixels are non-zero (base.sparse_input_pays),
+        at every width (the lesson network's 10k-image forward, 2 threads: 3.8 ms dense, 2.4
+        listed in registers, 2.6 listed bit by bit)."""
         if (X.dtype != np.uint8 or self.sparse_input == "never" or X.shape[1] > 65536 or X.size == 0
-                or not X.flags.c_contiguous or net.sizes[1] <= K.VL):
+                or not X.flags.c_contiguous):
             return False
         return self.sparse_input == "always" or sparse_input_pays(X, self.sparse_max_density)
 

@@ -55,8 +55,8 @@ from fastgd.ops import (CROSS_ENTROPY, LEAKY_RELU, LEAKY_SLOPE, LINEAR, MSE, REL
 from .base import ADAM, ADAMW, SGD
 from .numba_augment import augment_rows_split
 from .numba_sparse import scale_table, sparse_forward, sparse_forward_narrow, sparse_update  # noqa: F401
-from .numba_simd import (HAVE_GOMP, VL, borrow, copy_elems, gemm_raw, ld, nonzero_bits64, prefetch, team_barrier, team_size,  # noqa: F401
-                         team_thread_num, vadd, vdiv,
+from .numba_simd import (HAVE_COMPRESS, HAVE_GOMP, VL, borrow, copy_elems, gemm_raw, ld, nonzero_bits64,  # noqa: F401
+                         nonzeros_packed64, prefetch, team_barrier, team_size, team_thread_num, vadd, vdiv,
                          vexp, vfma, vload, vmul, vsigmoid, vsign, vsplat, vsqrt, vstore, vsub, vsum, vwhere_positive,
                          vwhere_positive_else, view1d, view2d)
 
@@ -1034,23 +1034,50 @@ def forward_chunks(net, data, out, chunk, s, losses, corrects, sparse):
 
 @njit(**JIT)
 def sparse_first_forward(net, X, start, stop, s, ptr, idx, val, lut):
-    """network_forward of the uint8 rows X[start:stop] (inference, first layer wider than VL)
-    with the first layer reading only their non-zero pixels, listed here (chunk_csr), through
+    """network_forward of the uint8 rows X[start:stop] (inference) with the first layer reading only their non-zero pixels, listed here (chunk_csr), through
     numba_sparse.sparse_forward as the team epoch does; lut (256,): the reference's pixel values."""
     B = stop - start
     bmax = s.zlast.shape[0]
     L = net.layout.shape[0]
     chunk_csr(X.reshape(-1), X.shape[1], start, stop, ptr, idx, val)
     W, b = _layer_views(net.params, net.layout, 0)
-    zbuf, zoff = (s.zlast.reshape(-1), 0) if L == 1 else (s.acts, s.act_off[1])
-    sparse_forward(ptr, idx, val, lut, np.arange(B), view1d(net.params, net.layout[0, 0], s.sizes[0] * s.sizes[1]),
-                   b, zbuf, zoff)
     a = _acts(s.acts, s.act_off, s.sizes, 1, bmax)
     z = s.zlast if L == 1 else a
+    if s.sizes[1] <= VL:  # one vector per sample, as the team epoch's first layer
+        sparse_forward_narrow(ptr, idx, val, lut, np.arange(B), W, b, z)
+    else:
+        zbuf, zoff = (s.zlast.reshape(-1), 0) if L == 1 else (s.acts, s.act_off[1])
+        sparse_forward(ptr, idx, val, lut, np.arange(B), view1d(net.params, net.layout[0, 0], s.sizes[0] * s.sizes[1]),
+                       b, zbuf, zoff)
     for i in range(B):
         activation_forward(z, a, i, net.kinds[0])
     for l in range(1, L):
         layer_forward(net, s, _acts(s.acts, s.act_off, s.sizes, l, bmax), B, l)
+
+
+@njit(**JIT)
+def _block_nonzeros_walked(x, o, k, idx, val, p):
+    """The non-zero pixels of the 64 at x[o:o + 64] (row positions k..k + 63) appended at p: 64
+    tested at once (nonzero_bits64), set bits walked. Returns the next p."""
+    m = nonzero_bits64(x, o)
+    while m != 0:
+        j = np.int64(trailing_zeros(m))
+        idx[p] = k + j
+        val[p] = ld(x, o + j)
+        p += 1
+        m &= m - np.uint64(1)
+    return p
+
+
+@njit(**JIT)
+def _block_nonzeros_packed(x, o, k, idx, val, p):
+    """The same, packed in registers (AVX-512 VBMI2; uint16 indices): whole vectors stored, no
+    loop over the bits. The lesson network's 10k-image inference lists ~1.5M pixels."""
+    return nonzeros_packed64(x, o, k, idx, val, p)
+
+
+# one of the two, fixed at import: the packed one compiles only where the CPU has VBMI2
+_block_nonzeros = _block_nonzeros_packed if HAVE_COMPRESS else _block_nonzeros_walked
 
 
 @njit(**JIT)
@@ -1065,13 +1092,7 @@ def chunk_csr(x, n_in, start, stop, ptr, idx, val):
         o = r * n_in
         k = 0
         while k + 64 <= n_in:
-            m = nonzero_bits64(x, o + k)
-            while m != 0:
-                j = k + np.int64(trailing_zeros(m))
-                idx[p] = j
-                val[p] = ld(x, o + j)
-                p += 1
-                m &= m - np.uint64(1)
+            p = _block_nonzeros(x, o + k, k, idx, val, p)
             k += 64
         while k < n_in:
             v = ld(x, o + k)

@@ -425,6 +425,80 @@ def nonzero_bits64(typingctx, arr, off):
     return types.uint64(arr, off), codegen
 
 
+def _host_has(*features):
+    """Whether Numba compiles for this machine's CPU (no NUMBA_CPU_NAME/NUMBA_CPU_FEATURES
+    override) and that CPU has every one of `features` (LLVM's names)."""
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return False
+    import llvmlite.binding as llb
+    try:
+        have = llb.get_host_cpu_features()
+    except Exception:  # pragma: no cover - features unknown on this platform
+        return False
+    return all(have.get(f, False) for f in features)
+
+
+#: Register compress (vpcompressb/w): AVX-512 VBMI2. Only then may `nonzeros_packed64` be compiled.
+HAVE_COMPRESS = _host_has("avx512bw", "avx512vbmi2")
+
+
+def _x86_compress(builder, vty, mask_ty):
+    name = f"llvm.x86.avx512.mask.compress.v{vty.count}i{vty.element.width}"
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(vty, [vty, vty, mask_ty]), name)
+    return fn
+
+
+@intrinsic
+def nonzeros_packed64(typingctx, x, off, first, idx, val, p):
+    """The non-zero bytes among the 64 of the uint8 C-contiguous array x from off, packed: their
+    values to val[p:], their indices (first + position in the block, as uint16) to idx[p:];
+    returns p + their number. Whole vectors are stored (64 values, 2 x 32 indices), so idx and
+    val need 64 slots from p (the chunk CSR's room: before a block at most its offset in the row
+    is kept). Register compress (vpcompressb/w), then plain stores. Needs HAVE_COMPRESS."""
+    if not (isinstance(x, types.Array) and x.layout == "C" and x.dtype == types.uint8
+            and isinstance(idx, types.Array) and idx.layout == "C" and idx.dtype == types.uint16
+            and isinstance(val, types.Array) and val.layout == "C" and val.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        xa, o, f, ia, va, pos = args
+        xt, ot, ft, it, vt, pt = sig.args
+
+        def at(arrty, arr, ity, i, n):  # pointer to arr.flat[i], n elements range-checked
+            i = context.cast(builder, i, ity, types.intp)
+            if _boundscheck():
+                _check_range(context, builder, arrty, arr, i, ir.Constant(_I64, n))
+            return builder.gep(context.make_array(arrty)(context, builder, arr).data, [i])
+
+        b8 = ir.VectorType(ir.IntType(8), 64)
+        w16 = ir.VectorType(ir.IntType(16), 32)
+        i1x32 = ir.VectorType(ir.IntType(1), 32)
+        v = builder.load(builder.bitcast(at(xt, xa, ot, o, 64), b8.as_pointer()), align=1)
+        bits = builder.icmp_unsigned("!=", v, ir.Constant(b8, None))
+        m = builder.bitcast(bits, _I64)
+        lo = builder.trunc(m, _I32)
+        hi = builder.trunc(builder.lshr(m, ir.Constant(_I64, 32)), _I32)
+        pos = context.cast(builder, pos, pt, types.intp)
+        pos_hi = builder.add(pos, builder.zext(builder.call(builder.module.declare_intrinsic("llvm.ctpop", [_I32]), [lo]), _I64))
+        end = builder.add(pos, builder.call(builder.module.declare_intrinsic("llvm.ctpop", [_I64]), [m]))
+        packed = builder.call(_x86_compress(builder, b8, bits.type), [v, ir.Constant(b8, None), bits])
+        builder.store(packed, builder.bitcast(at(vt, va, types.intp, pos, 64), b8.as_pointer()), align=1)
+        f16 = builder.trunc(context.cast(builder, f, ft, types.intp), ir.IntType(16))
+        splat = builder.insert_element(ir.Constant(w16, ir.Undefined), f16, ir.Constant(_I32, 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(w16, ir.Undefined), ir.Constant(ir.VectorType(_I32, 32), [0] * 32))
+        first = builder.add(ir.Constant(w16, list(range(32))), splat)
+        second = builder.add(first, ir.Constant(w16, [32] * 32))
+        compress16 = _x86_compress(builder, w16, i1x32)
+        for lanes, half, start in ((first, lo, pos), (second, hi, pos_hi)):
+            kept = builder.call(compress16, [lanes, ir.Constant(w16, None), builder.bitcast(half, i1x32)])
+            builder.store(kept, builder.bitcast(at(it, ia, types.intp, start, 32), w16.as_pointer()), align=1)
+        return end
+
+    return types.int64(x, off, first, idx, val, p), codegen
+
+
 # ---- an OpenMP team barrier and direct BLAS gemm -------------------------------------------
 def _load_gomp():
     """Make libgomp's symbols visible to the JIT linker (Numba's "omp" threading layer and the
