@@ -1411,6 +1411,8 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects, str
         border = borrow(order)
         ls = 0.0
         cor = 0
+        s0_full = batch_size * w // nw
+        s_full = _team_scratch(bt, w, s0_full)  # every step's but a short last one's
         for k in range(n_steps):
             start = k * batch_size
             stop = min(n, start + batch_size)
@@ -1422,15 +1424,17 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects, str
                 prefetch_rows(bdata.X, bdata.csr_ptr, bdata.csr_idx, bdata.csr_val, bdata.targets, bdata.labels,
                               view1d(border, stop + nB * w // nw, nB * (w + 1) // nw - nB * w // nw))
             if Bw > 0:
-                s = _team_scratch(bt, w, s0)
+                s = s_full if s0 == s0_full else _team_scratch(bt, w, s0)
                 rows = view1d(border, start + s0, Bw)
                 team_forward(bnet, bdata, rows, bt, s, s0)
                 a, c = output_delta(bnet, bdata, rows, s)
                 ls += a
                 cor += c
                 team_deltas(bnet, bt, s, Bw)
-            team_barrier()  # every delta from the pre-update weights
+            if nw > 1:
+                team_barrier()  # every delta from the pre-update weights
             team_update(bnet, bdata, border, start, B, bt, w, nw, f(lrs[k]) / f(B))
-            team_barrier()  # the next minibatch reads the updated weights
+            if nw > 1:
+                team_barrier()  # the next minibatch reads the updated weights
         losses[w] = ls
         corrects[w] = cor
