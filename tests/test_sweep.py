@@ -355,6 +355,50 @@ def test_ctrl_c_while_a_worker_is_mid_result_lets_the_interpreter_exit(tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == "closed", out.stderr
 
 
+
+HALF_SENT_THEN_DEAD_SCRIPT = '''
+import os, struct, sys, time
+from types import SimpleNamespace
+from fastgd.sweep.runners import LocalPoolRunner
+
+def half_sent_then_dead():
+    """In a pool worker: send the header of a result and none of its body, then die (killed, out
+    of memory) without a word."""
+    frame = sys._getframe()
+    while "result_queue" not in frame.f_locals:
+        frame = frame.f_back
+    os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 100))
+    os._exit(9)
+
+if __name__ == "__main__":
+    runner = LocalPoolRunner(workers=1)
+    runner.DEAD_WORKER_GRACE = 0.5
+    runner.start(None)
+    task = SimpleNamespace(trial_id="t0", point={"lr": 0.1}, seed=0, settings={})
+    runner._futures[runner._executor.submit(half_sent_then_dead)] = task
+    finished = []
+    while runner.pending() and not finished:
+        finished = runner.wait()
+    # the trial ran again in a new pool (where this fake task fails as a trial: an error record)
+    print(finished[0][0].trial_id, finished[0][1]["status"], runner._attempts["t0"])
+    runner.close()
+'''
+
+
+def test_a_worker_dying_mid_result_does_not_hang_the_sweep(tmp_path):
+    """A worker that dies between the two writes of a result wedges the pool (its manager thread
+    waits for the rest of the message and never reports the death): the runner notices the dead
+    worker, unblocks the pool, and runs the trial again in a new one."""
+    script = tmp_path / "half_sent_then_dead.py"
+    script.write_text(HALF_SENT_THEN_DEAD_SCRIPT)
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    try:
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the runner waited forever on a pool whose worker died mid-result")
+    assert out.returncode == 0 and out.stdout.split() == ["t0", "error", "1"], out.stderr
+
 # ---- search strategies, data sources, the command line --------------------------------------
 def test_random_search_and_its_extension(tmp_path):
     space = {"lr": {"low": 0.01, "high": 0.5, "log": True}, "batch_size": [16, 32, 64]}

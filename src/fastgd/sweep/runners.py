@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from collections import deque
 
@@ -67,6 +68,8 @@ class LocalPoolRunner:
     """One worker process per core (spawned fresh: no inherited OpenMP/Numba thread state)."""
 
     MAX_ATTEMPTS = 3  # a trial whose worker process died this often is recorded as failed
+    # A dead worker the pool has not reported after this long has wedged it (see wait)
+    DEAD_WORKER_GRACE = 2.0
 
     def __init__(self, workers=None):
         self.slots = workers or os.cpu_count() or 1
@@ -96,7 +99,24 @@ class LocalPoolRunner:
         from concurrent.futures import wait as wait_futures
         from concurrent.futures.process import BrokenProcessPool
 
-        done, _ = wait_futures(list(self._futures), return_when=FIRST_COMPLETED)
+        dead_since = None
+        while True:
+            done, _ = wait_futures(list(self._futures), timeout=0.5, return_when=FIRST_COMPLETED)
+            if done:
+                break
+            # A worker that died between the two writes of a result (killed, out of memory) leaves
+            # half a message in the result pipe: the pool's manager thread then waits for the rest
+            # forever and never reports the death, so no future would complete. A dead worker
+            # normally breaks the pool within milliseconds; one unreported for
+            # DEAD_WORKER_GRACE seconds is that case: stop the pool's other workers and unblock
+            # the thread, which then fails every trial in flight (BrokenProcessPool, run again).
+            processes = list((getattr(self._executor, "_processes", None) or {}).values())
+            if any(p.exitcode is not None for p in processes):
+                dead_since = dead_since or time.monotonic()
+                if time.monotonic() - dead_since >= self.DEAD_WORKER_GRACE:
+                    _stop_workers(self._executor, processes)
+            else:
+                dead_since = None
         finished, resubmit = [], []
         for future in done:
             task = self._futures.pop(future)
@@ -140,22 +160,29 @@ def _terminate_workers(executor):
         executor.terminate_workers()
     else:
         executor.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-    for process in processes:
-        process.join(timeout=5)
-    # A worker stopped between the two writes of a result leaves half a message in the result
-    # pipe, and the pool's manager thread blocks reading the rest: the interpreter then hangs at
-    # exit joining it. The workers are dead, so nothing writes to that pipe again; closing our
-    # copy of its write end turns the wait into end-of-file, which the thread treats as a broken
-    # pool and ends.
-    if results is not None and all(not process.is_alive() for process in processes):
-        results._writer.close()
+    _stop_workers(executor, processes, results)
     # Let the manager thread see its dead workers and close its wake-up pipe now: left running, it
     # races the interpreter's exit hook, which then writes to the closed pipe and prints an
     # OSError traceback after our clean "stopped" message.
     if manager is not None:
         manager.join(timeout=5)
+
+
+def _stop_workers(executor, processes, results=None):
+    """Terminate the pool's worker processes, then unblock its manager thread.
+
+    A worker stopped between the two writes of a result leaves half a message in the result pipe,
+    and the manager thread blocks reading the rest: the pool never reports anything again, and
+    the interpreter hangs at exit joining that thread. Once every worker is dead nothing writes to
+    the pipe again, so closing our copy of its write end turns the wait into end-of-file, which
+    the thread treats as a broken pool: it fails the pending futures and ends."""
+    results = results if results is not None else getattr(executor, "_result_queue", None)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+    if results is not None and all(not process.is_alive() for process in processes):
+        results._writer.close()
 
 
 # ---- Dask ----------------------------------------------------------------------------------
