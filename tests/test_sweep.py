@@ -314,90 +314,78 @@ def test_ctrl_c_on_the_command_line_keeps_finished_trials(tmp_path):
     assert 2 <= len(finished) < 72 and all(r["status"] == "ok" for r in finished)
 
 
-HALF_SENT_RESULT_SCRIPT = '''
+HALF_SENT_SCRIPT = '''
 import os, struct, sys, time
+from types import SimpleNamespace
 from fastgd.sweep.runners import LocalPoolRunner
 
-def half_sent_result(flag):
-    """In a pool worker: send the header of a result message and none of its body (a worker killed
-    between the two writes leaves the result pipe like this), then wait to be stopped."""
+def half_sent_result(then):
+    """In a pool worker: send the header of a result message and none of its body (a worker
+    killed between the two writes leaves the result pipe like this), then wait to be stopped
+    ("wait") or die without a word ("die": killed, out of memory)."""
     frame = sys._getframe()
     while "result_queue" not in frame.f_locals:
         frame = frame.f_back
     os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 100))
-    open(flag, "w").close()
+    if then == "die":
+        os._exit(9)
+    open(sys.argv[2], "w").close()
     time.sleep(600)
 
 if __name__ == "__main__":
     runner = LocalPoolRunner(workers=1)
+    runner.DEAD_WORKER_GRACE = 0.5
     runner.start(None)
-    runner._executor.submit(half_sent_result, sys.argv[1])
-    while not os.path.exists(sys.argv[1]):
-        time.sleep(0.01)
-    runner.close(cancel=True)
-    print("closed")
+    if sys.argv[1] == "ctrl-c":  # the pool stopped while its worker is mid-result
+        runner._executor.submit(half_sent_result, "wait")
+        while not os.path.exists(sys.argv[2]):
+            time.sleep(0.01)
+        runner.close(cancel=True)
+        print("closed")
+    else:  # the worker dies mid-result: the trial runs again in a new pool (where this fake
+        # task fails as a trial: an error record)
+        task = SimpleNamespace(trial_id="t0", point={"lr": 0.1}, seed=0, settings={})
+        runner._futures[runner._executor.submit(half_sent_result, "die")] = task
+        finished = []
+        while runner.pending() and not finished:
+            finished = runner.wait()
+        print(finished[0][0].trial_id, finished[0][1]["status"], runner._attempts["t0"])
+        runner.close()
 '''
+
+
+def run_half_sent(tmp_path, case):
+    """HALF_SENT_SCRIPT's `case` in a fresh interpreter: its stdout, or None if it did not exit
+    within 60 s (a regression shows as a hung subprocess, not a hung test run)."""
+    script = tmp_path / "half_sent.py"
+    script.write_text(HALF_SENT_SCRIPT)
+    src = Path(fastgd.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    try:
+        out = subprocess.run([sys.executable, str(script), case, str(tmp_path / "flag")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
 
 
 def test_ctrl_c_while_a_worker_is_mid_result_lets_the_interpreter_exit(tmp_path):
     """Ctrl-C stops the pool's workers; one may be halfway through sending a result. The pool's
     manager thread, blocked reading the rest of that message, must still end: the interpreter
     joins it at exit (CI once hung there until its watchdog fired)."""
-    script = tmp_path / "half_sent.py"
-    script.write_text(HALF_SENT_RESULT_SCRIPT)
-    src = Path(fastgd.__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    try:
-        out = subprocess.run([sys.executable, str(script), str(tmp_path / "flag")], env=env, capture_output=True,
-                             text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the interpreter did not exit after the pool was stopped mid-result")
-    assert out.returncode == 0 and out.stdout.strip() == "closed", out.stderr
-
-
-
-HALF_SENT_THEN_DEAD_SCRIPT = '''
-import os, struct, sys, time
-from types import SimpleNamespace
-from fastgd.sweep.runners import LocalPoolRunner
-
-def half_sent_then_dead():
-    """In a pool worker: send the header of a result and none of its body, then die (killed, out
-    of memory) without a word."""
-    frame = sys._getframe()
-    while "result_queue" not in frame.f_locals:
-        frame = frame.f_back
-    os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 100))
-    os._exit(9)
-
-if __name__ == "__main__":
-    runner = LocalPoolRunner(workers=1)
-    runner.DEAD_WORKER_GRACE = 0.5
-    runner.start(None)
-    task = SimpleNamespace(trial_id="t0", point={"lr": 0.1}, seed=0, settings={})
-    runner._futures[runner._executor.submit(half_sent_then_dead)] = task
-    finished = []
-    while runner.pending() and not finished:
-        finished = runner.wait()
-    # the trial ran again in a new pool (where this fake task fails as a trial: an error record)
-    print(finished[0][0].trial_id, finished[0][1]["status"], runner._attempts["t0"])
-    runner.close()
-'''
+    out = run_half_sent(tmp_path, "ctrl-c")
+    assert out is not None, "the interpreter did not exit after the pool was stopped mid-result"
+    assert out == ["closed"]
 
 
 def test_a_worker_dying_mid_result_does_not_hang_the_sweep(tmp_path):
     """A worker that dies between the two writes of a result wedges the pool (its manager thread
     waits for the rest of the message and never reports the death): the runner notices the dead
     worker, unblocks the pool, and runs the trial again in a new one."""
-    script = tmp_path / "half_sent_then_dead.py"
-    script.write_text(HALF_SENT_THEN_DEAD_SCRIPT)
-    src = Path(fastgd.__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
-    try:
-        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the runner waited forever on a pool whose worker died mid-result")
-    assert out.returncode == 0 and out.stdout.split() == ["t0", "error", "1"], out.stderr
+    out = run_half_sent(tmp_path, "die")
+    assert out is not None, "the runner waited forever on a pool whose worker died mid-result"
+    assert out == ["t0", "error", "1"]
 
 # ---- search strategies, data sources, the command line --------------------------------------
 def test_random_search_and_its_extension(tmp_path):

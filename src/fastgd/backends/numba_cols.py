@@ -822,7 +822,7 @@ def train_epoch_cols(net, data, order, lrs, batch_size, c, losses, corrects):
         cor = 0
         copy_weights(bnet, bc, t, T, False)
         gather_share(bdata, bc, view1d(border, 0, min(n, batch_size)), t, T, 0)
-        team_barrier()
+        team_barrier(T)
         for k in range(n_steps):
             start = k * batch_size
             Bc = min(n, start + batch_size) - start
@@ -830,21 +830,21 @@ def train_epoch_cols(net, data, order, lrs, batch_size, c, losses, corrects):
             coef = -(f(lrs[k]) / f(Bc))
             xo = (k % 2) * step_in
             forward_first(bnet, bdata, bc, rows, Bc, t, xo, hidden)
-            team_barrier()
+            team_barrier(T)
             if k + 1 < n_steps:  # the next step's rows, into the other buffer
                 nB = min(n, start + 2 * batch_size) - start - Bc
                 gather_share(bdata, bc, view1d(border, start + Bc, nB), t, T, ((k + 1) % 2) * step_in)
             for h in range(1, L - 1):
                 forward_hidden(bnet, bc, h, Bc, t, T, hidden)
-                team_barrier()
+                team_barrier(T)
             a, b = output_rows(bnet, bdata, bc, rows, Bc * t // T, Bc * (t + 1) // T)
             ls += a
             cor += b
-            team_barrier()
+            team_barrier(T)
             backward_top(bnet, bc, Bc, t, T, coef, hidden)
             for l in range(L - 2, 0, -1):
                 backward_partial(bnet, bc, l, Bc, t, T, coef)
-                team_barrier()
+                team_barrier(T)
                 reduce_deltas(bc, l, Bc, t, T, hidden)
             update_first(bnet, bdata, bc, Bc, t, xo, coef)
         copy_weights(bnet, bc, t, T, True)

@@ -1034,8 +1034,10 @@ def forward_chunks(net, data, out, chunk, s, losses, corrects, sparse):
 
 @njit(**JIT)
 def sparse_first_forward(net, X, start, stop, s, ptr, idx, val, lut):
-    """network_forward of the uint8 rows X[start:stop] (inference) with the first layer reading only their non-zero pixels, listed here (chunk_csr), through
-    numba_sparse.sparse_forward as the team epoch does; lut (256,): the reference's pixel values."""
+    """network_forward of the uint8 rows X[start:stop] (inference) with the first layer reading
+    only their non-zero pixels, listed here (chunk_csr), through numba_sparse's sparse_forward or,
+    at most 16 units wide, sparse_forward_narrow, as the team epoch does; lut (256,): the
+    reference's pixel values."""
     B = stop - start
     bmax = s.zlast.shape[0]
     L = net.layout.shape[0]
@@ -1431,10 +1433,8 @@ def train_epoch_team(net, data, order, lrs, batch_size, t, losses, corrects, str
                 ls += a
                 cor += c
                 team_deltas(bnet, bt, s, Bw)
-            if nw > 1:
-                team_barrier()  # every delta from the pre-update weights
+            team_barrier(nw)  # every delta from the pre-update weights
             team_update(bnet, bdata, border, start, B, bt, w, nw, f(lrs[k]) / f(B))
-            if nw > 1:
-                team_barrier()  # the next minibatch reads the updated weights
+            team_barrier(nw)  # the next minibatch reads the updated weights
         losses[w] = ls
         corrects[w] = cor
