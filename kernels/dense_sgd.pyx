@@ -34,7 +34,7 @@ from cython.parallel cimport parallel
 from libc.math cimport exp, log, logf, log1p, tanh, fabs, sqrt, pow
 from libc.string cimport memcpy
 from libc.stdlib cimport malloc, realloc, free
-from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, int32_t, uint8_t, uint16_t, uint64_t, uintptr_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
@@ -77,6 +77,19 @@ cdef extern from "fastgd_simd.h":
                               const float* d, long i0, long i1, float* Tw) noexcept nogil
     void fgd_sparse_update16d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
                               const double* d, long i0, long i1, double* Tw) noexcept nogil
+    long fgd_row_mid(const uint16_t* idx, long nnz, long split) noexcept nogil
+    long fgd_copy_row_split(const uint16_t* idx, const uint8_t* val, long n, long split,
+                            uint16_t* oidx, uint8_t* oval) noexcept nogil
+    void fgd_sparse_forward16_splitf(const uint16_t* idx, const uint8_t* val, long nnz, long mid,
+                                     const float* lut, const float* W, const float* b,
+                                     float* z) noexcept nogil
+    void fgd_sparse_forward16_splitd(const uint16_t* idx, const uint8_t* val, long nnz, long mid,
+                                     const double* lut, const double* W, const double* b,
+                                     double* z) noexcept nogil
+    void fgd_add_rows16f(float* z, const float* upper, long n) noexcept nogil
+    void fgd_add_rows16d(double* z, const double* upper, long n) noexcept nogil
+    void fgd_publish(int64_t* flag, int64_t value) noexcept nogil
+    void fgd_await(const int64_t* flag, int64_t value) noexcept nogil
     void fgd_sparse_forward_f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
                               const float* W, const float* b, long pad, float* z) noexcept nogil
     void fgd_sparse_forward_d(const uint16_t* idx, const uint8_t* val, long nnz, const double* lut,
@@ -185,6 +198,20 @@ cdef struct Ctx:
     int64_t img_rows
     int64_t img_cols
     int64_t first_position      # epoch position of order[0] (keys dropout and shifts)
+    # the split first layer (16 lanes, sparse input; see train_epoch_split): a row sums its
+    # pixels below split_pixel from the bias and the rest from zero, then adds the two
+    int64_t split_pixel         # >= n_in: one sum (no split)
+    const int64_t* csr_mid      # per row, its first entry at or above split_pixel, or NULL
+    const void* z_upper         # split epoch: the other thread's sums of the upper pixels, or NULL
+    bint lower_only             # split epoch: the layer-0 update touches only the lower rows
+
+
+cdef inline int64_t row_mid(const Ctx* c, int64_t row) noexcept nogil:
+    """Row's first CSR entry at or above c.split_pixel (the split first layer)."""
+    if c.csr_mid != NULL:
+        return c.csr_mid[row]
+    return c.csr_ptr[row] + fgd_row_mid(c.csr_idx + c.csr_ptr[row], c.csr_ptr[row + 1] - c.csr_ptr[row],
+                                        c.split_pixel)
 
 
 cdef struct Rule:
@@ -650,7 +677,7 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
     cdef const int64_t* lay = c.lay
     cdef int L = c.n_layers
     cdef int l, act
-    cdef int64_t s, row, i, k0, k1, n_in, pad, n_out, lda
+    cdef int64_t s, row, i, k0, k1, n_in, pad, n_out, lda, mid
     cdef floating scale = <floating>c.x_scale
     cdef const floating* lut = <const floating*>c.lut
     cdef floating* xbuf = S + c.soff[S_XBUF]
@@ -677,12 +704,28 @@ cdef void network_forward(const Ctx* c, const floating* P, floating* S, const in
         act = c.hidden_act if l < L - 1 else ACT_LINEAR  # the output activation comes below
         Z = zout if l == L - 1 else acts + lay[l * LAY_COLS + L_ACT]
         if l == 0:
-            if c.csr_ptr != NULL:  # sparse uint8 rows: touch only the non-zero pixels' W rows
+            if c.csr_ptr != NULL and pad == VL and c.z_upper != NULL:
+                # split epoch: Z holds this thread's sums of the lower pixels; add the other's
+                if floating is float:
+                    fgd_add_rows16f(Z + s0 * VL, <const float*>c.z_upper + s0 * VL, s1 - s0)
+                else:
+                    fgd_add_rows16d(Z + s0 * VL, <const double*>c.z_upper + s0 * VL, s1 - s0)
+                activation_forward(Z + s0 * VL, (s1 - s0) * VL, act)
+            elif c.csr_ptr != NULL:  # sparse uint8 rows: touch only the non-zero pixels' W rows
                 for s in range(s0, s1):
                     row = rows[s] if rows != NULL else first_row + s
                     k0 = c.csr_ptr[row]
                     k1 = c.csr_ptr[row + 1]
-                    if pad == VL:
+                    if pad == VL and c.split_pixel < n_in:
+                        mid = c.csr_mid[row] - k0 if c.csr_mid != NULL else fgd_row_mid(
+                            c.csr_idx + k0, k1 - k0, c.split_pixel)
+                        if floating is float:
+                            fgd_sparse_forward16_splitf(c.csr_idx + k0, c.csr_val + k0, k1 - k0, mid,
+                                                        lut, W, W + n_in * VL, Z + s * VL)
+                        else:
+                            fgd_sparse_forward16_splitd(c.csr_idx + k0, c.csr_val + k0, k1 - k0, mid,
+                                                        lut, W, W + n_in * VL, Z + s * VL)
+                    elif pad == VL:
                         if floating is float:
                             fgd_sparse_forward16f(c.csr_idx + k0, c.csr_val + k0, k1 - k0, lut,
                                                   W, W + n_in * VL, Z + s * VL)
@@ -958,6 +1001,8 @@ cdef void minibatch_update(const Ctx* c, floating* T, const floating* S, const i
                 row = rows[s]
                 k = c.csr_ptr[row]
                 k1 = c.csr_ptr[row + 1]
+                if c.lower_only:  # split epoch: the other thread updates the upper rows
+                    k1 = row_mid(c, row)
                 if pad == VL:
                     # i1 = 65536 (above every uint16 index): all of the row's pixels, unchecked
                     if floating is float:
@@ -1189,7 +1234,7 @@ cdef class Problem:
                  int loss, X, double x_scale, csr=None, targets=None, labels=None,
                  double dropout=0, unsigned long long seed=0, int64_t first_position=0,
                  int64_t shift=0, int64_t image_rows=0, int64_t image_cols=0, double max_rotate=0,
-                 double elastic_alpha=0, int aug_threads=1):
+                 double elastic_alpha=0, int aug_threads=1, int64_t split_pixel=-1):
         cdef const int64_t[::1] ptr
         cdef const uint16_t[::1] idx
         cdef const uint8_t[::1] val
@@ -1257,6 +1302,12 @@ cdef class Problem:
         c.aug_work = NULL
         c.aug_stride = 0
         c.aug_threads = 0
+        # split_pixel in 1..n_in-1: a 16-lane sparse first layer sums its rows in two parts (the
+        # split epoch's, see train_epoch_split), whatever the mode, so every mode gives its bits
+        c.split_pixel = split_pixel if 0 < split_pixel < c.n_in else c.n_in
+        c.csr_mid = NULL
+        c.z_upper = NULL
+        c.lower_only = False
         if c.augment and (image_rows < 1 or image_cols < 1 or image_rows * image_cols != c.n_in
                           or c.csr_ptr != NULL):
             raise ValueError("image augmentation needs image_rows * image_cols == n_in and dense input")
@@ -1416,6 +1467,267 @@ def train_epoch(floating[::1] params, Problem problem, const int64_t[::1] order,
                            &r, wk)
                 fgd_barrier()  # the next step reads the updated weights
         csc_free(wk)
+        fgd_restore_fp(fp_mode)
+
+
+# ---- the split epoch: the lesson-sized network on two cores ---------------------------------
+# A 16-unit sparse first layer is most of a small network's step, and a step (~3 us) is too short
+# for libgomp's barriers (~0.5 us each). Here the first layer's weight rows are split at a pixel:
+# the "lower" thread owns rows below split_pixel, the "upper" thread the rest, forward and update.
+# Per step: both sum their pixels of the step's rows; the upper thread publishes its sums and,
+# while the lower thread runs the rest of the network, copies the rows of a step GATHER_AHEAD on
+# into the stream buffers (the pipelined copy of the serial epoch, done in-kernel); it then awaits
+# the first layer's deltas and updates its rows while the lower thread updates the others and the
+# small layers. Each thread reads and writes only its own weight rows between hand-offs, so two
+# spin-waited counters a step suffice. The arithmetic is the one-thread epoch's with the same
+# split_pixel (Ctx), bit for bit.
+cdef enum:
+    GATHER_AHEAD = 4     # steps between the upper thread's copy of a step's rows and their use
+    F_GATHERED = 0       # counters (int64, 8 apart: one cache line each): steps copied,
+    F_UPPER = 8          # steps whose upper sums are published,
+    F_DELTAS = 16        # steps whose first-layer deltas are published
+    F_SIZE = 32
+
+
+cdef struct Stream:
+    # where the upper thread copies rows, in visiting order (row s of the call = stream row s)
+    const int64_t* src_ptr      # the input's CSR and targets/labels, rows in `order`
+    const uint16_t* src_idx
+    const uint8_t* src_val
+    const void* src_targets
+    const int32_t* src_labels
+    const int64_t* order
+    int64_t m
+    int64_t* ptr                # (m + 1,) stream row pointers
+    int64_t* mid                # (m + 1,) per stream row, its first entry at or above split_pixel
+    uint16_t* idx
+    uint8_t* val
+    void* targets               # (m, n_out)
+    int32_t* labels             # (m,)
+
+
+cdef int64_t stream_rows(const Stream* st, int64_t a, int64_t b, int64_t split, int64_t n_out,
+                         int64_t pos, floating* tg) noexcept nogil:
+    """Copy rows order[a:b] into the stream from entry pos on (tg: st.targets as floating);
+    returns the entry after the last one written."""
+    cdef int64_t s, row, k0, n, j
+    cdef const floating* src_tg = <const floating*>st.src_targets
+    for s in range(a, b):
+        if s + 16 < st.m:  # rows sit at random places: start loading them well ahead
+            fgd_prefetch(&st.src_ptr[st.order[s + 16]], 16)
+        if s + 8 < st.m:
+            row = st.order[s + 8]
+            fgd_prefetch(st.src_idx + st.src_ptr[row], (st.src_ptr[row + 1] - st.src_ptr[row]) * 2)
+            fgd_prefetch(st.src_val + st.src_ptr[row], st.src_ptr[row + 1] - st.src_ptr[row])
+            fgd_prefetch(src_tg + row * n_out, n_out * sizeof(floating))
+        row = st.order[s]
+        k0 = st.src_ptr[row]
+        n = st.src_ptr[row + 1] - k0
+        st.ptr[s] = pos
+        st.mid[s] = pos + fgd_copy_row_split(st.src_idx + k0, st.src_val + k0, n, split, st.idx + pos,
+                                             st.val + pos)
+        for j in range(n_out):
+            tg[s * n_out + j] = src_tg[row * n_out + j]
+        st.labels[s] = st.src_labels[row]
+        pos += n
+    st.ptr[b] = pos
+    st.mid[b] = pos
+    return pos
+
+
+cdef void sparse16_part(const Ctx* c, const floating* W0, const int64_t* rows, int64_t B,
+                        bint upper, floating* out) noexcept nogil:
+    """out[s] = one part of the 16-lane first layer's sums for rows[0:B]: the lower pixels from
+    the bias, or the upper ones from zero (fgd_sparse_forward16_split's two halves)."""
+    cdef int64_t s, row, k0, k1, mid
+    cdef const floating* lut = <const floating*>c.lut
+    cdef const floating* b = W0 + c.n_in * VL
+    cdef floating zero[VL]
+    for s in range(VL):
+        zero[s] = 0
+    for s in range(B):
+        row = rows[s]
+        k0 = c.csr_ptr[row]
+        k1 = c.csr_ptr[row + 1]
+        mid = row_mid(c, row)
+        if floating is float:
+            if upper:
+                fgd_sparse_forward16f(c.csr_idx + mid, c.csr_val + mid, k1 - mid, lut, W0, zero, out + s * VL)
+            else:
+                fgd_sparse_forward16f(c.csr_idx + k0, c.csr_val + k0, mid - k0, lut, W0, b, out + s * VL)
+        else:
+            if upper:
+                fgd_sparse_forward16d(c.csr_idx + mid, c.csr_val + mid, k1 - mid, lut, W0, zero, out + s * VL)
+            else:
+                fgd_sparse_forward16d(c.csr_idx + k0, c.csr_val + k0, mid - k0, lut, W0, b, out + s * VL)
+
+
+cdef void split_upper(const Ctx* c, const Stream* st, floating* P, floating* S, floating* zu,
+                      const int64_t* ident, int64_t bs, const double* lr, int64_t* flags) noexcept nogil:
+    """The upper thread: its sums, the copy ahead, its weight rows' update, every step."""
+    cdef int64_t m = st.m, n_steps = (st.m + bs - 1) // bs
+    cdef int64_t step, B, s, row, k, pos = 0, ahead
+    cdef const int64_t* rows
+    cdef const floating* lut = <const floating*>c.lut
+    cdef floating* W0 = P + c.lay[L_W]
+    cdef const floating* D0 = S + c.soff[S_DELTAS] + c.lay[L_ACT]
+    cdef floating scaled[256]
+    cdef floating coef
+    ahead = min(<int64_t>GATHER_AHEAD, n_steps)
+    pos = stream_rows(st, 0, min(ahead * bs, m), c.split_pixel, c.n_out, pos, <floating*>st.targets)
+    fgd_publish(flags + F_GATHERED, ahead)
+    for step in range(n_steps):
+        B = min(bs, m - step * bs)
+        rows = ident + step * bs
+        sparse16_part(c, W0, rows, B, True, zu)
+        fgd_publish(flags + F_UPPER, step + 1)
+        if step + GATHER_AHEAD < n_steps:
+            pos = stream_rows(st, (step + GATHER_AHEAD) * bs, min((step + GATHER_AHEAD + 1) * bs, m),
+                              c.split_pixel, c.n_out, pos, <floating*>st.targets)
+            fgd_publish(flags + F_GATHERED, step + GATHER_AHEAD + 1)
+        coef = <floating>(-lr[step] / B)
+        for k in range(256):
+            scaled[k] = coef * lut[k]
+        fgd_await(flags + F_DELTAS, step + 1)
+        for s in range(B):
+            row = rows[s]
+            k = row_mid(c, row)
+            if floating is float:
+                fgd_sparse_update16f(c.csr_idx + k, c.csr_val + k, c.csr_ptr[row + 1] - k, scaled,
+                                     D0 + s * VL, 0, 65536, W0)
+            else:
+                fgd_sparse_update16d(c.csr_idx + k, c.csr_val + k, c.csr_ptr[row + 1] - k, scaled,
+                                     D0 + s * VL, 0, 65536, W0)
+
+
+cdef void prefetch_stream(const Ctx* c, const int64_t* rows, int64_t B, int64_t tsize) noexcept nogil:
+    """Start fetching stream rows rows[0:B] (and their targets, labels)."""
+    cdef int64_t s, row, k0
+    for s in range(B):
+        row = rows[s]
+        k0 = c.csr_ptr[row]
+        fgd_prefetch(c.csr_idx + k0, (c.csr_ptr[row + 1] - k0) * 2)
+        fgd_prefetch(c.csr_val + k0, c.csr_ptr[row + 1] - k0)
+        fgd_prefetch(<const char*>c.targets + row * c.n_out * tsize, c.n_out * tsize)
+        fgd_prefetch(c.labels + row, 4)
+
+
+cdef void split_lower(const Ctx* c, floating* P, floating* S, const int64_t* ident, int64_t m,
+                      int64_t bs, const double* lr, const Rule* r, double* lo, int64_t* co,
+                      int64_t* flags) noexcept nogil:
+    """The lower thread: its sums, the rest of the network, its rows' and the small layers' update."""
+    cdef int64_t n_steps = (m + bs - 1) // bs, step, B
+    cdef const int64_t* rows
+    # the first layer's pre-activations: the output block when it is the only layer
+    cdef floating* Z0 = S + (c.soff[S_ZOUT] if c.n_layers == 1 else c.soff[S_ACTS] + c.lay[L_ACT])
+    for step in range(n_steps):
+        B = min(bs, m - step * bs)
+        rows = ident + step * bs
+        fgd_await(flags + F_GATHERED, step + 1)
+        if step + 1 < n_steps:  # the next step's rows: the other core wrote them
+            fgd_await(flags + F_GATHERED, step + 2)
+            prefetch_stream(c, rows + B, min(bs, m - (step + 1) * bs), sizeof(floating))
+        sparse16_part(c, P + c.lay[L_W], rows, B, False, Z0)
+        fgd_await(flags + F_UPPER, step + 1)
+        minibatch_forward_backward(c, P, S, rows, 0, 0, B, True, lo, co, c.first_position + step * bs)
+        fgd_publish(flags + F_DELTAS, step + 1)
+        apply_step(c, P, S, NULL, rows, B, lr[step], r.step + step + 1, 0, 1, r, NULL)
+
+
+def train_epoch_split(floating[::1] params, Problem problem, const int64_t[::1] order,
+                      const double[::1] lrs, int64_t batch_size, floating[:, ::1] scratch,
+                      int64_t[::1] out_ptr, int64_t[::1] out_mid, uint16_t[::1] out_idx,
+                      uint8_t[::1] out_val, floating[:, ::1] out_targets, int32_t[::1] out_labels,
+                      const int64_t[::1] identity, double[::1] loss_out, int64_t[::1] correct_out):
+    """Plain SGD over every minibatch of `order` on two threads (see "the split epoch" above):
+    problem holds the input's CSR, targets and labels, and its split_pixel; the rows are copied
+    in visiting order into out_* (ptr and mid: len(order) + 1; idx, val: the rows' non-zeros;
+    targets, labels, identity (0, 1, ...): len(order) rows) as the epoch goes. Gives the bits of
+    train_epoch in serial mode on those copied rows, with the same split_pixel. Loss sums and
+    correct counts go to loss_out[0], correct_out[0]."""
+    cdef Ctx src = problem.c
+    cdef Ctx c
+    cdef Ctx lower
+    cdef Stream st
+    cdef Rule r
+    cdef int64_t m = order.shape[0]
+    cdef int64_t n_steps = (m + batch_size - 1) // batch_size
+    cdef floating lut[256]
+    cdef int64_t flag_buf[F_SIZE + 8]
+    cdef int64_t* flags = <int64_t*>((<uintptr_t>&flag_buf[0] + 63) & ~(<uintptr_t>63))
+    cdef floating* P = &params[0]
+    cdef floating* S = &scratch[0, 0]
+    cdef floating* zu
+    cdef const int64_t* rows0
+    cdef int64_t k, total = 0
+    cdef int tid, nt
+    cdef unsigned int fp_mode = 0
+    if problem.itemsize != <int>sizeof(floating):
+        raise TypeError("targets and params have different float types")
+    if (src.csr_ptr == NULL or src.targets == NULL or src.lay[L_PAD] != VL or src.split_pixel >= src.n_in
+            or src.augment or src.dropout > 0 or m == 0 or batch_size < 1):
+        raise ValueError("train_epoch_split takes a sparse 16-lane first layer with a split_pixel, "
+                         "targets, no augmentation or dropout, and a non-empty order")
+    if (lrs.shape[0] < n_steps or loss_out.shape[0] < 1 or correct_out.shape[0] < 1
+            or out_ptr.shape[0] < m + 1 or out_mid.shape[0] < m + 1 or identity.shape[0] < m
+            or out_targets.shape[0] < m or out_targets.shape[1] != src.n_out or out_labels.shape[0] < m):
+        raise ValueError("train_epoch_split: too few learning rates, output slots or stream rows")
+    with nogil:
+        for k in range(m):
+            total += src.csr_ptr[order[k] + 1] - src.csr_ptr[order[k]]
+    if out_idx.shape[0] < total or out_val.shape[0] < total:
+        raise ValueError("train_epoch_split: the stream's idx/val hold fewer entries than the rows")
+    zu_arr = np.empty(batch_size * VL, dtype=np.float32 if floating is float else np.float64)
+    zu = <floating*><uintptr_t>zu_arr.ctypes.data
+    for k in range(F_SIZE):
+        flags[k] = 0
+    st.src_ptr = src.csr_ptr
+    st.src_idx = src.csr_idx
+    st.src_val = src.csr_val
+    st.src_targets = src.targets
+    st.src_labels = src.labels
+    st.order = &order[0]
+    st.m = m
+    st.ptr = &out_ptr[0]
+    st.mid = &out_mid[0]
+    st.idx = &out_idx[0] if out_idx.shape[0] > 0 else <uint16_t*>&out_ptr[0]
+    st.val = &out_val[0] if out_val.shape[0] > 0 else <uint8_t*>&out_ptr[0]
+    st.targets = &out_targets[0, 0]
+    st.labels = &out_labels[0]
+    c = src
+    rows0 = &identity[0]
+    c.csr_ptr = st.ptr
+    c.csr_mid = st.mid
+    c.csr_idx = st.idx
+    c.csr_val = st.val
+    c.targets = st.targets
+    c.labels = st.labels
+    set_lut(&c, lut)
+    r.kind = OPT_SGD
+    r.step = 0
+    r.grad = NULL
+    r.state1 = NULL
+    r.state2 = NULL
+    lower = c
+    lower.z_upper = zu
+    lower.lower_only = True
+    with nogil, parallel(num_threads=2):
+        fp_mode = fgd_flush_denormals()
+        tid = fgd_thread_num()
+        nt = fgd_num_threads()
+        if nt < 2:  # no second thread was given: the same arithmetic on this one
+            stream_rows(&st, 0, m, c.split_pixel, c.n_out, 0, <floating*>st.targets)
+            for k in range(n_steps):
+                minibatch_forward_backward(&c, P, S, rows0 + k * batch_size, 0, 0,
+                                           min(batch_size, m - k * batch_size), True, &loss_out[0],
+                                           &correct_out[0], c.first_position + k * batch_size)
+                apply_step(&c, P, S, NULL, rows0 + k * batch_size,
+                           min(batch_size, m - k * batch_size), lrs[k], k + 1, 0, 1, &r, NULL)
+        elif tid == 0:
+            split_lower(&lower, P, S, rows0, m, batch_size, &lrs[0], &r, &loss_out[0],
+                        &correct_out[0], flags)
+        elif tid == 1:
+            split_upper(&c, &st, P, S, zu, rows0, batch_size, &lrs[0], flags)
         fgd_restore_fp(fp_mode)
 
 

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
+#include <sched.h>
 /* which build this is (setup.py's FASTGD_DEBUG_BUILD=1: bounds checks on, -O0) */
 #ifdef FASTGD_DEBUG_BUILD
 #define FGD_DEBUG_BUILD 1
@@ -159,6 +160,98 @@ static inline void fgd_sparse_update16##SUFFIX(                                 
 }
 FGD_SPARSE16(float, fgd_v16f, f)
 FGD_SPARSE16(double, fgd_v16d, d)
+
+/* The split first layer (dense_sgd.pyx's "split" epoch): a 16-lane sparse row is summed in two
+   parts, pixels below `split` from the bias and pixels from `split` on from zero, then added,
+   so that two threads can each own one part (its weight rows, forward and update) and still give
+   the bits the one-thread epoch gives. fgd_row_mid: the first entry of a row (ascending indices)
+   at or above split. */
+static inline long fgd_row_mid(const unsigned short* idx, long nnz, long split) {
+    long lo = 0, hi = nnz;
+    while (lo < hi) {
+        long m = (lo + hi) >> 1;
+        if ((long)idx[m] < split) lo = m + 1; else hi = m;
+    }
+    return lo;
+}
+#define FGD_SPLIT16(T, V, SUFFIX)                                                          \
+static inline void fgd_sparse_forward16_split##SUFFIX(                                    \
+        const unsigned short* idx, const unsigned char* val, long nnz, long mid,           \
+        const T* lut, const T* W, const T* b, T* z) {                                      \
+    static const T zero[16] = {0};                                                        \
+    V lo, hi;                                                                             \
+    T part[16];                                                                           \
+    fgd_sparse_forward16##SUFFIX(idx, val, mid, lut, W, b, z);                            \
+    fgd_sparse_forward16##SUFFIX(idx + mid, val + mid, nnz - mid, lut, W, zero, part);    \
+    memcpy(&lo, z, sizeof lo); memcpy(&hi, part, sizeof hi);                              \
+    lo += hi;                                                                             \
+    memcpy(z, &lo, sizeof lo);                                                            \
+}                                                                                         \
+/* z[s] += upper[s] for n rows of 16 lanes: the other thread's part */                   \
+static inline void fgd_add_rows16##SUFFIX(T* z, const T* upper, long n) {                 \
+    V a, u;                                                                               \
+    for (long s = 0; s < n; s++) {                                                        \
+        memcpy(&a, z + 16 * s, sizeof a); memcpy(&u, upper + 16 * s, sizeof u);          \
+        a += u;                                                                           \
+        memcpy(z + 16 * s, &a, sizeof a);                                                 \
+    }                                                                                     \
+}
+FGD_SPLIT16(float, fgd_v16f, f)
+FGD_SPLIT16(double, fgd_v16d, d)
+
+#if defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
+/* Copy one CSR row (n entries) to oidx/oval and return how many of its pixel indices lie below
+   split (1..65535): the split epoch's stream copy, which also finds each row's split point.
+   With AVX-512BW in whole masked vectors (nothing read or written past the row); else memcpy
+   and a binary search. A row of ~150 pixels is then ~8 vector moves instead of two memcpy
+   calls and a search (the upper thread's copy was ~40% of its step). */
+static inline long fgd_copy_row_split(const unsigned short* idx, const unsigned char* val, long n,
+                                      long split, unsigned short* oidx, unsigned char* oval) {
+#if defined(__AVX512BW__)
+    long below = 0;
+    const __m512i sp = _mm512_set1_epi16((short)(unsigned short)split);
+    for (long k = 0; k < n; k += 32) {
+        __mmask32 m = n - k >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << (n - k)) - 1u);
+        __m512i v = _mm512_maskz_loadu_epi16(m, idx + k);
+        _mm512_mask_storeu_epi16(oidx + k, m, v);
+        below += __builtin_popcount((unsigned)_mm512_mask_cmplt_epu16_mask(m, v, sp));
+    }
+    for (long k = 0; k < n; k += 64) {
+        __mmask64 m = n - k >= 64 ? (__mmask64)~0ULL : (__mmask64)((1ULL << (n - k)) - 1ULL);
+        _mm512_mask_storeu_epi8(oval + k, m, _mm512_maskz_loadu_epi8(m, val + k));
+    }
+    return below;
+#else
+    if (n > 0) {
+        memcpy(oidx, idx, (size_t)n * sizeof *idx);
+        memcpy(oval, val, (size_t)n);
+    }
+    return fgd_row_mid(oidx, n, split);
+#endif
+}
+
+/* Hand-offs between the split epoch's two threads: one counter per event on its own cache line,
+   published with release and awaited with acquire (a spin: each wait is ~1 us, far below what a
+   futex or libgomp's barrier costs to wake). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FGD_SPIN_PAUSE() _mm_pause()
+#else
+#define FGD_SPIN_PAUSE() ((void)0)
+#endif
+static inline void fgd_publish(int64_t* flag, int64_t value) {
+    __atomic_store_n(flag, value, __ATOMIC_RELEASE);
+}
+/* spins, then yields the core: when more threads run than there are cores (two trainers at
+   once), the thread being waited for may need this one's core to make progress */
+static inline void fgd_await(const int64_t* flag, int64_t value) {
+    int spins = 0;
+    while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) < value) {
+        if (++spins < 4096) FGD_SPIN_PAUSE(); else sched_yield();
+    }
+}
 
 /* The sparse first layer at any padded width (a multiple of 16 lanes), forward and update.
 

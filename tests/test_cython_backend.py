@@ -347,6 +347,7 @@ def test_overlapped_row_copy_changes_nothing(backend, recipe):
         return configure(plan, net, state_fill=0.01, seed=9, first_position=11, **recipe)
 
     results = []
+    backend.split = False  # plain SGD on 2 threads would run the split epoch (tested below)
     for overlap in (False, True):
         plan = new_plan()
         backend.overlap_gather = overlap
@@ -413,3 +414,129 @@ def test_kernel_entry_points_check_what_they_are_given(backend):
                               lay.scratch(1), 0, 1, *out)
     with pytest.raises(ValueError, match="kind"):
         dense_sgd.StepConfig(7)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes,batch,n", [([60, 16, 5], 6, 61), ([60, 13, 7], 1, 9), ([60, 16, 16, 10], 10, 47),
+                                           ([60, 9, 3], 4, 3), ([60, 10], 7, 29)])
+def test_split_epoch_gives_the_bits_of_one_thread(backend, dtype, sizes, batch, n):
+    """The "split" epoch (2 threads, the 16-lane sparse first layer's rows split at a pixel, the
+    rows copied in-kernel as it goes): odd widths padded to 16, batch 1, a last minibatch of one
+    row, fewer rows than a minibatch, learning rates changing every step, an order with repeats
+    and missing rows. Bitwise the weights, loss and accuracy of one thread; close to NumPy."""
+    net, X, scale, targets, labels = problem(sizes, max(n, 8), dtype, seed=31)
+    X[0] = 0  # a row with no non-zero pixel
+    X[1, :30] = 0  # only upper pixels (the split lies near the middle)
+    X[2, 30:] = 0  # only lower pixels
+    order = np.random.default_rng(5).integers(0, X.shape[0], size=n).astype(np.int64)
+
+    def new_plan(threads):
+        plan = EpochPlan(X=X, x_scale=scale, targets=targets, labels=labels, order=order,
+                         lrs=np.linspace(0.6, 0.1, -(-n // batch)), batch_size=batch, loss="mse", threads=threads)
+        return configure(plan, net, first_position=7)
+
+    split_params, split_result = run_epoch(backend, net, new_plan(2))
+    result = train(backend, net.copy(), new_plan(2))
+    assert (result.mode, result.threads_used) == ("split", 2)
+    serial_params, serial_result = run_epoch(backend, net, new_plan(1))
+    np.testing.assert_array_equal(split_params, serial_params)
+    assert split_result == serial_result
+    ref = net.copy()
+    ref_result = train("numpy", ref, new_plan(1))
+    rtol, atol = (1e-10, 1e-12) if dtype == np.float64 else (1e-4, 1e-5)
+    np.testing.assert_allclose(split_params, ref.params, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(split_result[0], ref_result.loss_sum, rtol=rtol)
+    assert split_result[1] == ref_result.n_correct
+
+
+def test_split_epoch_only_where_it_applies(backend):
+    """Momentum, dropout, dense input, a first layer wider than 16 units or split = False keep
+    the other modes; each still matches the reference."""
+    net16, X, scale, targets, labels = problem([60, 16, 5], 30, np.float32, seed=32)
+    cases = [(net16, {}, {"split": False}), (net16, dict(momentum=0.9), {}), (net16, dict(dropout=0.2), {}),
+             (net16, {}, {"input_mode": "dense"}),
+             (problem([60, 17, 5], 30, np.float32, seed=32)[0], {}, {})]
+    for net, recipe, knobs in cases:
+        b = cython_backend.CythonBackend()
+        for k, v in knobs.items():
+            setattr(b, k, v)
+        plan = configure(make_plan(X, scale, targets, labels, 5, threads=2), net, seed=3, **recipe)
+        mine = net.copy()
+        result = train(b, mine, plan)
+        assert result.mode != "split", (recipe, knobs)
+        ref = net.copy()
+        train("numpy", ref, configure(make_plan(X, scale, targets, labels, 5), net, seed=3, **recipe))
+        np.testing.assert_allclose(mine.params, ref.params, rtol=1e-4, atol=1e-5)
+
+
+SPLIT_ONE_THREAD_SCRIPT = """
+import numpy as np, fastgd
+from fastgd.backends import EpochPlan, cython_backend
+from fastgd._kernels import openmp_info
+rng = np.random.default_rng(0)
+X = rng.integers(0, 256, (50, 40), dtype=np.uint8); X[rng.random(X.shape) > 0.3] = 0
+labels = rng.integers(0, 4, 50).astype(np.int32); targets = np.eye(4, dtype=np.float32)[labels]
+net = fastgd.Network([40, 16, 4], "sigmoid", "sigmoid", dtype="float32", seed=1)
+order = rng.permutation(50).astype(np.int64)
+out = []
+for threads in (2, 1):
+    b, n = cython_backend.CythonBackend(), net.copy()
+    plan = EpochPlan(X=X, x_scale=1 / 255, targets=targets, labels=labels, order=order, lrs=np.full(9, 0.5),
+                     batch_size=6, loss="mse", threads=threads)
+    r = b.train_epoch(n, plan, b.prepare(n, plan))
+    out.append((n.params, r.mode))
+assert out[0][1] == "split", out[0][1]
+assert np.array_equal(out[0][0], out[1][0])
+print("ok")
+"""
+
+
+def test_split_epoch_given_one_openmp_thread_runs_it_on_one(tmp_path):
+    """OpenMP may give the split epoch's region one thread (OMP_THREAD_LIMIT=1 here): it then
+    runs both halves itself, with the same bits, instead of waiting for a thread that never comes."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "split_one.py"
+    script.write_text(SPLIT_ONE_THREAD_SCRIPT)
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_split_entry_point_checks_what_it_is_given(backend):
+    """train_epoch_split refuses a problem without a split pixel, or stream buffers too small for
+    the rows, before any thread starts."""
+    net, X, scale, targets, labels = problem([40, 16, 3], 12, np.float32, seed=33)
+    lay = cython_backend._Layout(net, 4, 1 << 62, sparse_first=True)
+    csr = dense_sgd.build_csr(X)
+    order = np.arange(12, dtype=np.int64)
+    params = lay.pad(net.params)
+
+    def call(split_pixel=20, nnz=None, rows=12):
+        prob = dense_sgd.Problem(lay.table, lay.soff, 0, 0, 0, X, scale, csr, targets, labels, split_pixel=split_pixel)
+        nnz = int(csr[0][-1]) if nnz is None else nnz
+        dense_sgd.train_epoch_split(params, prob, order, np.full(3, 0.1), 4, lay.scratch(1),
+                                    np.zeros(rows + 1, np.int64), np.zeros(rows + 1, np.int64),
+                                    np.zeros(nnz, np.uint16), np.zeros(nnz, np.uint8),
+                                    np.zeros((rows, 3), np.float32), np.zeros(rows, np.int32),
+                                    np.arange(rows, dtype=np.int64), np.zeros(1), np.zeros(1, np.int64))
+
+    call()  # the valid call runs
+    with pytest.raises(ValueError, match="split_pixel"):
+        call(split_pixel=-1)
+    with pytest.raises(ValueError, match="stream"):
+        call(nnz=int(csr[0][-1]) - 1)
+    with pytest.raises(ValueError, match="stream rows"):
+        call(rows=11)
+
+
+def test_balanced_split_halves_the_non_zeros():
+    from fastgd.backends.base import balanced_split
+    idx = np.repeat(np.arange(10, dtype=np.uint16), [5, 0, 0, 5, 0, 0, 0, 10, 0, 0])
+    assert balanced_split(idx, 10) == 4  # pixels 0..3 hold 10 of the 20
+    assert balanced_split(idx, 10, share=0.9) == 8
+    assert balanced_split(np.zeros(0, np.uint16), 10) == -1
+    assert balanced_split(idx[:1], 1) == -1
+    assert 1 <= balanced_split(np.zeros(7, np.uint16), 10) <= 9

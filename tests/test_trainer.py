@@ -317,7 +317,7 @@ def test_history_records_what_the_backend_ran(backend, deterministic):
                       deterministic=deterministic)
     history = trainer.fit(X, y)
     for r in history:
-        assert r["mode"] in {"serial", "sync", "cols", "hogwild", "numpy"} and 1 <= r["threads_used"] <= 2
+        assert r["mode"] in {"serial", "sync", "cols", "split", "hogwild", "numpy"} and 1 <= r["threads_used"] <= 2
         assert deterministic is False or r["mode"] != "hogwild"
 
 

@@ -38,7 +38,7 @@ class History:
     regression: ``val_r2``, ``val_mae``), ``val_loss`` (None without validation data), ``lr``
     (the last step's learning rate), ``seconds`` (training only), ``samples_per_second``,
     ``threads_used`` and ``mode`` (what the backend really ran: "serial", "sync", "hogwild",
-    "numpy") and ``partial`` (True for an epoch cut short by Ctrl-C). ``history["train_loss"]``
+    "cols", "split", "numpy") and ``partial`` (True for an epoch cut short by Ctrl-C). ``history["train_loss"]``
     is the list of one key. ``compile_seconds`` is the time a JIT backend spent compiling before
     the first epoch; ``stopped_early`` and ``best_epoch`` say what early stopping did.
     ``budget_plans`` (runs with a time budget) lists each planning decision as a dict with

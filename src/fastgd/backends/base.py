@@ -109,6 +109,24 @@ def sparse_input_pays(X, max_density):
     return nonzero <= max_density * 16 * run * X.shape[1]
 
 
+#: The lower thread's share of the first layer's non-zero pixels in the compiled backends' "split"
+#: epoch (the other thread also copies the rows in visiting order; the lower one runs the rest of
+#: the network).
+SPLIT_LOWER_SHARE = 0.5
+
+
+def balanced_split(idx, n_in, share=None):
+    """The pixel at which a sparse first layer's rows are split between the "split" epoch's two
+    threads: the lower thread gets pixels below it, about `share` (SPLIT_LOWER_SHARE) of the
+    non-zeros in idx (the CSR's pixel indices). -1 when there is nothing to split (n_in < 2, no
+    non-zeros). Depends only on the input, so every thread count uses the same split."""
+    share = SPLIT_LOWER_SHARE if share is None else share
+    if n_in < 2 or idx.size == 0:
+        return -1
+    cum = np.cumsum(np.bincount(idx, minlength=n_in))
+    return int(min(max(np.searchsorted(cum, share * cum[-1]) + 1, 1), n_in - 1))
+
+
 #: The auto rule of the compiled backends' "cols" epoch (see `cols_pays`).
 COLS_MIN_WORK = 1 << 20
 COLS_SMALL_BATCH = 64
@@ -312,7 +330,7 @@ class EpochResult:
     loss_sum: float  # sum of per-sample losses (before each minibatch's update)
     n_correct: int  # rows whose argmax output equalled their label
     threads_used: int  # threads that really ran
-    mode: str  # "serial" | "sync" | "hogwild" | "numpy"
+    mode: str  # "serial" | "sync" | "hogwild" | "cols" | "split" | "numpy"
 
 
 class Workspace:

@@ -74,7 +74,8 @@ from .. import ops
 from ..network import aligned_zeros  # the padded parameters, state, gradients and scratch
 from . import helper_pool, pipeline
 from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, OPTIMIZER_CODES, SGD, Backend, BackendUnavailable,
-                   EpochResult, Workspace, blas_controller, blas_limit, cols_pays, sparse_input_pays)
+                   EpochResult, Workspace, balanced_split, blas_controller, blas_limit, cols_pays,
+                   sparse_input_pays)
 
 try:
     from fastgd._kernels import dense_sgd as _k
@@ -175,6 +176,10 @@ class CythonBackend(Backend):
       overlap_gather: when plan.threads > 1 but the epoch runs on one thread, copy the sparse
         rows part by part on a second (Python) thread, each while the kernel trains on the
         part before (see pipeline.part_bounds; all finished before the call returns).
+      split: when plan.threads > 1, a plain-SGD epoch would run on one thread and the first
+        layer is sparse and 16 units wide, run the "split" epoch instead: its weight rows
+        split at a pixel between two threads, the second also copying the rows in visiting
+        order (kernels/dense_sgd.pyx, train_epoch_split; the same bits as one thread).
     """
 
     name = NAME
@@ -189,6 +194,7 @@ class CythonBackend(Backend):
         self.hogwild = None
         self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self.overlap_gather = True
+        self.split = True
         self.permute_sparse = True
         self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self.permute_dense = True
@@ -300,6 +306,7 @@ class CythonBackend(Backend):
             # shifts keep the sparse path (rows shifted as they are copied in visiting order)
             if plan.X.dtype == np.uint8 and not _resamples(plan) and (int(plan.max_shift) == 0 or self.permute_sparse):
                 ws.csr = self._input_csr(plan.X)
+            ws.split_pixel = balanced_split(ws.csr[1], plan.X.shape[1]) if ws.csr is not None else -1
             if touch and ws.csr is not None and self.permute_sparse:  # a call visits at most every row
                 pipeline.perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, np.uint16, touch=True)
         key = (bs, net.dtype.str, tuple(net.sizes), self.blas_min_work, ws.csr is not None)
@@ -515,6 +522,13 @@ class CythonBackend(Backend):
                 state[k] = lay.pad(flat)
         loss_out = np.zeros(threads, dtype=np.float64)
         correct_out = np.zeros(threads, dtype=np.int64)
+        # a 16-lane sparse first layer sums each row in two parts (split at ws.split_pixel) in
+        # every mode, so that the split epoch and one thread give the same bits
+        split_pixel = ws.split_pixel if csr is not None and lay.table[0, 4] == LANES else -1
+        if (self.split and split_pixel > 0 and self.permute_sparse and shift is None and mode == "serial"
+                and int(plan.threads) > 1 and not lay.uses_blas and _plain(rule) and not _resamples(plan)
+                and float(plan.dropout) == 0):
+            return self._train_split(net, plan, ws, lay, params, ws.csr, split_pixel, augment)
         bounds, copy = [0, order.size], None
         if csr is not None and self.permute_sparse:
             # the call's rows, copied in visiting order: the kernel then streams them. Given
@@ -535,7 +549,8 @@ class CythonBackend(Backend):
 
         def run(a, b):  # the call's rows a..b (a: a multiple of bs), i.e. steps a/bs..
             problem = self._problem(net, lay, X, plan.x_scale, csr, targets, labels, plan.loss,
-                                    first_position=int(plan.first_position) + a, **augment)
+                                    first_position=int(plan.first_position) + a, split_pixel=split_pixel,
+                                    **augment)
             cfg = step_config if a == 0 else _k.StepConfig(
                 int(rule.kind), float(rule.momentum), bool(rule.nesterov), float(rule.weight_decay), float(rule.l1),
                 float(rule.beta1), float(rule.beta2), float(rule.eps), int(rule.step) + a // bs)
@@ -555,6 +570,26 @@ class CythonBackend(Backend):
         for padded, flat in zip(state if state is not None else (), rule.state):
             lay.unpad(padded, flat)
         return EpochResult(float(loss_out.sum()), int(correct_out.sum()), threads, mode)
+
+    def _train_split(self, net, plan, ws, lay, params, csr, split_pixel, augment):
+        """The "split" epoch (kernels/dense_sgd.pyx, train_epoch_split): plain SGD, the sparse
+        16-unit first layer's rows split at split_pixel between two threads; the second thread
+        also copies the rows in visiting order into the workspace's buffers as it goes."""
+        order, targets, m = plan.order, plan.targets, plan.order.size
+        nnz = _k.csr_rows_nnz(csr[0], order)
+        buf = pipeline.perm_buffers(ws, m, nnz, targets, csr[1].dtype)
+        mid = getattr(ws, "split_mid", None)
+        if mid is None or mid.size < m + 1:
+            mid = ws.split_mid = np.zeros(max(m + 1, buf[0].size), np.int64)
+        problem = self._problem(net, lay, plan.X, plan.x_scale, csr, targets, plan.labels, plan.loss,
+                                first_position=int(plan.first_position), split_pixel=split_pixel, **augment)
+        loss_out = np.zeros(1, dtype=np.float64)
+        correct_out = np.zeros(1, dtype=np.int64)
+        _k.train_epoch_split(params, problem, order, plan.lrs, int(plan.batch_size), ws.scratch, buf[0][:m + 1],
+                             mid[:m + 1], buf[1], buf[2], buf[3][:m], buf[4][:m], buf[5][:m], loss_out,
+                             correct_out)
+        lay.unpad(params, net.params)
+        return EpochResult(float(loss_out[0]), int(correct_out[0]), 2, "split")
 
     def _train_cols(self, net, plan, ws, sparse_input):
         """The "cols" epoch (see _cols): one kernel call on net.params in place (the kernel keeps
