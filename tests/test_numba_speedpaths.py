@@ -56,6 +56,12 @@ CASES = [  # sizes, rows, batch
 ]
 
 
+def two_workers():
+    """Whether the team can run two workers here (so plain SGD on a narrow sparse first layer at
+    2 threads runs the split epoch)."""
+    return numba_backend.set_threads(2) == 2 and numba_backend.team_works(2)
+
+
 def team_backend(**kw):
     """NumbaBackend(**kw) on its team / serial paths: the cols epoch, which the auto rule picks for
     some of these shapes, has tests/test_numba_cols.py."""
@@ -94,7 +100,10 @@ def test_team_epoch_matches_numpy(dtype, path, uint8, case, threads):
     assert team is not None  # the team epoch ran
     # one worker in a bounds-checked build (team_works: a raising worker would strand the other)
     workers = min(threads, numba.config.NUMBA_NUM_THREADS) if path in TEAM_PATHS and not K.BOUNDS else 1
-    assert (result.mode, result.threads_used) == (("sync", workers) if workers > 1 else ("serial", 1))
+    expected = ("sync", workers) if workers > 1 else ("serial", 1)
+    if path == "loops" and uint8 and threads == 2 and sizes[1] <= 16 and two_workers():
+        expected = ("split", 2)  # numba_split, on the one-worker team's buffers
+    assert (result.mode, result.threads_used) == expected
     assert team.woff.shape[0] // team.act_off.shape[0] == workers
     if path in ("sparse_wide", "gemm_sparse", "loops_team", "loops") and uint8:  # numba_sparse's input layer ran
         assert team.lut[255] == dtype(255) * dtype(UINT8_SCALE) and team.cs.shape[0] == workers * (sizes[0] + 2)
@@ -105,10 +114,11 @@ def test_team_epoch_matches_numpy(dtype, path, uint8, case, threads):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_lesson_network_sigmoid_mse_uint8_matches_numpy(dtype):
-    """The lesson configuration (sigmoid/MSE, batch 10, sparse uint8 input, serial team)."""
+    """The lesson configuration (sigmoid/MSE, batch 10, sparse uint8 input, 2 threads: the split
+    epoch where the team can run two workers, else the serial team)."""
     ref, net, result, team = run_both([784, 16, 16, 10], 41, dtype, 10, 2, True, NumbaBackend(), activation="sigmoid",
                                       output="sigmoid", loss="mse", lr=3.0)
-    assert (result.mode, result.threads_used) == ("serial", 1)
+    assert (result.mode, result.threads_used) == (("split", 2) if two_workers() else ("serial", 1))
     assert_close(net.params, ref.params, dtype, "lesson")
 
 
@@ -438,6 +448,7 @@ def test_copied_rows_train_bitwise_like_rows_in_place(sizes, n, batch, threads):
                                                       output="sigmoid")
         b = NumbaBackend(blas_min_work=LOOPS)
         b.permute_sparse, b.overlap_gather = permute, overlap
+        b.split = False  # 2 threads on a narrow first layer would run the split epoch (tested below)
         order = np.random.default_rng(2).permutation(n)
         plan = plan_for(X, scale, targets, labels, order, batch, 0.5, "mse", threads)
         ws = b.prepare(net, plan)
@@ -532,3 +543,87 @@ def test_flat_forward_rejects_a_row_of_the_wrong_width():
     net = fastgd.Network([20, 9, 3], "relu", "softmax", dtype=np.float32, seed=0)
     with pytest.raises(ValueError, match="rows of 20 values"):
         NumbaBackend().forward(net, np.zeros((1, 21), np.float32), 1.0, 1)
+
+
+# ---- the split epoch (numba_split): a narrow sparse first layer's rows on two threads ----------
+def _split_problem(sizes, n, dtype, seed=31):
+    net, X, scale, targets, labels = make_problem(sizes, max(n, 8), dtype, seed=seed, uint8=True)
+    X[0] = 0  # a row with no non-zero pixel
+    X[1, :sizes[0] // 2] = 0  # only upper pixels (the split lies near the middle)
+    X[2, sizes[0] // 2:] = 0  # only lower pixels
+    return net, X, scale, targets, labels
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sizes,batch,n", [([60, 16, 5], 6, 61), ([60, 13, 7], 1, 9), ([60, 16, 16, 10], 10, 47),
+                                           ([60, 9, 3], 4, 3), ([60, 10], 7, 29)])
+def test_split_epoch_gives_the_bits_of_one_worker(dtype, sizes, batch, n):
+    """2 threads on a sparse first layer of at most 16 units run the split epoch (where the team
+    can run two workers): odd widths, batch 1, a last minibatch of one row, fewer rows than a
+    minibatch, learning rates changing every step, an order with repeats and missing rows, a
+    single-layer network. Bitwise the weights, loss and accuracy of one thread; close to NumPy."""
+    net, X, scale, targets, labels = _split_problem(sizes, n, dtype)
+    order = np.random.default_rng(5).integers(0, X.shape[0], size=n)
+    runs = {}
+    for threads in (2, 1):
+        mine = net.copy()
+        b = NumbaBackend(blas_min_work=LOOPS)
+        plan = plan_for(X, scale, targets, labels, order, batch, 0.5, "mse", threads)
+        plan.lrs = np.linspace(0.6, 0.1, plan.n_steps)
+        ws = b.prepare(mine, plan)
+        results = [b.train_epoch(mine, plan, ws), b.train_epoch(mine, plan, ws)]
+        runs[threads] = (mine.params.copy(), [(r.loss_sum, r.n_correct, r.mode) for r in results], ws)
+    if runs[2][2].split_works:
+        assert [m for _, _, m in runs[2][1]] == ["split", "split"]
+    np.testing.assert_array_equal(runs[2][0], runs[1][0])
+    assert [r[:2] for r in runs[2][1]] == [r[:2] for r in runs[1][1]]
+    ref = net.copy()
+    plan = plan_for(X, scale, targets, labels, order, batch, 0.5, "mse", 1)
+    plan.lrs = np.linspace(0.6, 0.1, plan.n_steps)
+    numpy_backend = get_backend("numpy")
+    ws = numpy_backend.prepare(ref, plan)
+    numpy_backend.train_epoch(ref, plan, ws)
+    numpy_backend.train_epoch(ref, plan, ws)
+    assert_close(runs[2][0], ref.params, dtype, "split epoch")
+
+
+def test_split_kernel_given_one_thread_runs_both_halves(monkeypatch):
+    """In a parallel region of one thread (team_size() == 1) the split kernel's worker 0 runs the
+    upper half too instead of waiting for a worker that never comes: the one-worker bits. Also
+    the split kernel's path in the bounds-checked build, where the team never runs two workers."""
+    net, X, scale, targets, labels = _split_problem([60, 16, 16, 10], 37, np.float32)
+    order = np.random.default_rng(6).permutation(X.shape[0])
+    plan = plan_for(X, scale, targets, labels, order, 5, 0.5, "mse", 1)
+    serial = net.copy()
+    b = NumbaBackend(blas_min_work=LOOPS)
+    expected = b.train_epoch(serial, plan, b.prepare(serial, plan))
+    assert expected.mode == "serial"
+    mine = net.copy()
+    ws = b.prepare(mine, plan)
+    assert ws.team.split < 60  # the team sums in two parts even on one worker
+    model = K.Net(mine.params, mine.layout_array(), numba_backend.kinds_of(mine))
+    from fastgd import ops
+    data = b._data(plan.X, plan.x_scale, ws.csr, plan.targets, plan.labels, ops.LOSS_CODES["mse"], mine.dtype)
+    monkeypatch.setattr(numba_backend, "set_threads", lambda n: numba.set_num_threads(1) or 1)
+    result = b._train_split(mine, plan, ws, model, data)
+    np.testing.assert_array_equal(mine.params, serial.params)
+    assert (result.loss_sum, result.n_correct) == (expected.loss_sum, expected.n_correct)
+
+
+def test_split_epoch_only_where_it_applies():
+    """A first layer wider than 16 units, dense input, momentum or split = False keep the other
+    epochs on 2 threads."""
+    net16, X, scale, targets, labels = _split_problem([60, 16, 5], 30, np.float32)
+    cases = [(net16, {"split": False}, {}), (net16, {"sparse_input": "never"}, {}),
+             (net16, {}, dict(momentum=0.9)), (_split_problem([60, 17, 5], 30, np.float32)[0], {}, {})]
+    for net, knobs, recipe in cases:
+        b = NumbaBackend(blas_min_work=LOOPS)
+        for k, v in knobs.items():
+            setattr(b, k, v)
+        plan = plan_for(X, scale, targets, labels, np.arange(30), 5, 0.5, "mse", 2)
+        if recipe:
+            from test_backends import configure
+            configure(plan, net, **recipe)
+        mine = net.copy()
+        result = b.train_epoch(mine, plan, b.prepare(mine, plan))
+        assert result.mode != "split", (knobs, recipe)

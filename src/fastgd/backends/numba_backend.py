@@ -76,7 +76,7 @@ import numpy as np
 
 from .. import ops
 from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, SGD, Backend, BackendUnavailable, EpochResult,
-                   Workspace, blas_controller, blas_limit, cols_pays, sparse_input_pays)
+                   Workspace, balanced_split, blas_controller, blas_limit, cols_pays, sparse_input_pays)
 
 try:
     import numba
@@ -91,6 +91,7 @@ from . import numba_augment  # noqa: E402
 from . import pipeline  # noqa: E402
 from . import numba_kernels as K  # noqa: E402
 from . import numba_cols  # noqa: E402
+from . import numba_split  # noqa: E402
 
 try:  # _fp_mode: Numba cannot set the SSE control word, the package's small compiled helper can
     from .._kernels.openmp_info import flush_denormals as _flush_denormals, restore_fp as _restore_fp
@@ -172,14 +173,15 @@ def make_scratch(sizes, bmax, dtype, use_blas, n_workers=None, n_split=1):
                      None if n_workers is not None else int(n_split))
 
 
-def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0):
+def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0, split=-1):
     """numba_kernels.Team for minibatches of up to bmax rows on n_workers workers: activations and
     deltas laid out like a Scratch (one (bmax, width) block per layer; worker w fills its rows),
     the output pre-activations, per-worker layer offsets, and per-worker transposed-weight
     scratch for the loop layers' deltas. With a sparse input (csr not empty): the pixel table
     and each worker's column-index scratch for the input layer's update (numba_sparse), sized
     for bmax rows of the densest row of csr, and each worker's 256-entry table of the step's
-    coef x pixel value (the update of a sparse layer of at most 16 units)."""
+    coef x pixel value (the update of a sparse layer of at most 16 units). split: the pixel at
+    which such a layer sums each row in two parts (numba_split; -1: one sum)."""
     sizes = np.asarray(sizes, dtype=np.int64)
     bmax, n_workers = int(bmax), int(n_workers)
     act_off = np.concatenate([[0], np.cumsum(sizes * bmax)]).astype(np.int64)
@@ -198,7 +200,8 @@ def make_team(sizes, bmax, n_workers, dtype, use_blas, csr=None, x_scale=1.0):
                   -(-bmax // n_workers), act_off, sizes, np.ascontiguousarray(use_blas, dtype=np.bool_), lut,
                   np.zeros(n_workers * nc, dtype=np.int32), np.zeros(n_workers * ne, dtype=np.int32),
                   np.zeros(n_workers * ne, dtype=np.uint8), np.zeros(n_workers * nb, dtype=np.int64),
-                  np.zeros(n_workers * nb, dtype=np.int64), np.zeros(n_workers * 256, dtype=dtype))
+                  np.zeros(n_workers * nb, dtype=np.int64), np.zeros(n_workers * 256, dtype=dtype),
+                  int(split) if 0 < split < sizes[0] else 1 << 62)
 
 
 def team_works(n_workers):
@@ -264,6 +267,10 @@ class NumbaBackend(Backend):
         visiting order (fastgd.backends.pipeline) instead of reading them where they lie.
       overlap_gather: when plan.threads > 1 but the team has one worker, that copy runs part by
         part on a second (Python) thread while the kernel trains on the part before.
+      split: when plan.threads > 1, the team has one worker and its sparse first layer is at most
+        16 units wide, run the "split" epoch instead (numba_split: the layer's weight rows split at
+        a pixel between two threads, the second also copying the rows; the same bits).
+      split_share: the lower thread's share of the layer's non-zeros (None: base.SPLIT_LOWER_SHARE).
     """
 
     name = NAME
@@ -284,6 +291,8 @@ class NumbaBackend(Backend):
         self.flat_forward_max_work = FLAT_FORWARD_MAX_WORK
         self.permute_sparse = True
         self.overlap_gather = True
+        self.split = True
+        self.split_share = None
 
     # ---- sparse input ---------------------------------------------------------------------------
     def _csr(self, X, first_layer_blas):
@@ -415,7 +424,15 @@ class NumbaBackend(Backend):
             if getattr(ws, "team_key", None) != tkey:
                 set_threads(n_team)
                 ws.team_key = tkey
-                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas, ws.csr, plan.x_scale)
+                # a sparse first layer of at most 16 units sums its rows in two parts, split at a
+                # pixel, on every worker count: the split epoch then gives the one-worker bits
+                split = (balanced_split(ws.csr[1], net.sizes[0], self.split_share)
+                         if ws.csr[0].shape[0] > 0 and net.sizes[1] <= K.VL else -1)
+                ws.team_buffers = make_team(net.sizes, bs, n_team, net.dtype, use_blas, ws.csr, plan.x_scale,
+                                            split)
+                # the split epoch's two workers (probed on 2 threads: the probe's prange runs on
+                # the calling thread's count)
+                ws.split_works = n_team == 1 and split > 0 and workers > 1 and set_threads(2) == 2 and team_works(2)
                 if self.permute_sparse and n_team == 1 and ws.csr[0].shape[0] > 0:  # a call visits at most every row
                     pipeline.perm_buffers(ws, plan.X.shape[0], int(ws.csr[0][-1]), plan.targets, ws.csr[1].dtype,
                                           touch=True)
@@ -530,8 +547,10 @@ class NumbaBackend(Backend):
         one worker (and permute_sparse), over a copy of the call's rows in visiting order,
         pipelined with the training when a second thread is free (fastgd.backends.pipeline)."""
         nw = ws.team.woff.shape[0] // ws.team.act_off.shape[0]
-        set_threads(nw)
         bs = int(plan.batch_size)
+        if self.split and ws.split_works and not use_blas.any():
+            return self._train_split(net, plan, ws, model, data)
+        set_threads(nw)
         order, copy, bounds = plan.order, None, [0, plan.order.size]
         # a one-worker team only: with two, rows stay where they lie, as before (an A/B measured
         # the copy slower there, 121 vs 106 ms on 784-128-10 at batch 128, but within this
@@ -562,6 +581,25 @@ class NumbaBackend(Backend):
                 pipeline.run_in_parts(copy, bounds, run)
         return EpochResult(loss_sum[0], correct[0], nw, "sync" if nw > 1 else "serial")
 
+    @staticmethod
+    def _train_split(net, plan, ws, model, data):
+        """The split epoch (numba_split.train_epoch_split) over plan's rows, copied in visiting
+        order into the workspace's buffers as it goes."""
+        ptr, idx, val = ws.csr
+        m, bs = plan.order.size, int(plan.batch_size)
+        nnz = int(_call(K.csr_rows_nnz, ptr, plan.order))
+        buf = pipeline.perm_buffers(ws, m, nnz, plan.targets, idx.dtype)
+        stream = data._replace(csr_ptr=buf[0][:m + 1], csr_idx=buf[1], csr_val=buf[2], targets=buf[3][:m],
+                               labels=buf[4][:m])
+        flags = np.zeros(numba_split.F_SIZE, dtype=np.int64)
+        zu = np.zeros(ws.team.bm * net.sizes[1], dtype=net.dtype)
+        tables = np.zeros(512, dtype=net.dtype)
+        losses, corrects = np.zeros(1), np.zeros(1, dtype=np.int64)
+        set_threads(2)
+        _call(numba_split.train_epoch_split, model, data, stream, plan.order, buf[5][:m], plan.lrs, bs, ws.team,
+              flags, zu, tables, losses, corrects)
+        return EpochResult(float(losses[0]), int(corrects[0]), 2, "split")
+
     def prepare(self, net, plan):
         """Compile (or load from the on-disk cache) the kernels `plan` needs on a tiny copy of the
         problem, then build the workspace for plan: the CSR index of plan.X as it is now, the
@@ -570,6 +608,7 @@ class NumbaBackend(Backend):
         and plan.rule.state untouched."""
         blas_controller()  # made now, not in a timed epoch
         dispatchers = (K.train_epoch, K.train_epoch_hogwild, K.train_epoch_team, numba_cols.train_epoch_cols,
+                       numba_split.train_epoch_split,
                        K.forward_chunks, K.forward_flat, K.csr_fill)
         before = [_cache_counts(d) for d in dispatchers]
         t0 = time.perf_counter()

@@ -75,7 +75,7 @@ Net = namedtuple("Net", "params layout kinds")
 Data = namedtuple("Data", "X x_scale csr_ptr csr_idx csr_val targets labels loss")
 Scratch = namedtuple("Scratch", "acts act_off sizes zlast delta0 delta1 gW use_blas n_split")
 Optim = namedtuple("Optim", "kind momentum nesterov weight_decay l1 beta1 beta2 eps step grad state1 state2")
-Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas lut cs es ev lo hi slut")
+Team = namedtuple("Team", "acts deltas zlast WT woff wt_size bm act_off sizes use_blas lut cs es ev lo hi slut split")
 Augment = namedtuple("Augment", "dropout drop_scale seed first_position max_shift img_rows img_cols masks dropped "
                                 "mptr midx mval brows pixel_row pixel_col max_rotate elastic_alpha aug_work")
 
@@ -103,7 +103,7 @@ def borrowed_scratch(s):
 def borrowed_team(t):
     return Team(borrow(t.acts), borrow(t.deltas), borrow(t.zlast), borrow(t.WT), borrow(t.woff), t.wt_size, t.bm,
                 borrow(t.act_off), borrow(t.sizes), borrow(t.use_blas), borrow(t.lut), borrow(t.cs), borrow(t.es),
-                borrow(t.ev), borrow(t.lo), borrow(t.hi), borrow(t.slut))
+                borrow(t.ev), borrow(t.lo), borrow(t.hi), borrow(t.slut), t.split)
 
 
 @njit(**JIT)
@@ -1311,7 +1311,7 @@ def team_forward(net, data, rows, t, s, s0):
         z = s.zlast if l == L - 1 else a
         if l == 0 and data.csr_ptr.shape[0] > 0:  # numba_sparse, z flat at the worker's rows
             if t.sizes[1] <= VL:
-                sparse_forward_narrow(ptr, idx, val, t.lut, in_rows, W, b, z)
+                sparse_forward_narrow(ptr, idx, val, t.lut, in_rows, W, b, z, t.split, 0)
             else:
                 zbuf, zoff = (t.zlast, s0 * t.sizes[1]) if L == 1 else (t.acts, s.act_off[1])
                 sparse_forward(ptr, idx, val, t.lut, in_rows, view1d(net.params, net.layout[0, 0],

@@ -13,6 +13,8 @@ indexing does then; in the normal build they compile to the bare instructions.
 """
 from __future__ import annotations
 
+import platform
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
@@ -638,3 +640,65 @@ def borrow(typingctx, arr):
         return out._getvalue()
 
     return arr(arr), codegen
+
+
+# ---- hand-offs between the split epoch's two threads (numba_split) ---------------------------
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def _check_counter(arr, i):
+    return (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.int64
+            and isinstance(i, types.Integer))
+
+
+@intrinsic
+def counter_load(typingctx, arr, i):
+    """arr[i] (int64) read with acquire ordering: what the thread that published it wrote
+    before publishing is visible after this read. Never hoisted out of a loop."""
+    if not _check_counter(arr, i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_element_ptr(context, builder, sig, args, 1), "acquire", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def counter_publish(typingctx, arr, i, value):
+    """arr[i] = value (int64) with release ordering: every write before it is visible to a
+    thread that reads the value with counter_load."""
+    if not _check_counter(arr, i) or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(v, _element_ptr(context, builder, sig, args, 1), "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, value), codegen
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """x86 `pause` in a spin-wait loop (frees the core's resources; elsewhere nothing)."""
+    def codegen(context, builder, sig, args):
+        if _X86:  # LLVM's intrinsic: Numba's JIT has no parser for inline assembly
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def yield_core(typingctx):
+    """sched_yield(): give the core to another runnable thread (a spin-wait that lasts, e.g.
+    with more threads than cores, while the thread it waits for needs this core)."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen

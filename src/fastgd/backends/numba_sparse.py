@@ -152,13 +152,79 @@ def _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, n_out):
 
 
 @njit(**JIT)
-def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z):
-    """_sparse_forward_narrow; at exactly 16 units with the width a constant (whole-vector loads,
-    a shift for the row offset)."""
-    if W.shape[1] == VL:
-        _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, VL)
+def _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, n_out, split, lower, upper):
+    """_sparse_forward_narrow with each row summed in two parts (numba_split): the pixels below
+    `split` from the bias, the rest from zero, then added (lower + upper), so that the split
+    epoch's two threads, each owning one part, give the bits of every other mode. lower / upper
+    False leaves that part out (the split epoch's threads: one part each)."""
+    bv = vload(b, 0, n_out)
+    zero = vsplat(0, b)
+    for i in range(rows.shape[0]):
+        r = ld(rows, i)
+        p0 = ld(ptr, r)
+        p1 = ld(ptr, r + 1)
+        mid = _first_at_least(idx, p0, p1, split)
+        lo = zero
+        if lower:
+            acc0 = bv
+            acc1 = zero
+            acc2 = zero
+            acc3 = zero
+            p = p0
+            while p + 4 <= mid:
+                acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
+                acc1 = vfma(acc1, ld(lut, ld(val, p + 1)), vload(W, np.int64(ld(idx, p + 1)) * n_out, n_out))
+                acc2 = vfma(acc2, ld(lut, ld(val, p + 2)), vload(W, np.int64(ld(idx, p + 2)) * n_out, n_out))
+                acc3 = vfma(acc3, ld(lut, ld(val, p + 3)), vload(W, np.int64(ld(idx, p + 3)) * n_out, n_out))
+                p += 4
+            while p < mid:
+                acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
+                p += 1
+            lo = vadd(vadd(acc0, acc1), vadd(acc2, acc3))
+        if upper:
+            acc0 = zero
+            acc1 = zero
+            acc2 = zero
+            acc3 = zero
+            p = mid
+            while p + 4 <= p1:
+                acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
+                acc1 = vfma(acc1, ld(lut, ld(val, p + 1)), vload(W, np.int64(ld(idx, p + 1)) * n_out, n_out))
+                acc2 = vfma(acc2, ld(lut, ld(val, p + 2)), vload(W, np.int64(ld(idx, p + 2)) * n_out, n_out))
+                acc3 = vfma(acc3, ld(lut, ld(val, p + 3)), vload(W, np.int64(ld(idx, p + 3)) * n_out, n_out))
+                p += 4
+            while p < p1:
+                acc0 = vfma(acc0, ld(lut, ld(val, p)), vload(W, np.int64(ld(idx, p)) * n_out, n_out))
+                p += 1
+            hi = vadd(vadd(acc0, acc1), vadd(acc2, acc3))
+            lo = vadd(lo, hi) if lower else hi
+        vstore(z, i * n_out, n_out, lo)
+
+
+@njit(**JIT)
+def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, split=1 << 62, part=0):
+    """_sparse_forward_narrow, or with split < n_in _sparse_forward_narrow_split (part 0: both
+    parts, 1: the lower only, 2: the upper only); at exactly 16 units with the width a constant
+    (whole-vector loads, a shift for the row offset)."""
+    if split >= W.shape[0]:
+        if W.shape[1] == VL:
+            _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, VL)
+        else:
+            _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, W.shape[1])
+    elif part == 1:
+        if W.shape[1] == VL:
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, True, False)
+        else:
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, True, False)
+    elif part == 2:
+        if W.shape[1] == VL:
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, False, True)
+        else:
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, False, True)
+    elif W.shape[1] == VL:
+        _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, True, True)
     else:
-        _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, W.shape[1])
+        _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, True, True)
 
 
 # ---- update: the minibatch's pixels by weight row --------------------------------------------
