@@ -753,9 +753,29 @@ def output_delta(net, data, rows, s):
     d = view2d(s.delta0, 0, bmax, s.sizes[L])
     loss_sum = 0.0
     correct = 0
+    out_kind = net.kinds[L - 1]
+    if data.loss == MSE and out_kind != SOFTMAX:
+        # loss_forward_backward's MSE case written out over the rows: its per-row calls cost more
+        # than their arithmetic (lesson network: 3.5 -> 1.3 ms an epoch); the same operations
+        n = out.shape[1]
+        t = data.targets
+        for i in range(B):
+            r = rows[i]
+            o = i * n
+            sq = vsplat(0, out)
+            for j0 in range(0, n, VL):
+                m = min(VL, n - j0)
+                av = vload(out, o + j0, m)
+                diff = vsub(av, vload(t, r * n + j0, m))
+                sq = vfma(sq, diff, diff)
+                vstore(d, o + j0, m, dact_vec(av, diff, out_kind))
+            loss_sum += 0.5 * float(vsum(sq))
+            if argmax_row(out, i) == data.labels[r]:
+                correct += 1
+        return loss_sum, correct
     for i in range(B):
         r = rows[i]
-        loss_sum += loss_forward_backward(s.zlast, out, d, i, data.targets, r, data.loss, net.kinds[L - 1])
+        loss_sum += loss_forward_backward(s.zlast, out, d, i, data.targets, r, data.loss, out_kind)
         if argmax_row(out, i) == data.labels[r]:
             correct += 1
     return loss_sum, correct
