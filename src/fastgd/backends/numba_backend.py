@@ -591,13 +591,16 @@ class NumbaBackend(Backend):
         buf = pipeline.perm_buffers(ws, m, nnz, plan.targets, idx.dtype)
         stream = data._replace(csr_ptr=buf[0][:m + 1], csr_idx=buf[1], csr_val=buf[2], targets=buf[3][:m],
                                labels=buf[4][:m])
+        mids = getattr(ws, "split_mids", None)
+        if mids is None or mids.size < m + 1:
+            mids = ws.split_mids = np.zeros(max(m + 1, buf[0].size), np.int64)
         flags = np.zeros(numba_split.F_SIZE, dtype=np.int64)
         zu = np.zeros(ws.team.bm * net.sizes[1], dtype=net.dtype)
         tables = np.zeros(512, dtype=net.dtype)
         losses, corrects = np.zeros(1), np.zeros(1, dtype=np.int64)
         set_threads(2)
-        _call(numba_split.train_epoch_split, model, data, stream, plan.order, buf[5][:m], plan.lrs, bs, ws.team,
-              flags, zu, tables, losses, corrects)
+        _call(numba_split.train_epoch_split, model, data, stream, mids[:m + 1], plan.order, buf[5][:m], plan.lrs, bs,
+              ws.team, flags, zu, tables, losses, corrects)
         return EpochResult(float(losses[0]), int(corrects[0]), 2, "split")
 
     def prepare(self, net, plan):

@@ -152,18 +152,24 @@ def _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, n_out):
 
 
 @njit(**JIT)
-def _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, n_out, split, lower, upper):
+def _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, n_out, split, lower, upper, mids):
     """_sparse_forward_narrow with each row summed in two parts (numba_split): the pixels below
     `split` from the bias, the rest from zero, then added (lower + upper), so that the split
     epoch's two threads, each owning one part, give the bits of every other mode. lower / upper
-    False leaves that part out (the split epoch's threads: one part each)."""
+    False leaves that part out (the split epoch's threads: one part each). mids: None, or per
+    row its first entry at or above split (the split epoch's copy finds them; else a binary search).
+    The two parts' loops are written out, as the module docstring explains: with one shared
+    helper for the three sums the lower part measured 5.9 -> 8.1 ms per 6000 lesson steps."""
     bv = vload(b, 0, n_out)
     zero = vsplat(0, b)
     for i in range(rows.shape[0]):
         r = ld(rows, i)
         p0 = ld(ptr, r)
         p1 = ld(ptr, r + 1)
-        mid = _first_at_least(idx, p0, p1, split)
+        if mids is None:
+            mid = _first_at_least(idx, p0, p1, split)
+        else:
+            mid = ld(mids, r)
         lo = zero
         if lower:
             acc0 = bv
@@ -202,7 +208,7 @@ def _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, n_out, split
 
 
 @njit(**JIT)
-def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, split=1 << 62, part=0):
+def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, split=1 << 62, part=0, mids=None):
     """_sparse_forward_narrow, or with split < n_in _sparse_forward_narrow_split (part 0: both
     parts, 1: the lower only, 2: the upper only); at exactly 16 units with the width a constant
     (whole-vector loads, a shift for the row offset)."""
@@ -213,18 +219,18 @@ def sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, split=1 << 62, part
             _sparse_forward_narrow(ptr, idx, val, lut, rows, W, b, z, W.shape[1])
     elif part == 1:
         if W.shape[1] == VL:
-            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, True, False)
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, True, False, mids)
         else:
-            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, True, False)
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, True, False, mids)
     elif part == 2:
         if W.shape[1] == VL:
-            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, False, True)
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, False, True, mids)
         else:
-            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, False, True)
+            _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, False, True, mids)
     elif W.shape[1] == VL:
-        _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, True, True)
+        _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, VL, split, True, True, mids)
     else:
-        _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, True, True)
+        _sparse_forward_narrow_split(ptr, idx, val, lut, rows, W, b, z, W.shape[1], split, True, True, mids)
 
 
 # ---- update: the minibatch's pixels by weight row --------------------------------------------
@@ -390,7 +396,7 @@ def csc_update(cs, es, ev, i0, i1, lut, D, do, n_out, coef, W, slab8):
 
 
 @njit(**JIT)
-def _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
+def _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W, mids):
     """sparse_update for a layer of at most 16 units (one vector per weight row): sample by
     sample, W[k] += table[v] * D[s] for each of its non-zero pixels k in [i0, i1), table[v] =
     coef * lut[v] (built once per step by sparse_update: a pixel then costs a broadcast load, not
@@ -402,10 +408,14 @@ def _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
         r = ld(rows, s)
         p0 = ld(ptr, r)
         p1 = ld(ptr, r + 1)
-        a = p0 if i0 <= 0 else _first_at_least(idx, p0, p1, i0)
-        if a >= p1:
-            continue
-        e = p1 if np.int64(ld(idx, p1 - 1)) < i1 else _first_at_least(idx, a, p1, i1)
+        if mids is not None:  # [i0, i1) is [0, split) or [split, n_in): the row's split point
+            a = p0 if i0 <= 0 else ld(mids, r)
+            e = ld(mids, r) if i0 <= 0 else p1
+        else:
+            a = p0 if i0 <= 0 else _first_at_least(idx, p0, p1, i0)
+            if a >= p1:
+                continue
+            e = p1 if np.int64(ld(idx, p1 - 1)) < i1 else _first_at_least(idx, a, p1, i1)
         d = vload(D, do + s * n_out, m)
         p = a
         # four rows loaded before any is stored (a sample's pixels are distinct rows), as
@@ -431,12 +441,14 @@ def _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
 
 
 @njit(**JIT)
-def sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W):
-    """_sparse_update_narrow; at exactly 16 units with the width a constant (as the forward)."""
+def sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W, mids=None):
+    """_sparse_update_narrow; at exactly 16 units with the width a constant (as the forward).
+    mids: None, or per row its first entry at or above the split pixel, when [i0, i1) is one of
+    the split epoch's two halves (no binary search per row)."""
     if n_out == VL:
-        _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, VL, W)
+        _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, VL, W, mids)
     else:
-        _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W)
+        _sparse_update_narrow(ptr, idx, val, table, rows, i0, i1, D, do, n_out, W, mids)
 
 
 @njit(**JIT)
