@@ -173,8 +173,11 @@ def test_local_pool_and_dask_equal_sequential(tmp_path, dask_client):
     assert {r["pid"] for r in pool.records} != {os.getpid()} and len({r["pid"] for r in dask.records}) == 2
     assert pool.runner == "local pool, 2 processes" and dask.runner.startswith("dask ")
     for placement in data_keys:
-        assert len(placement) == 2 and all(len(keys) == 1 for keys in placement.values())
-        assert len({keys[0] for keys in placement.values()}) == 1
+        # one data key, broadcast once: no worker holds a second copy. Dask's active memory
+        # manager may drop a replica no waiting task needs (seen in CI: one worker held none
+        # mid-sweep), so a worker may hold zero
+        assert len(placement) == 2 and all(len(keys) <= 1 for keys in placement.values())
+        assert len({k for keys in placement.values() for k in keys}) == 1
     for r in dask.records:
         assert r["threads"] == 1 and r["backend"] == seq.records[0]["backend"] and r["history"]
         assert r["train_seconds"] > 0 and r["settings"]["sizes"] == [784, 8, 10]
