@@ -88,6 +88,7 @@ cdef extern from "fastgd_simd.h":
                                      double* z) noexcept nogil
     void fgd_add_rows16f(float* z, const float* upper, long n) noexcept nogil
     void fgd_add_rows16d(double* z, const double* upper, long n) noexcept nogil
+    int64_t fgd_cycles() noexcept nogil
     void fgd_publish(int64_t* flag, int64_t value) noexcept nogil
     void fgd_await(const int64_t* flag, int64_t value) noexcept nogil
     void fgd_sparse_forward_f(const uint16_t* idx, const uint8_t* val, long nnz, const float* lut,
@@ -1489,6 +1490,27 @@ cdef enum:
     F_SIZE = 32
 
 
+# The split epoch's optional phase profile (a measuring aid, bench/split_profile.py): cycles
+# (fgd_cycles) each thread spent in each phase, at the slots backends/base.py's
+# SPLIT_PROFILE_PHASES names: the lower thread's in 0-7, the upper's in 16-23 (a cache line
+# apart whatever the array's alignment).
+SPLIT_PROFILE_SLOTS = 24
+
+
+def cycles():
+    """The profile's clock now (fgd_cycles: the time-stamp counter on x86), to calibrate it."""
+    return fgd_cycles()
+
+
+cdef inline void tick(int64_t* prof, int slot, int64_t* last) noexcept nogil:
+    """With a profile: the cycles since this thread's last tick count to `slot`."""
+    cdef int64_t t
+    if prof != NULL:
+        t = fgd_cycles()
+        prof[slot] += t - last[0]
+        last[0] = t
+
+
 cdef struct Stream:
     # where the upper thread copies rows, in visiting order (row s of the call = stream row s)
     const int64_t* src_ptr      # the input's CSR and targets/labels, rows in `order`
@@ -1563,7 +1585,8 @@ cdef void sparse16_part(const Ctx* c, const floating* W0, const int64_t* rows, i
 
 
 cdef void split_upper(const Ctx* c, const Stream* st, floating* P, floating* S, floating* zu,
-                      const int64_t* ident, int64_t bs, const double* lr, int64_t* flags) noexcept nogil:
+                      const int64_t* ident, int64_t bs, const double* lr, int64_t* flags,
+                      int64_t* prof) noexcept nogil:
     """The upper thread: its sums, the copy ahead, its weight rows' update, every step."""
     cdef int64_t m = st.m, n_steps = (st.m + bs - 1) // bs
     cdef int64_t step, B, s, row, k, pos = 0, ahead
@@ -1573,6 +1596,7 @@ cdef void split_upper(const Ctx* c, const Stream* st, floating* P, floating* S, 
     cdef const floating* D0 = S + c.soff[S_DELTAS] + c.lay[L_ACT]
     cdef floating scaled[256]
     cdef floating coef
+    cdef int64_t last = fgd_cycles() if prof != NULL else 0
     ahead = min(<int64_t>GATHER_AHEAD, n_steps)
     pos = stream_rows(st, 0, min(ahead * bs, m), c.split_pixel, c.n_out, pos, <floating*>st.targets)
     fgd_publish(flags + F_GATHERED, ahead)
@@ -1581,6 +1605,7 @@ cdef void split_upper(const Ctx* c, const Stream* st, floating* P, floating* S, 
         rows = ident + step * bs
         sparse16_part(c, W0, rows, B, True, zu)
         fgd_publish(flags + F_UPPER, step + 1)
+        tick(prof, 16, &last)
         if step + GATHER_AHEAD < n_steps:
             pos = stream_rows(st, (step + GATHER_AHEAD) * bs, min((step + GATHER_AHEAD + 1) * bs, m),
                               c.split_pixel, c.n_out, pos, <floating*>st.targets)
@@ -1588,7 +1613,9 @@ cdef void split_upper(const Ctx* c, const Stream* st, floating* P, floating* S, 
         coef = <floating>(-lr[step] / B)
         for k in range(256):
             scaled[k] = coef * lut[k]
+        tick(prof, 17, &last)
         fgd_await(flags + F_DELTAS, step + 1)
+        tick(prof, 18, &last)
         for s in range(B):
             row = rows[s]
             k = row_mid(c, row)
@@ -1598,6 +1625,7 @@ cdef void split_upper(const Ctx* c, const Stream* st, floating* P, floating* S, 
             else:
                 fgd_sparse_update16d(c.csr_idx + k, c.csr_val + k, c.csr_ptr[row + 1] - k, scaled,
                                      D0 + s * VL, 0, 65536, W0)
+        tick(prof, 19, &last)
 
 
 cdef void prefetch_stream(const Ctx* c, const int64_t* rows, int64_t B, int64_t tsize) noexcept nogil:
@@ -1614,12 +1642,13 @@ cdef void prefetch_stream(const Ctx* c, const int64_t* rows, int64_t B, int64_t 
 
 cdef void split_lower(const Ctx* c, floating* P, floating* S, const int64_t* ident, int64_t m,
                       int64_t bs, const double* lr, const Rule* r, double* lo, int64_t* co,
-                      int64_t* flags) noexcept nogil:
+                      int64_t* flags, int64_t* prof) noexcept nogil:
     """The lower thread: its sums, the rest of the network, its rows' and the small layers' update."""
     cdef int64_t n_steps = (m + bs - 1) // bs, step, B
     cdef const int64_t* rows
     # the first layer's pre-activations: the output block when it is the only layer
     cdef floating* Z0 = S + (c.soff[S_ZOUT] if c.n_layers == 1 else c.soff[S_ACTS] + c.lay[L_ACT])
+    cdef int64_t last = fgd_cycles() if prof != NULL else 0
     for step in range(n_steps):
         B = min(bs, m - step * bs)
         rows = ident + step * bs
@@ -1627,24 +1656,36 @@ cdef void split_lower(const Ctx* c, floating* P, floating* S, const int64_t* ide
         if step + 1 < n_steps:  # the next step's rows: the other core wrote them
             fgd_await(flags + F_GATHERED, step + 2)
             prefetch_stream(c, rows + B, min(bs, m - (step + 1) * bs), sizeof(floating))
+        tick(prof, 0, &last)
         sparse16_part(c, P + c.lay[L_W], rows, B, False, Z0)
+        tick(prof, 1, &last)
         fgd_await(flags + F_UPPER, step + 1)
-        minibatch_forward_backward(c, P, S, rows, 0, 0, B, True, lo, co, c.first_position + step * bs)
+        tick(prof, 2, &last)
+        # minibatch_forward_backward's three parts, ticked apart for the profile
+        network_forward(c, P, S, rows, 0, 0, B, True, c.first_position + step * bs)
+        tick(prof, 3, &last)
+        output_delta(c, S, rows, 0, 0, B, True, lo, co)
+        tick(prof, 4, &last)
+        hidden_deltas(c, P, S, 0, B)
+        tick(prof, 5, &last)
         fgd_publish(flags + F_DELTAS, step + 1)
         apply_step(c, P, S, NULL, rows, B, lr[step], r.step + step + 1, 0, 1, r, NULL)
+        tick(prof, 6, &last)
 
 
 def train_epoch_split(floating[::1] params, Problem problem, const int64_t[::1] order,
                       const double[::1] lrs, int64_t batch_size, floating[:, ::1] scratch,
                       int64_t[::1] out_ptr, int64_t[::1] out_mid, uint16_t[::1] out_idx,
                       uint8_t[::1] out_val, floating[:, ::1] out_targets, int32_t[::1] out_labels,
-                      const int64_t[::1] identity, double[::1] loss_out, int64_t[::1] correct_out):
+                      const int64_t[::1] identity, double[::1] loss_out, int64_t[::1] correct_out,
+                      int64_t[::1] profile=None):
     """Plain SGD over every minibatch of `order` on two threads (see "the split epoch" above):
     problem holds the input's CSR, targets and labels, and its split_pixel; the rows are copied
     in visiting order into out_* (ptr and mid: len(order) + 1; idx, val: the rows' non-zeros;
     targets, labels, identity (0, 1, ...): len(order) rows) as the epoch goes. Gives the bits of
     train_epoch in serial mode on those copied rows, with the same split_pixel. Loss sums and
-    correct counts go to loss_out[0], correct_out[0]."""
+    correct counts go to loss_out[0], correct_out[0]. profile: None, or SPLIT_PROFILE_SLOTS
+    int64 to which each phase's cycles are added (SPLIT_PROFILE_PHASES; two threads only)."""
     cdef Ctx src = problem.c
     cdef Ctx c
     cdef Ctx lower
@@ -1662,8 +1703,13 @@ def train_epoch_split(floating[::1] params, Problem problem, const int64_t[::1] 
     cdef int64_t k, total = 0
     cdef int tid, nt
     cdef unsigned int fp_mode = 0
+    cdef int64_t* prof = NULL
     if problem.itemsize != <int>sizeof(floating):
         raise TypeError("targets and params have different float types")
+    if profile is not None:
+        if profile.shape[0] < SPLIT_PROFILE_SLOTS:
+            raise ValueError(f"train_epoch_split: the profile needs {SPLIT_PROFILE_SLOTS} slots")
+        prof = &profile[0]
     if (src.csr_ptr == NULL or src.targets == NULL or src.lay[L_PAD] != VL or src.split_pixel >= src.n_in
             or src.augment or src.dropout > 0 or m == 0 or batch_size < 1):
         raise ValueError("train_epoch_split takes a sparse 16-lane first layer with a split_pixel, "
@@ -1725,9 +1771,9 @@ def train_epoch_split(floating[::1] params, Problem problem, const int64_t[::1] 
                            min(batch_size, m - k * batch_size), lrs[k], k + 1, 0, 1, &r, NULL)
         elif tid == 0:
             split_lower(&lower, P, S, rows0, m, batch_size, &lrs[0], &r, &loss_out[0],
-                        &correct_out[0], flags)
+                        &correct_out[0], flags, prof)
         elif tid == 1:
-            split_upper(&c, &st, P, S, zu, rows0, batch_size, &lrs[0], flags)
+            split_upper(&c, &st, P, S, zu, rows0, batch_size, &lrs[0], flags, prof)
         fgd_restore_fp(fp_mode)
 
 

@@ -469,6 +469,30 @@ def test_split_epoch_only_where_it_applies(backend):
         np.testing.assert_allclose(mine.params, ref.params, rtol=1e-4, atol=1e-5)
 
 
+def test_split_profile_counts_every_phase_and_keeps_the_bits():
+    """The split epoch's optional phase profile (split_profile, bench/split_profile.py): the
+    same bits as without it; every work phase of both threads counted, no slot outside
+    base.SPLIT_PROFILE_PHASES written; a profile of the wrong size refused."""
+    from fastgd.backends.base import SPLIT_PROFILE_PHASES, SPLIT_PROFILE_SLOTS
+    assert dense_sgd.SPLIT_PROFILE_SLOTS == SPLIT_PROFILE_SLOTS
+    net, X, scale, targets, labels = problem([60, 16, 16, 10], 47, np.float32, seed=33)
+    runs = []
+    for profile in (None, np.zeros(SPLIT_PROFILE_SLOTS, dtype=np.int64)):
+        b = cython_backend.CythonBackend()
+        b.split_profile = profile
+        mine = net.copy()
+        result = train(b, mine, configure(make_plan(X, scale, targets, labels, 5, threads=2), net, seed=3))
+        runs.append((mine.params, result.loss_sum, result.n_correct, result.mode))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1:] == runs[1][1:] and runs[0][3] == "split"
+    work = [1, 3, 4, 5, 6, 16, 17, 19]  # sums, forward, loss, deltas, updates, the copy
+    assert all(profile[k] > 0 for k in work), profile
+    assert not profile[[k for k in range(SPLIT_PROFILE_SLOTS) if k not in SPLIT_PROFILE_PHASES]].any()
+    b.split_profile = np.zeros(SPLIT_PROFILE_SLOTS - 1, dtype=np.int64)
+    with pytest.raises(ValueError, match="profile"):
+        train(b, net.copy(), configure(make_plan(X, scale, targets, labels, 5, threads=2), net, seed=3))
+
+
 SPLIT_ONE_THREAD_SCRIPT = """
 import numpy as np, fastgd
 from fastgd.backends import EpochPlan, cython_backend

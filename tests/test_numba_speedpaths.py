@@ -613,6 +613,41 @@ def test_split_kernel_given_one_thread_runs_both_halves(monkeypatch):
     assert (result.loss_sum, result.n_correct) == (expected.loss_sum, expected.n_correct)
 
 
+def test_split_profile_counts_every_phase_and_keeps_the_bits():
+    """The split epoch's optional phase profile (split_profile, bench/split_profile.py): the
+    same bits as without it; where the split runs on two threads (not in the bounds-checked
+    build), every work phase of both threads counted (on x86, where the cycle counter ticks) and
+    no slot outside base.SPLIT_PROFILE_PHASES written, and a profile of the wrong size refused."""
+    from fastgd.backends.base import SPLIT_PROFILE_PHASES, SPLIT_PROFILE_SLOTS
+    from fastgd.backends.numba_simd import _X86
+    net, X, scale, targets, labels = _split_problem([60, 16, 16, 10], 47, np.float32)
+    order = np.random.default_rng(7).permutation(X.shape[0])
+    runs = []
+    for profile in (None, np.zeros(SPLIT_PROFILE_SLOTS, dtype=np.int64)):
+        b = NumbaBackend(blas_min_work=LOOPS)
+        b.overlap_gather = False  # one kernel call where the split cannot run (as above)
+        b.split_profile = profile
+        mine = net.copy()
+        plan = plan_for(X, scale, targets, labels, order, 5, 0.5, "mse", 2)
+        ws = b.prepare(mine, plan)
+        profile is None or profile.fill(0)  # prepare's warm-up epoch ran with it too
+        result = b.train_epoch(mine, plan, ws)
+        runs.append((mine.params, result.loss_sum, result.n_correct, result.mode))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1:] == runs[1][1:]
+    if not ws.split_works:
+        assert runs[1][3] != "split" and not profile.any()
+        return
+    assert runs[1][3] == "split"
+    if _X86:
+        work = [1, 3, 4, 5, 6, 16, 17, 19]  # sums, forward, loss, deltas, updates, the copy
+        assert all(profile[k] > 0 for k in work), profile
+    assert not profile[[k for k in range(SPLIT_PROFILE_SLOTS) if k not in SPLIT_PROFILE_PHASES]].any()
+    b.split_profile = np.zeros(SPLIT_PROFILE_SLOTS - 1, dtype=np.int64)
+    with pytest.raises(ValueError, match="split_profile"):
+        b.train_epoch(net.copy(), plan, ws)
+
+
 def test_split_epoch_only_where_it_applies():
     """A first layer wider than 16 units, dense input, momentum or split = False keep the other
     epochs on 2 threads."""

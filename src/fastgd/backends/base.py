@@ -114,6 +114,17 @@ def sparse_input_pays(X, max_density):
 #: the network).
 SPLIT_LOWER_SHARE = 0.5
 
+#: The split epoch's optional phase profile (both compiled backends' `split_profile` knob; a
+#: measuring aid, bench/split_profile.py): slot -> phase. The lower thread's slots are 0-7, the
+#: upper's 16-23, so that the two threads never write one cache line.
+SPLIT_PROFILE_PHASES = {
+    0: "lower: wait for the step's rows", 1: "lower: sums of its pixels", 2: "lower: wait for the upper sums",
+    3: "lower: forward of the other layers", 4: "lower: output loss and delta", 5: "lower: hidden deltas",
+    6: "lower: update (its rows, the small layers)",
+    16: "upper: sums of its pixels", 17: "upper: copy of the rows ahead", 18: "upper: wait for the deltas",
+    19: "upper: update of its rows"}
+SPLIT_PROFILE_SLOTS = 24
+
 
 def balanced_split(idx, n_in, share=None):
     """The pixel at which a sparse first layer's rows are split between the "split" epoch's two

@@ -180,6 +180,8 @@ class CythonBackend(Backend):
         layer is sparse and 16 units wide, run the "split" epoch instead: its weight rows
         split at a pixel between two threads, the second also copying the rows in visiting
         order (kernels/dense_sgd.pyx, train_epoch_split; the same bits as one thread).
+      split_profile: None, or an int64 array of base.SPLIT_PROFILE_SLOTS to which each
+        split epoch adds its threads' cycles per phase (a measuring aid: bench/split_profile.py).
     """
 
     name = NAME
@@ -195,6 +197,7 @@ class CythonBackend(Backend):
         self.sync_min_work = 1 << 21  # lesson network: batch >= 165
         self.overlap_gather = True
         self.split = True
+        self.split_profile = None
         self.permute_sparse = True
         self.blas_threading = os.environ.get("FASTGD_CYTHON_BLAS_THREADING", "openmp")
         self.permute_dense = True
@@ -587,7 +590,7 @@ class CythonBackend(Backend):
         correct_out = np.zeros(1, dtype=np.int64)
         _k.train_epoch_split(params, problem, order, plan.lrs, int(plan.batch_size), ws.scratch, buf[0][:m + 1],
                              mid[:m + 1], buf[1], buf[2], buf[3][:m], buf[4][:m], buf[5][:m], loss_out,
-                             correct_out)
+                             correct_out, self.split_profile)
         lay.unpad(params, net.params)
         return EpochResult(float(loss_out[0]), int(correct_out[0]), 2, "split")
 

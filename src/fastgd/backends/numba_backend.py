@@ -76,7 +76,8 @@ import numpy as np
 
 from .. import ops
 from .base import (AUGMENT_FEATURES, COLS_MIN_WORK, FEATURES, SGD, Backend, BackendUnavailable, EpochResult,
-                   Workspace, balanced_split, blas_controller, blas_limit, cols_pays, sparse_input_pays)
+                   SPLIT_PROFILE_SLOTS, Workspace, balanced_split, blas_controller, blas_limit, cols_pays,
+                   sparse_input_pays)
 
 try:
     import numba
@@ -271,6 +272,8 @@ class NumbaBackend(Backend):
         16 units wide, run the "split" epoch instead (numba_split: the layer's weight rows split at
         a pixel between two threads, the second also copying the rows; the same bits).
       split_share: the lower thread's share of the layer's non-zeros (None: base.SPLIT_LOWER_SHARE).
+      split_profile: None, or an int64 array of base.SPLIT_PROFILE_SLOTS to which each split
+        epoch adds its threads' cycles per phase (a measuring aid: bench/split_profile.py).
     """
 
     name = NAME
@@ -293,6 +296,7 @@ class NumbaBackend(Backend):
         self.overlap_gather = True
         self.split = True
         self.split_share = None
+        self.split_profile = None
 
     # ---- sparse input ---------------------------------------------------------------------------
     def _csr(self, X, first_layer_blas):
@@ -549,7 +553,7 @@ class NumbaBackend(Backend):
         nw = ws.team.woff.shape[0] // ws.team.act_off.shape[0]
         bs = int(plan.batch_size)
         if self.split and ws.split_works and not use_blas.any():
-            return self._train_split(net, plan, ws, model, data)
+            return self._train_split(net, plan, ws, model, data, self.split_profile)
         set_threads(nw)
         order, copy, bounds = plan.order, None, [0, plan.order.size]
         # a one-worker team only: with two, rows stay where they lie, as before (an A/B measured
@@ -582,7 +586,7 @@ class NumbaBackend(Backend):
         return EpochResult(loss_sum[0], correct[0], nw, "sync" if nw > 1 else "serial")
 
     @staticmethod
-    def _train_split(net, plan, ws, model, data):
+    def _train_split(net, plan, ws, model, data, profile=None):
         """The split epoch (numba_split.train_epoch_split) over plan's rows, copied in visiting
         order into the workspace's buffers as it goes."""
         ptr, idx, val = ws.csr
@@ -594,13 +598,16 @@ class NumbaBackend(Backend):
         mids = getattr(ws, "split_mids", None)
         if mids is None or mids.size < m + 1:
             mids = ws.split_mids = np.zeros(max(m + 1, buf[0].size), np.int64)
+        if profile is not None and (not isinstance(profile, np.ndarray) or profile.dtype != np.int64
+                                    or profile.ndim != 1 or profile.size < SPLIT_PROFILE_SLOTS):
+            raise ValueError(f"split_profile must be None or a 1-D int64 array of {SPLIT_PROFILE_SLOTS} slots")
         flags = np.zeros(numba_split.F_SIZE, dtype=np.int64)
         zu = np.zeros(ws.team.bm * net.sizes[1], dtype=net.dtype)
         tables = np.zeros(512, dtype=net.dtype)
         losses, corrects = np.zeros(1), np.zeros(1, dtype=np.int64)
         set_threads(2)
         _call(numba_split.train_epoch_split, model, data, stream, mids[:m + 1], plan.order, buf[5][:m], plan.lrs, bs,
-              ws.team, flags, zu, tables, losses, corrects)
+              ws.team, flags, zu, tables, losses, corrects, _NO_PROFILE if profile is None else profile)
         return EpochResult(float(losses[0]), int(corrects[0]), 2, "split")
 
     def prepare(self, net, plan):
@@ -636,6 +643,9 @@ class NumbaBackend(Backend):
         ws.info = {"seconds": seconds, "compiled": misses > 0, "cache_hits": hits, "cache_misses": misses,
                    "index_seconds": time.perf_counter() - t1}
         return ws
+
+
+_NO_PROFILE = np.zeros(0, dtype=np.int64)
 
 
 def _resamples(plan):

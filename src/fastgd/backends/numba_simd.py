@@ -680,6 +680,18 @@ def counter_publish(typingctx, arr, i, value):
 
 
 @intrinsic
+def cycles(typingctx):
+    """A cycle count (llvm.readcyclecounter: the time-stamp counter on x86, 0 on a target without
+    one), for the split epoch's optional phase profile: a clock call costs more than some phases."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+@intrinsic
 def spin_pause(typingctx):
     """x86 `pause` in a spin-wait loop (frees the core's resources; elsewhere nothing)."""
     def codegen(context, builder, sig, args):

@@ -26,8 +26,8 @@ from numba import njit, prange
 from .numba_kernels import (JIT, _acts, _layer_views, _team_scratch, activation_forward_rows, bias_update,
                             borrowed_data, borrowed_net, borrowed_team, dense_forward_loops, output_delta, team_deltas,
                             team_update_loops)
-from .numba_simd import (borrow, copy_elems, counter_load, counter_publish, ld, prefetch, spin_pause, team_size, vadd,
-                         view1d, view2d, vload, vstore, yield_core)
+from .numba_simd import (borrow, copy_elems, counter_load, counter_publish, cycles, ld, prefetch, spin_pause,
+                         team_size, vadd, view1d, view2d, vload, vstore, yield_core)
 from .numba_sparse import sparse_forward_narrow, sparse_update_narrow
 
 #: Steps between the upper thread's copy of a step's rows and their use.
@@ -37,6 +37,17 @@ GATHER_AHEAD = 4
 F_GATHERED, F_UPPER, F_DELTAS, F_SIZE = 0, 8, 16, 24
 #: Spins before a waiting thread yields its core (two trainers at once: more threads than cores).
 SPINS = 4096
+
+
+@njit(**JIT)
+def tick(prof, slot, last):
+    """With a profile (prof not empty; slots: base.SPLIT_PROFILE_PHASES): the cycles since last
+    count to slot. Returns the time now (last when there is no profile)."""
+    if prof.shape[0] == 0:
+        return last
+    now = cycles()
+    prof[slot] += now - last
+    return now
 
 
 @njit(**JIT)
@@ -110,8 +121,9 @@ def upper_update(net, st, mids, rows, t, coef, table):
 
 
 @njit(**JIT)
-def lower_step(net, st, mids, rows, t, s, zu, coef, table, flags, k):
-    """One step of the lower thread (see the module docstring); returns (loss sum, n_correct)."""
+def lower_step(net, st, mids, rows, t, s, zu, coef, table, flags, k, prof, last):
+    """One step of the lower thread (see the module docstring), its phases ticked into prof from
+    last on; returns (loss sum, n_correct, the profile's time now)."""
     B = rows.shape[0]
     bm = s.zlast.shape[0]
     L = net.layout.shape[0]
@@ -120,8 +132,11 @@ def lower_step(net, st, mids, rows, t, s, zu, coef, table, flags, k):
     a0 = _acts(s.acts, s.act_off, s.sizes, 1, bm)
     z0 = s.zlast if L == 1 else a0
     await_counter(flags, F_GATHERED, k + 1)
+    last = tick(prof, 0, last)
     sparse_forward_narrow(st.csr_ptr, st.csr_idx, st.csr_val, t.lut, rows, W0, b0, z0, t.split, 1, mids)
+    last = tick(prof, 1, last)
     await_counter(flags, F_UPPER, k + 1)
+    last = tick(prof, 2, last)
     for i in range(B):  # lower + upper, as the one-thread sum
         vstore(z0, i * n1, n1, vadd(vload(z0, i * n1, n1), vload(zu, i * n1, n1)))
     activation_forward_rows(z0, a0, B, net.kinds[0])
@@ -132,8 +147,11 @@ def lower_step(net, st, mids, rows, t, s, zu, coef, table, flags, k):
         z = s.zlast if l == L - 1 else a
         dense_forward_loops(x, B, W, b, z)
         activation_forward_rows(z, a, B, net.kinds[l])
+    last = tick(prof, 3, last)
     loss, correct = output_delta(net, st, rows, s)
+    last = tick(prof, 4, last)
     team_deltas(net, t, s, B)
+    last = tick(prof, 5, last)
     counter_publish(flags, F_DELTAS, k + 1)
     # the update as team_update on one worker, the first layer's lower rows only
     for l in range(L):
@@ -147,11 +165,13 @@ def lower_step(net, st, mids, rows, t, s, zu, coef, table, flags, k):
                                  n1, view1d(net.params, net.layout[0, 0], n_in * n1), mids)
         else:
             team_update_loops(t, l, B, coef, tW, 0, t.sizes[l])
-    return loss, correct
+    last = tick(prof, 6, last)
+    return loss, correct, last
 
 
 @njit(parallel=True, **JIT)
-def train_epoch_split(net, src, st, mids, order, ident, lrs, batch_size, t, flags, zu, tables, losses, corrects):
+def train_epoch_split(net, src, st, mids, order, ident, lrs, batch_size, t, flags, zu, tables, losses, corrects,
+                      prof):
     """Plain SGD over every minibatch of `order` (rows of src: Data with the input's CSR, targets,
     labels) on two workers, the rows copied into st (Data of stream buffers: csr_ptr (m + 1,),
     csr_idx/csr_val (the rows' non-zeros), targets (m, n_out), labels (m,)) as the epoch goes;
@@ -159,7 +179,8 @@ def train_epoch_split(net, src, st, mids, order, ident, lrs, batch_size, t, flag
     are copied. t: a one-worker Team whose split is set; flags (F_SIZE,) int64 zeros;
     zu (bm * sizes[1],); tables (2, 256). Loss sum and correct count into losses[0], corrects[0].
     Needs a prange whose two iterations run one per OpenMP thread (numba_backend.team_works(2));
-    given one thread, worker 0 runs both halves itself (same bits)."""
+    given one thread, worker 0 runs both halves itself (same bits). prof: int64, empty, or
+    base.SPLIT_PROFILE_SLOTS slots to which each phase's cycles are added (two threads only)."""
     m = order.shape[0]
     n_steps = (m + batch_size - 1) // batch_size
     f = net.params.dtype.type
@@ -172,10 +193,15 @@ def train_epoch_split(net, src, st, mids, order, ident, lrs, batch_size, t, flag
         bident = borrow(ident)
         bmids = borrow(mids)
         bflags = borrow(flags)
+        bprof = borrow(prof)
+        # no profile when one thread runs both halves: its phases would interleave
+        no_prof = view1d(bprof, 0, 0)
         n1 = bt.sizes[1]
         zu2 = view2d(zu, 0, bt.bm, n1)
         table = view1d(tables, w * 256, 256)
         alone = team_size() < 2
+        wprof = no_prof if alone else bprof
+        last = cycles() if wprof.shape[0] > 0 else 0
         if w == 0:
             s = _team_scratch(bt, 0, 0)
             ls = 0.0
@@ -191,7 +217,7 @@ def train_epoch_split(net, src, st, mids, order, ident, lrs, batch_size, t, flag
                 if alone:
                     upper_sums(bnet, bst, bmids, rows, bt, zu2)
                     counter_publish(bflags, F_UPPER, k + 1)
-                a, c = lower_step(bnet, bst, bmids, rows, bt, s, zu2, coef, table, bflags, k)
+                a, c, last = lower_step(bnet, bst, bmids, rows, bt, s, zu2, coef, table, bflags, k, wprof, last)
                 ls += a
                 cor += c
                 if alone:
@@ -208,9 +234,13 @@ def train_epoch_split(net, src, st, mids, order, ident, lrs, batch_size, t, flag
                 rows = view1d(bident, start, B)
                 upper_sums(bnet, bst, bmids, rows, bt, zu2)
                 counter_publish(bflags, F_UPPER, k + 1)
+                last = tick(wprof, 16, last)
                 if k + GATHER_AHEAD < n_steps:
                     a = (k + GATHER_AHEAD) * batch_size
                     pos = stream_rows(bsrc, border, a, min(a + batch_size, m), bst, bmids, bt.split, pos)
                     counter_publish(bflags, F_GATHERED, k + GATHER_AHEAD + 1)
+                last = tick(wprof, 17, last)
                 await_counter(bflags, F_DELTAS, k + 1)
+                last = tick(wprof, 18, last)
                 upper_update(bnet, bst, bmids, rows, bt, f(lrs[k]) / f(B), table)
+                last = tick(wprof, 19, last)
