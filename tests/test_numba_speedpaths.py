@@ -478,13 +478,25 @@ def test_gather_csr_rows_matches_numpy():
         out_ptr = np.full(order.size + 1, -1, np.int64)
         out_idx = np.zeros(pos0 + nnz + 3, idx_dtype)
         out_val = np.zeros(pos0 + nnz + 3, np.uint8)
-        end = K.gather_csr_rows(ptr, idx, val, order, out_ptr, out_idx, out_val, pos0)
+        end = K.gather_csr_rows(ptr, idx, val, order, 0, order.size, out_ptr, out_idx, out_val, pos0)
         assert end == pos0 + nnz
         rows, cols = np.nonzero(X[order])
         np.testing.assert_array_equal(out_ptr, pos0 + np.r_[0, np.cumsum(np.count_nonzero(X[order], axis=1))])
         np.testing.assert_array_equal(out_idx[pos0:end], cols)
         np.testing.assert_array_equal(out_val[pos0:end], X[order][rows, cols])
         assert not out_idx[end:].any() and not out_idx[:pos0].any()  # nothing written outside
+        # rows a..b of the order (the split epoch's calls), the same as that slice copied alone
+        a, b = 4, 21
+        part = np.full(b - a + 1, -1, np.int64)
+        part_idx, part_val = np.zeros_like(out_idx), np.zeros_like(out_val)
+        part_end = K.gather_csr_rows(ptr, idx, val, order, a, b, part, part_idx, part_val, 0)
+        expect = np.full(b - a + 1, -1, np.int64)
+        expect_idx, expect_val = np.zeros_like(out_idx), np.zeros_like(out_val)
+        assert part_end == K.gather_csr_rows(ptr, idx, val, order[a:b].copy(), 0, b - a, expect, expect_idx,
+                                             expect_val, 0)
+        np.testing.assert_array_equal(part, expect)
+        np.testing.assert_array_equal(part_idx, expect_idx)
+        np.testing.assert_array_equal(part_val, expect_val)
 
 
 def test_bounds_checked_copy_elems_raises_index_error():
@@ -630,7 +642,8 @@ def test_split_profile_counts_every_phase_and_keeps_the_bits():
         mine = net.copy()
         plan = plan_for(X, scale, targets, labels, order, 5, 0.5, "mse", 2)
         ws = b.prepare(mine, plan)
-        profile is None or profile.fill(0)  # prepare's warm-up epoch ran with it too
+        if profile is not None:
+            profile.fill(0)  # prepare's warm-up epoch ran with it too
         result = b.train_epoch(mine, plan, ws)
         runs.append((mine.params, result.loss_sum, result.n_correct, result.mode))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])

@@ -563,7 +563,7 @@ class NumbaBackend(Backend):
             ptr, idx, val = ws.csr
 
             def gather(a, rows, out_ptr, out_idx, out_val, pos):
-                return _call(K.gather_csr_rows, ptr, idx, val, rows, out_ptr, out_idx, out_val, pos)
+                return _call(K.gather_csr_rows, ptr, idx, val, rows, 0, rows.shape[0], out_ptr, out_idx, out_val, pos)
 
             csr, targets, labels, order, copy = pipeline.permuted(
                 ws, ws.csr, plan.order, plan.targets, plan.labels, int(_call(K.csr_rows_nnz, ptr, plan.order)), gather)

@@ -350,29 +350,31 @@ def csr_rows_nnz(ptr, order):
 
 
 @njit(**JIT)
-def gather_csr_rows(ptr, idx, val, order, out_ptr, out_idx, out_val, pos):
-    """Copies CSR rows order[0], order[1], ... in that order into out_* from pixel entry pos on
-    (row s: out_ptr[s]..out_ptr[s + 1]; out_ptr has len(order) + 1 entries, out_idx/out_val
-    room for pos + the rows' pixels). Returns the entry after the last pixel copied."""
+def gather_csr_rows(ptr, idx, val, order, a, b, out_ptr, out_idx, out_val, pos):
+    """Copies CSR rows order[a], ..., order[b - 1] in that order into out_* from pixel entry pos
+    on (row order[s]: out_ptr[s - a]..out_ptr[s - a + 1]; out_ptr has b - a + 1 entries,
+    out_idx/out_val room for pos + the rows' pixels). Returns the entry after the last pixel
+    copied. The rows sit at random places, so each is asked for 8 rows ahead (its pointers 16
+    ahead) in the whole order, beyond b too: the split epoch copies one step's rows a call."""
     m = order.shape[0]
-    for s in range(m):
-        if s + 16 < m:  # rows sit at random places: start loading them well ahead
+    for s in range(a, b):
+        if s + 16 < m:
             prefetch(ptr, ld(order, s + 16))
-            if s + 8 < m:
-                r = ld(order, s + 8)
-                k0 = ld(ptr, r)
-                for p in range(k0, ld(ptr, r + 1), 64 // idx.itemsize):
-                    prefetch(idx, p)
-                for p in range(k0, ld(ptr, r + 1), 64):
-                    prefetch(val, p)
+        if s + 8 < m:
+            r = ld(order, s + 8)
+            k0 = ld(ptr, r)
+            for p in range(k0, ld(ptr, r + 1), 64 // idx.itemsize):
+                prefetch(idx, p)
+            for p in range(k0, ld(ptr, r + 1), 64):
+                prefetch(val, p)
         r = ld(order, s)
         k0 = ld(ptr, r)
         n = ld(ptr, r + 1) - k0
-        out_ptr[s] = pos
+        out_ptr[s - a] = pos
         copy_elems(out_idx, pos, idx, k0, n)
         copy_elems(out_val, pos, val, k0, n)
         pos += n
-    out_ptr[m] = pos
+    out_ptr[b - a] = pos
     return pos
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from .numba_kernels import (JIT, _acts, _layer_views, _team_scratch, activation_forward_rows, bias_update,
-                            borrowed_data, borrowed_net, borrowed_team, dense_forward_loops, output_delta, team_deltas,
-                            team_update_loops)
+                            borrowed_data, borrowed_net, borrowed_team, dense_forward_loops, gather_csr_rows,
+                            output_delta, team_deltas, team_update_loops)
 from .numba_simd import (borrow, copy_elems, counter_load, counter_publish, cycles, ld, prefetch, spin_pause,
                          team_size, vadd, view1d, view2d, vload, vstore, yield_core)
 from .numba_sparse import sparse_forward_narrow, sparse_update_narrow
@@ -67,40 +67,27 @@ def stream_rows(src, order, a, b, st, mids, split, pos):
     """Copy the rows order[a:b] of src (Data: CSR, targets, labels) into the stream st (Data whose
     row s is the call's s-th row) from pixel entry pos on, and each row's split point into mids
     (its first entry at or above split: the count of its pixels below, a branch-free sum where a
-    binary search per row and use cost ~0.1 us); returns the entry after the last. The rows sit
-    at random places, so each is asked for 8 rows ahead (its pointers 16 ahead) across the whole
-    order: a call copies one step's rows, and prefetching only within the call never reached
-    the next step's."""
+    binary search per row and use cost ~0.1 us); returns the entry after the last. Rows, targets
+    and labels are asked for 8 rows ahead in the whole order (gather_csr_rows): a call copies one
+    step's rows."""
+    end = gather_csr_rows(src.csr_ptr, src.csr_idx, src.csr_val, order, a, b, view1d(st.csr_ptr, a, b - a + 1),
+                          st.csr_idx, st.csr_val, pos)
     m = order.shape[0]
     n_out = st.targets.shape[1]
     for s in range(a, b):
-        if s + 16 < m:
-            prefetch(src.csr_ptr, ld(order, s + 16))
         if s + 8 < m:
             r = ld(order, s + 8)
-            k0 = ld(src.csr_ptr, r)
-            k1 = ld(src.csr_ptr, r + 1)
-            for p in range(k0, k1, 64 // src.csr_idx.itemsize):
-                prefetch(src.csr_idx, p)
-            for p in range(k0, k1, 64):
-                prefetch(src.csr_val, p)
             prefetch(src.targets, r * n_out)
             prefetch(src.labels, r)
         r = ld(order, s)
-        k0 = ld(src.csr_ptr, r)
-        n = ld(src.csr_ptr, r + 1) - k0
-        st.csr_ptr[s] = pos
-        copy_elems(st.csr_idx, pos, src.csr_idx, k0, n)
-        copy_elems(st.csr_val, pos, src.csr_val, k0, n)
         copy_elems(st.targets, s * n_out, src.targets, r * n_out, n_out)
         st.labels[s] = src.labels[r]
-        below = 0  # from the source through ld: the checked, wrapping index ran 0.6 us a step
-        for p in range(k0, k0 + n):
-            below += ld(src.csr_idx, p) < split
-        mids[s] = pos + below
-        pos += n
-    st.csr_ptr[b] = pos
-    return pos
+        p0 = ld(st.csr_ptr, s)
+        below = 0  # through ld: the checked, wrapping index ran 0.6 us a step
+        for p in range(p0, ld(st.csr_ptr, s + 1)):
+            below += ld(st.csr_idx, p) < split
+        mids[s] = p0 + below
+    return end
 
 
 @njit(**JIT)
